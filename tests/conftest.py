@@ -1,0 +1,3 @@
+"""Shared pytest configuration: fixture plugins live next to what they start."""
+
+pytest_plugins = ["tests.cluster.fixtures"]
