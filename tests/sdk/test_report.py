@@ -106,7 +106,8 @@ def test_numeric_like_values_are_accepted(
         (1, {"loss": [0.1, 0.2]}, "'loss' must be a number"),
         (1, {"val-loss": 1.0}, "metric name 'val-loss'"),
         (1, {"1st": 1.0}, "metric name '1st'"),
-        (1, {"x" * 65: 1.0}, "longer than 64"),
+        (10**9 + 1, {"loss": 1.0}, "at most 1000000000"),
+        (1, {"x" * 129: 1.0}, "longer than 128"),
         (1, {f"m{i}": 1.0 for i in range(65)}, "at most 64 metrics"),
     ],
 )

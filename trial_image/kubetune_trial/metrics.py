@@ -12,11 +12,12 @@ import re
 from collections.abc import Mapping
 
 METRIC_NAME = re.compile(r"[A-Za-z_][A-Za-z0-9_.]*")
-# The protocol says "names (...), at most 64"; it is unclear whether that bounds the
-# length of a name or the number of metrics, so both are bounded: either reading of the
-# server then accepts what the SDK sends.
+# The protocol's "at most 64" is the number of metrics in a report. The name length and
+# the step's upper bound are not in the protocol; they mirror the server's own limits
+# (kubetune.ingest), so a script gets a ValueError here rather than an HTTP 400 there.
 MAX_METRICS = 64
-MAX_NAME_LENGTH = 64
+MAX_NAME_LENGTH = 128
+MAX_STEP = 10**9
 
 
 def validate_step(step: object) -> int:
@@ -32,6 +33,8 @@ def validate_step(step: object) -> int:
         ) from None
     if value < 0:
         raise ValueError(f"step must be a non-negative integer, got {value}")
+    if value > MAX_STEP:
+        raise ValueError(f"step must be at most {MAX_STEP}, got {value}")
     return value
 
 
