@@ -183,18 +183,19 @@ def _retry_after(headers: Message) -> float | None:
         return None
 
 
-def _decision(payload: bytes, step: int) -> Decision:
+def _decision(status: int, payload: bytes, step: int, token: str) -> Decision:
     try:
         answer = json.loads(payload)
         decision = Decision(answer["decision"])
     except (ValueError, KeyError, TypeError):
-        snippet = payload[:200].decode("utf-8", errors="replace")
+        snippet = _scrub(payload[:200].decode("utf-8", errors="replace"), token)
         raise ReportError(
-            200, f"report for step {step}: unexpected answer from the runner: {snippet!r}"
+            status, f"report for step {step}: unexpected answer from the runner: {snippet!r}"
         ) from None
     if decision is not Decision.CONTINUE:
         reason = answer.get("reason") if isinstance(answer, dict) else None
-        log.info("step %d: %s (%s)", step, decision.value, reason or "no reason given")
+        reason = _scrub(str(reason), token) if reason else "no reason given"
+        log.info("step %d: %s (%s)", step, decision.value, reason)
     return decision
 
 
@@ -214,7 +215,7 @@ def _post(url: str, body: bytes, token: str, step: int, policy: RetryPolicy) -> 
             last_status, last_error = None, str(err)
         else:
             if 200 <= status < 300:
-                return _decision(payload, step)
+                return _decision(status, payload, step, token)
             message = _scrub(_server_message(status, payload), token)
             if status != 429 and status < 500:
                 raise ReportError(
