@@ -1,0 +1,86 @@
+"""The `kubetune` command."""
+
+from __future__ import annotations
+
+import argparse
+import logging
+import sys
+from pathlib import Path
+
+from kubetune import __version__
+from kubetune.spec import SpecError, load_experiment
+
+EXIT_USAGE = 2
+
+
+def _positive(text: str) -> int:
+    try:
+        value = int(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"{text!r} is not an integer") from None
+    if value < 1:
+        raise argparse.ArgumentTypeError(f"must be at least 1, got {value}")
+    return value
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(
+        prog="kubetune", description="Hyperparameter optimization, on Kubernetes or locally."
+    )
+    parser.add_argument("--version", action="version", version=f"kubetune {__version__}")
+    commands = parser.add_subparsers(dest="command", required=True)
+
+    run = commands.add_parser("run", help="run an HPOExperiment locally, trials as processes")
+    run.add_argument("file", type=Path, help="the experiment YAML")
+    run.add_argument("--output", "-o", type=Path, help="write results as JSON to this file")
+    run.add_argument("--parallel", type=_positive, help="override budget.parallelTrials")
+    run.add_argument(
+        "--state-dir",
+        type=Path,
+        help="where the run's state lives (default: .kubetune/<name> beside the YAML)",
+    )
+    run.add_argument(
+        "--fresh", action="store_true", help="move the previous state aside and start over"
+    )
+    view = run.add_mutually_exclusive_group()
+    view.add_argument("--live", dest="live", action="store_true", default=None)
+    view.add_argument("--no-live", dest="live", action="store_false")
+
+    validate = commands.add_parser("validate", help="check an experiment YAML and exit")
+    validate.add_argument("file", type=Path)
+    return parser
+
+
+def main(argv: list[str] | None = None) -> int:
+    args = build_parser().parse_args(argv)
+    logging.basicConfig(level=logging.WARNING, format="%(levelname)s %(name)s: %(message)s")
+    try:
+        experiment = load_experiment(args.file)
+    except SpecError as error:
+        print(error, file=sys.stderr)
+        return EXIT_USAGE
+    if args.command == "validate":
+        print(f"{args.file}: {experiment.kind} {experiment.name} is valid")
+        return 0
+    from kubetune.local.runner import RunOptions, default_state_dir, run_experiment
+    from kubetune.local.state import StateError
+
+    options = RunOptions(
+        state_dir=args.state_dir or default_state_dir(args.file, experiment),
+        output=args.output,
+        parallel=args.parallel,
+        fresh=args.fresh,
+        live=args.live,
+    )
+    try:
+        result = run_experiment(experiment, args.file, options)
+    except StateError as error:
+        print(f"kubetune: {error}", file=sys.stderr)
+        return EXIT_USAGE
+    if result.succeeded is False:
+        print(f"kubetune: experiment failed: {result.reason}: {result.message}", file=sys.stderr)
+    return result.exit_code
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,413 @@
+"""The engine: a pure, deterministic fold over an experiment's history.
+
+It knows no processes, pods, HTTP or clock. Shells (the local runner, the operator)
+feed it what happened (`report`, `attempt_ended`, `record_suggestion`) with the time,
+and ask it what to do next (`decide`). Every decision it takes is appended to its
+history as an event *before* it is returned, so `Engine.replay(spec, history)` rebuilds
+an engine that is in the same state and decides exactly as the original would have.
+
+The one slow step, sampling a configuration, is not done here: `decide` asks for it
+with a `SampleTrial` action, the shell calls `samplers.suggest(*engine.sampler_request(n))`
+off its event loop, and hands the result back with `record_suggestion`.
+"""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Iterable, Mapping, Sequence
+from dataclasses import dataclass, field
+from typing import Any
+
+from kubetune.events import (
+    AttemptEnded,
+    Event,
+    ExitKind,
+    ExperimentEnded,
+    ExperimentStarted,
+    Reported,
+    SearchExhausted,
+    StopRequested,
+    TrialLaunched,
+    TrialPlanned,
+    TrialPromoted,
+    TrialSampled,
+)
+from kubetune.samplers import SamplerState, SamplerTrial, Suggestion
+from kubetune.schedulers import make_scheduler
+from kubetune.spec import ExperimentSpec
+from kubetune.trials import Attempt, Decision, TrialPhase, TrialRecord, Verdict
+
+
+class EngineError(Exception):
+    """A request the engine refuses; `status` is the HTTP status a report should get."""
+
+    status = 400
+
+
+class UnknownTrial(EngineError):
+    status = 404
+
+
+class StaleAttempt(EngineError):
+    status = 409
+
+
+# Reasons an experiment ends, as Kubernetes condition reasons (CamelCase).
+MAX_TRIALS_REACHED = "MaxTrialsReached"
+SEARCH_SPACE_EXHAUSTED = "SearchSpaceExhausted"
+MAX_DURATION_REACHED = "MaxDurationReached"
+TOO_MANY_FAILED_TRIALS = "TooManyFailedTrials"
+NO_RESULTS = "NoTrialReportedObjective"
+
+
+@dataclass(frozen=True)
+class SampleTrial:
+    number: int
+
+
+@dataclass(frozen=True)
+class LaunchTrial:
+    number: int
+    name: str
+    attempt: int
+    params: Mapping[str, Any]
+    resume: bool
+    target: int | None
+
+
+@dataclass(frozen=True)
+class StopTrial:
+    number: int
+    attempt: int
+    reason: str
+
+
+@dataclass(frozen=True)
+class FinishExperiment:
+    succeeded: bool
+    reason: str
+    message: str
+
+
+Action = SampleTrial | LaunchTrial | StopTrial | FinishExperiment
+
+
+@dataclass(frozen=True)
+class Best:
+    number: int
+    name: str
+    params: Mapping[str, Any]
+    value: float
+    resource: int
+
+
+@dataclass
+class Engine:
+    spec: ExperimentSpec
+    experiment: str
+    history: list[Event] = field(default_factory=list)
+    trials: list[TrialRecord] = field(default_factory=list)
+    started_at: float | None = None
+    ended: ExperimentEnded | None = None
+    exhausted: bool = False
+    study_attrs: dict[str, Any] = field(default_factory=dict)
+    stop_reasons: dict[int, str] = field(default_factory=dict)
+
+    def __post_init__(self) -> None:
+        self.scheduler = make_scheduler(self.spec)
+        self.sign = self.spec.objective.sign()
+
+    # ----- rebuilding -----------------------------------------------------------------
+
+    @classmethod
+    def replay(cls, spec: ExperimentSpec, experiment: str, history: Iterable[Event]) -> Engine:
+        engine = cls(spec, experiment)
+        for event in history:
+            engine._apply(event)
+        return engine
+
+    def _record(self, event: Event) -> None:
+        self._apply(event)
+
+    def _apply(self, event: Event) -> None:
+        self.history.append(event)
+        match event:
+            case ExperimentStarted(at=at):
+                self.started_at = at
+            case TrialPlanned(number=number, bracket=bracket, target=target):
+                trial = TrialRecord(number, self.trial_name(number), bracket=bracket)
+                trial.next_target = target
+                self.trials.append(trial)
+            case TrialSampled(number=number, params=params, sampler_attrs=attrs, study_attrs=study):
+                trial = self.trials[number]
+                trial.params, trial.sampler_attrs = dict(params), dict(attrs)
+                trial.phase = TrialPhase.PENDING
+                self.study_attrs = dict(study)
+            case SearchExhausted(number=number):
+                # Sampling runs in number order, so every trial from here on is unsampled.
+                self.exhausted = True
+                del self.trials[number:]
+            case TrialPromoted(number=number, target=target):
+                trial = self.trials[number]
+                trial.phase, trial.next_target = TrialPhase.PENDING, target
+            case TrialLaunched(number=number, attempt=attempt, resume=resume, target=target, at=at):
+                trial = self.trials[number]
+                trial.attempts.append(Attempt(attempt, resume, target, started_at=at))
+                trial.phase = TrialPhase.RUNNING
+            case Reported():
+                self._apply_report(event)
+            case StopRequested(number=number, reason=reason):
+                self.stop_reasons[number] = reason
+            case AttemptEnded():
+                self._apply_attempt_end(event)
+            case ExperimentEnded():
+                self.ended = event
+                for trial in self.trials:
+                    if trial.phase is TrialPhase.PAUSED:
+                        trial.phase, trial.reason = TrialPhase.STOPPED, "not promoted"
+                    elif trial.phase in (TrialPhase.PENDING, TrialPhase.SAMPLING):
+                        trial.phase, trial.reason = TrialPhase.STOPPED, event.reason
+
+    def _apply_report(self, event: Reported) -> None:
+        trial = self.trials[event.number]
+        attempt = trial.attempts[-1]
+        trial.decisions[(event.attempt, event.step)] = event.verdict
+        trial.last_metrics = dict(event.metrics)
+        value = event.metrics.get(self.spec.objective.metric)
+        if value is not None and math.isfinite(value):
+            trial.values[event.step] = value
+            if event.rung is not None:
+                trial.rung_values.setdefault(event.rung, value)
+        if attempt.first_step is None:
+            attempt.first_step = event.step
+        attempt.last_step = max(attempt.last_step or event.step, event.step)
+        if event.verdict.decision is not Decision.CONTINUE:
+            attempt.decision = event.verdict
+
+    def _apply_attempt_end(self, event: AttemptEnded) -> None:
+        trial = self.trials[event.number]
+        attempt = trial.attempts[-1]
+        attempt.ended_at = event.at
+        verdict = attempt.decision
+        if event.number in self.stop_reasons:
+            trial.phase, trial.reason = TrialPhase.STOPPED, self.stop_reasons.pop(event.number)
+        elif verdict is not None and verdict.decision is Decision.PAUSE:
+            trial.phase, trial.reason = TrialPhase.PAUSED, verdict.reason
+        elif verdict is not None and verdict.decision is Decision.STOP:
+            trial.phase, trial.reason = verdict.final or TrialPhase.STOPPED, verdict.reason
+        elif event.kind is ExitKind.INTERRUPTED:
+            trial.interruptions += 1
+            trial.phase, trial.reason = TrialPhase.PENDING, f"interrupted: {event.message}"
+            trial.next_target = attempt.target
+        elif event.exit_code == 0 and trial.value is not None:
+            trial.phase, trial.reason = TrialPhase.COMPLETED, "exited"
+        elif event.exit_code == 0:
+            trial.phase = TrialPhase.FAILED
+            trial.reason = f"exited without reporting {self.spec.objective.metric}"
+        else:
+            trial.phase = TrialPhase.FAILED
+            trial.reason = f"exit code {event.exit_code}" + (
+                f": {event.message}" if event.message else ""
+            )
+
+    # ----- what shells tell the engine --------------------------------------------------
+
+    def trial_name(self, number: int) -> str:
+        return f"{self.experiment}-{number}"
+
+    def trial_by_name(self, name: str) -> TrialRecord:
+        prefix = f"{self.experiment}-"
+        number = name.removeprefix(prefix)
+        if not name.startswith(prefix) or not number.isdigit() or int(number) >= len(self.trials):
+            raise UnknownTrial(f"unknown trial {name!r}")
+        return self.trials[int(number)]
+
+    def report(
+        self, number: int, attempt: int, step: int, metrics: Mapping[str, float], now: float
+    ) -> Verdict:
+        """Record a report and answer it. Idempotent per (trial, attempt, step)."""
+        if not 0 <= number < len(self.trials):
+            raise UnknownTrial(f"unknown trial {number}")
+        trial = self.trials[number]
+        known = trial.decisions.get((attempt, step))
+        if known is not None:
+            return known
+        current = trial.attempt
+        if trial.phase is not TrialPhase.RUNNING or current is None or current.number != attempt:
+            raise StaleAttempt(
+                f"attempt {attempt} of trial {trial.name} is not running (trial is "
+                f"{trial.phase.value}, current attempt {current.number if current else None})"
+            )
+        verdict, rung = self._verdict(trial, step, metrics)
+        self._record(Reported(number, attempt, step, dict(metrics), verdict, rung, now))
+        return verdict
+
+    def _verdict(
+        self, trial: TrialRecord, step: int, metrics: Mapping[str, float]
+    ) -> tuple[Verdict, int | None]:
+        attempt = trial.attempts[-1]
+        if self.ended is not None or trial.number in self.stop_reasons:
+            return Verdict(Decision.STOP, "experiment is ending", TrialPhase.STOPPED), None
+        if attempt.decision is not None:
+            return attempt.decision, None  # told already; a trial that goes on hears it again
+        value = metrics.get(self.spec.objective.metric)
+        if value is None:
+            return Verdict.go_on(), None
+        if not math.isfinite(value):
+            reason = f"{self.spec.objective.metric} is {value}"
+            return Verdict(Decision.STOP, reason, TrialPhase.FAILED), None
+        return self.scheduler.on_report(trial, step, value, self.trials)
+
+    def attempt_ended(
+        self,
+        number: int,
+        attempt: int,
+        kind: ExitKind,
+        exit_code: int | None,
+        now: float,
+        message: str = "",
+    ) -> bool:
+        """Record the end of an attempt; False (and nothing changes) if it was not running."""
+        trial = self.trials[number]
+        current = trial.attempt
+        if trial.phase is not TrialPhase.RUNNING or current is None or current.number != attempt:
+            return False
+        self._record(AttemptEnded(number, attempt, kind, exit_code, now, message))
+        return True
+
+    def sampler_request(self, number: int) -> tuple[ExperimentSpec, list[SamplerTrial], dict, int]:
+        """Arguments for `samplers.suggest` for trial `number`: trials sampled before it."""
+        trials = [_sampler_view(t) for t in self.trials if t.number < number]
+        return self.spec, trials, dict(self.study_attrs), number
+
+    def record_suggestion(self, number: int, suggestion: Suggestion | None) -> None:
+        trial = self.trials[number] if number < len(self.trials) else None
+        if trial is None or trial.phase is not TrialPhase.SAMPLING:
+            return  # already recorded (a duplicate after a restart)
+        if suggestion is None:
+            self._record(SearchExhausted(number))
+            return
+        self._record(
+            TrialSampled(number, suggestion.params, suggestion.system_attrs, suggestion.study_attrs)
+        )
+
+    # ----- deciding ---------------------------------------------------------------------
+
+    def decide(self, now: float) -> list[Action]:
+        """What to do next. Call after every change; idempotent when nothing changed."""
+        if self.ended is not None:
+            return []
+        if self.started_at is None:
+            self._record(ExperimentStarted(now))
+        ending = self._ending_reason(now)
+        if ending is not None:
+            return self._wind_down(*ending, now)
+        budget = self.spec.budget
+        free = budget.parallelTrials - sum(t.phase.holds_slot for t in self.trials)
+        for trial, target in self.scheduler.promotions(self.trials, max(free, 0)):
+            self._record(TrialPromoted(trial.number, target))
+            free -= 1
+        while free > 0 and not self.exhausted and len(self.trials) < budget.maxTrials:
+            number = len(self.trials)
+            bracket = self.scheduler.bracket(number)
+            self._record(TrialPlanned(number, bracket, self.scheduler.initial_target(number)))
+            free -= 1
+        actions: list[Action] = []
+        for trial in self.trials:
+            if trial.phase is TrialPhase.PENDING:
+                attempt = len(trial.attempts) + 1
+                resume = bool(trial.attempts)
+                self._record(TrialLaunched(trial.number, attempt, resume, trial.next_target, now))
+                actions.append(
+                    LaunchTrial(
+                        trial.number, trial.name, attempt, trial.params, resume, trial.next_target
+                    )
+                )
+        sampling = [t.number for t in self.trials if t.phase is TrialPhase.SAMPLING]
+        if sampling:
+            actions.append(SampleTrial(sampling[0]))
+        if not any(t.phase.holds_slot for t in self.trials):
+            reason = SEARCH_SPACE_EXHAUSTED if self.exhausted else MAX_TRIALS_REACHED
+            return [*actions, *self._finish(True, reason, "", now)]
+        return actions
+
+    def _ending_reason(self, now: float) -> tuple[bool, str, str] | None:
+        budget = self.spec.budget
+        failed = sum(t.phase is TrialPhase.FAILED for t in self.trials)
+        if budget.maxFailedTrials is not None and failed > budget.maxFailedTrials:
+            message = (
+                f"{failed} trials failed, more than maxFailedTrials ({budget.maxFailedTrials})"
+            )
+            return False, TOO_MANY_FAILED_TRIALS, message
+        limit = budget.max_duration_seconds()
+        if limit is not None and self.started_at is not None and now - self.started_at >= limit:
+            return True, MAX_DURATION_REACHED, f"ran for maxDuration ({budget.maxDuration})"
+        return None
+
+    def _wind_down(self, succeeded: bool, reason: str, message: str, now: float) -> list[Action]:
+        actions: list[Action] = []
+        running = [t for t in self.trials if t.phase is TrialPhase.RUNNING]
+        for trial in running:
+            if trial.number not in self.stop_reasons:
+                self._record(StopRequested(trial.number, reason))
+                actions.append(StopTrial(trial.number, trial.attempts[-1].number, reason))
+        if running:
+            return actions  # finish once they have exited, so no result is lost
+        return self._finish(succeeded, reason, message, now)
+
+    def _finish(self, succeeded: bool, reason: str, message: str, now: float) -> list[Action]:
+        best = self.best()
+        if succeeded and best is None:
+            succeeded, reason = False, NO_RESULTS
+            message = f"no trial reported a finite {self.spec.objective.metric}"
+        if succeeded and not message and best is not None:
+            message = f"best trial {best.name}: {self.spec.objective.metric}={best.value:.6g}"
+        self._record(ExperimentEnded(succeeded, reason, message, now))
+        return [FinishExperiment(succeeded, reason, message)]
+
+    # ----- reading ----------------------------------------------------------------------
+
+    def best(self) -> Best | None:
+        """The best trial trained furthest: lower-fidelity values are not comparable."""
+        scored = [
+            t for t in self.trials if t.value is not None and t.phase is not TrialPhase.FAILED
+        ]
+        if not scored:
+            return None
+        completed = [t for t in scored if t.phase is TrialPhase.COMPLETED]
+        if completed:
+            pool = completed
+        else:
+            furthest = max(t.last_step or 0 for t in scored)
+            pool = [t for t in scored if (t.last_step or 0) == furthest]
+        trial = min(pool, key=lambda t: (self.sign * (t.value or 0.0), t.number))
+        assert trial.value is not None
+        return Best(trial.number, trial.name, trial.params, trial.value, trial.resource)
+
+    def counts(self) -> dict[str, int]:
+        counts = {phase.value: 0 for phase in TrialPhase}
+        for trial in self.trials:
+            counts[trial.phase.value] += 1
+        return counts
+
+    def running(self) -> Sequence[TrialRecord]:
+        return [t for t in self.trials if t.phase is TrialPhase.RUNNING]
+
+
+def _sampler_view(trial: TrialRecord) -> SamplerTrial:
+    if trial.phase is TrialPhase.COMPLETED:
+        state = SamplerState.COMPLETE
+    elif trial.phase is TrialPhase.FAILED:
+        state = SamplerState.FAILED
+    elif trial.phase in (TrialPhase.STOPPED, TrialPhase.PAUSED):
+        state = SamplerState.PRUNED
+    else:
+        state = SamplerState.RUNNING
+    return SamplerTrial(
+        number=trial.number,
+        params=dict(trial.params),
+        state=state,
+        value=trial.value,
+        intermediate=dict(trial.values),
+        system_attrs=dict(trial.sampler_attrs),
+    )

@@ -1,0 +1,152 @@
+"""The report endpoint trials talk to (docs/trial-protocol.md), for local mode and the operator.
+
+Every request is checked in this order, and a refused one changes nothing:
+401 no or unknown token, 400 malformed body, 403 a token of another trial,
+404 unknown trial, 409 an attempt that is not running. The token is never logged.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import math
+import re
+from collections.abc import Awaitable, Callable, Iterable
+from dataclasses import dataclass
+from typing import Any
+
+from aiohttp import web
+
+from kubetune.engine import EngineError
+from kubetune.tokens import TokenAuthority
+from kubetune.trials import Verdict
+
+logger = logging.getLogger(__name__)
+
+METRIC_NAME = re.compile(r"^[A-Za-z_][A-Za-z0-9_.]{0,127}$")
+MAX_METRICS = 64
+MAX_BODY_BYTES = 64 * 1024
+_NON_FINITE = {"nan": math.nan, "inf": math.inf, "-inf": -math.inf}
+
+
+@dataclass(frozen=True)
+class Report:
+    trial: str
+    attempt: int
+    step: int
+    metrics: dict[str, float]
+
+
+class BadReport(ValueError):
+    pass
+
+
+def _is_int(value: Any) -> bool:
+    return isinstance(value, int) and not isinstance(value, bool)
+
+
+def parse_report(body: Any) -> Report:
+    if not isinstance(body, dict):
+        raise BadReport("body must be a JSON object")
+    unknown = set(body) - {"trial", "attempt", "step", "metrics"}
+    if unknown:
+        raise BadReport(f"unknown fields: {', '.join(sorted(unknown))}")
+    trial, attempt, step, metrics = (body.get(k) for k in ("trial", "attempt", "step", "metrics"))
+    if not isinstance(trial, str) or not trial:
+        raise BadReport("trial: must be a non-empty string")
+    if not _is_int(attempt) or attempt < 1:
+        raise BadReport("attempt: must be an integer >= 1")
+    if not _is_int(step) or step < 0 or step > 10**9:
+        raise BadReport("step: must be an integer between 0 and 10^9")
+    if not isinstance(metrics, dict) or not metrics:
+        raise BadReport("metrics: must be a non-empty object")
+    if len(metrics) > MAX_METRICS:
+        raise BadReport(f"metrics: at most {MAX_METRICS} entries")
+    parsed: dict[str, float] = {}
+    for name, value in metrics.items():
+        if not METRIC_NAME.match(name):
+            raise BadReport(f"metrics: invalid name {name[:40]!r}")
+        if isinstance(value, str) and value.lower() in _NON_FINITE:
+            parsed[name] = _NON_FINITE[value.lower()]
+        elif isinstance(value, int | float) and not isinstance(value, bool):
+            parsed[name] = float(value)
+        else:
+            raise BadReport(f"metrics.{name}: must be a number")
+    return Report(trial, attempt, step, parsed)
+
+
+ReportHandler = Callable[[Report], Awaitable[Verdict]]
+
+
+class ReportServer:
+    """aiohttp application serving `/v1/reports` and `/healthz`."""
+
+    def __init__(
+        self,
+        tokens: TokenAuthority,
+        handle: ReportHandler,
+        known_trials: Callable[[], Iterable[str]],
+    ) -> None:
+        self.tokens = tokens
+        self.handle = handle
+        self.known_trials = known_trials
+        self.app = web.Application(client_max_size=MAX_BODY_BYTES)
+        self.app.router.add_post("/v1/reports", self._report)
+        self.app.router.add_get("/healthz", self._health)
+        self._runner: web.AppRunner | None = None
+        self.port: int | None = None
+
+    async def start(self, host: str = "127.0.0.1", port: int = 0) -> str:
+        self._runner = web.AppRunner(self.app, access_log=None)
+        await self._runner.setup()
+        site = web.TCPSite(self._runner, host, port)
+        await site.start()
+        server = site._server
+        assert server is not None and server.sockets
+        self.port = server.sockets[0].getsockname()[1]
+        return f"http://{host}:{self.port}"
+
+    async def stop(self) -> None:
+        if self._runner is not None:
+            await self._runner.cleanup()
+
+    async def _health(self, request: web.Request) -> web.Response:
+        return web.json_response({"ok": True})
+
+    async def _report(self, request: web.Request) -> web.Response:
+        header = request.headers.get("Authorization", "")
+        scheme, _, token = header.partition(" ")
+        if scheme.lower() != "bearer" or not token.strip():
+            return _error(401, "missing bearer token")
+        token = token.strip()
+        try:
+            body = json.loads(await request.read())
+        except (json.JSONDecodeError, UnicodeDecodeError):
+            return self._refuse_unauthenticated(token) or _error(400, "body is not valid JSON")
+        except web.HTTPRequestEntityTooLarge:
+            return _error(413, "body too large")
+        try:
+            report = parse_report(body)
+        except BadReport as error:
+            return self._refuse_unauthenticated(token) or _error(400, str(error))
+        if not self.tokens.verify(token, report.trial):
+            owner = self.tokens.owner(token, self.known_trials())
+            if owner is None:
+                return _error(401, "invalid token")
+            logger.warning("trial %s sent a report for trial %s", owner, report.trial)
+            return _error(403, "token does not belong to this trial")
+        try:
+            verdict = await self.handle(report)
+        except EngineError as error:
+            return _error(error.status, str(error))
+        return web.json_response({"decision": verdict.decision.value, "reason": verdict.reason})
+
+    def _refuse_unauthenticated(self, token: str) -> web.Response | None:
+        # A malformed body from a stranger learns nothing about the body's shape.
+        if self.tokens.owner(token, self.known_trials()) is None:
+            return _error(401, "invalid token")
+        return None
+
+
+def _error(status: int, message: str) -> web.Response:
+    return web.json_response({"error": message}, status=status)

@@ -1,0 +1,1 @@
+"""Local mode: `kubetune run experiment.yaml`, trials as local processes."""

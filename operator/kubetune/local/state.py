@@ -1,0 +1,103 @@
+"""Local mode's durable state: an append-only, fsynced event log per experiment.
+
+Layout of the state directory (default `.kubetune/<experiment>/` beside the YAML):
+`events.jsonl` (the history), `spec.json` (the spec the history was made with),
+`token.key` (mode 0600: the key per-trial tokens derive from), `logs/` (trial output).
+"""
+
+from __future__ import annotations
+
+import json
+import os
+from pathlib import Path
+
+from kubetune.events import Event, from_record, to_record
+from kubetune.spec import ExperimentSpec
+from kubetune.tokens import TokenAuthority
+
+# Parts of the spec a history depends on. Changing them under a running history would
+# make its decisions meaningless; budgets may change (raising maxTrials continues).
+FROZEN_FIELDS = ("objective", "parameters", "algorithm", "scheduler")
+
+
+class StateError(Exception):
+    pass
+
+
+class ExperimentState:
+    def __init__(self, directory: Path) -> None:
+        self.directory = directory
+        self.events_path = directory / "events.jsonl"
+        self.logs = directory / "logs"
+        self._file = None
+        self._written = 0
+
+    def open(self, spec: ExperimentSpec) -> list[Event]:
+        """Create or reopen the state; returns the history so far."""
+        self.directory.mkdir(parents=True, exist_ok=True)
+        self.logs.mkdir(exist_ok=True)
+        self._check_spec(spec)
+        history = self._load()
+        self._file = self.events_path.open("a", encoding="utf-8")
+        self._written = len(history)
+        return history
+
+    def _check_spec(self, spec: ExperimentSpec) -> None:
+        path = self.directory / "spec.json"
+        current = spec.model_dump(mode="json")
+        if path.exists() and self.events_path.exists() and self.events_path.stat().st_size:
+            stored = json.loads(path.read_text())
+            changed = [f for f in FROZEN_FIELDS if stored.get(f) != current.get(f)]
+            if changed:
+                raise StateError(
+                    f"{self.directory} holds a run of this experiment made with a different "
+                    f"{', '.join(changed)}; run with --fresh to start over (the old state is "
+                    f"moved aside), or give the experiment another name"
+                )
+        tmp = path.with_suffix(".tmp")
+        tmp.write_text(json.dumps(current, indent=1, sort_keys=True))
+        tmp.replace(path)
+
+    def _load(self) -> list[Event]:
+        if not self.events_path.exists():
+            return []
+        raw = self.events_path.read_bytes()
+        lines = raw.split(b"\n")
+        # A crash mid-append leaves at most one torn line at the end: drop it.
+        complete, tail = lines[:-1], lines[-1]
+        if tail:
+            with self.events_path.open("r+b") as handle:
+                handle.truncate(len(raw) - len(tail))
+        history: list[Event] = []
+        for number, line in enumerate(complete, start=1):
+            if not line.strip():
+                continue
+            try:
+                history.append(from_record(json.loads(line)))
+            except (ValueError, TypeError, KeyError) as error:
+                raise StateError(f"{self.events_path}:{number}: corrupt event ({error})") from None
+        return history
+
+    def append(self, history: list[Event]) -> None:
+        """Durably write the events of `history` not written yet."""
+        assert self._file is not None, "open() first"
+        if self._written == len(history):
+            return
+        for event in history[self._written :]:
+            self._file.write(json.dumps(to_record(event), separators=(",", ":")) + "\n")
+        self._file.flush()
+        os.fsync(self._file.fileno())
+        self._written = len(history)
+
+    def tokens(self, scope: str) -> TokenAuthority:
+        path = self.directory / "token.key"
+        if not path.exists():
+            fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)
+            with os.fdopen(fd, "wb") as handle:
+                handle.write(TokenAuthority.new_key())
+        return TokenAuthority(path.read_bytes(), scope)
+
+    def close(self) -> None:
+        if self._file is not None:
+            self._file.close()
+            self._file = None

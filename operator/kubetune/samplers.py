@@ -1,0 +1,188 @@
+"""Suggesting the next configuration: Optuna's samplers as a pure function of the history.
+
+Each suggestion rebuilds an in-memory Optuna study from the experiment's trials and
+asks it once, with a sampler seeded from (experiment seed, trial number). So a
+suggestion depends on nothing but the spec and the history it is given: a restarted
+operator that rebuilds the history asks the same question and gets the same answer,
+which a long-lived sampler whose random state advanced in a dead process could not give.
+
+What a sampler remembers between asks in Optuna's storage (CMA-ES keeps its optimizer in
+trial system attributes, QMC a sample counter in the study's) is returned with the
+suggestion, stored in the history, and written back when the study is rebuilt.
+
+Trials that are still running are added as RUNNING, so parallel workers do not all get
+the same suggestion: TPE's constant liar and the GP sampler's handling of running
+trials spread them out. Trials stopped early by a scheduler are added as PRUNED with
+their intermediate values, which TPE ranks by the step they reached.
+
+Cost: Optuna's GP sampler grows cubically with the number of finished trials, so past
+`algorithm.gpMaxTrials` (default 200) finished trials `bayesian` hands over to TPE.
+"""
+
+from __future__ import annotations
+
+import logging
+import math
+import random
+from collections.abc import Mapping, Sequence
+from dataclasses import dataclass, field
+from enum import StrEnum
+from typing import Any
+
+import optuna
+from optuna.samplers import (
+    BaseSampler,
+    CmaEsSampler,
+    GPSampler,
+    QMCSampler,
+    RandomSampler,
+    TPESampler,
+)
+from optuna.trial import TrialState
+
+from kubetune.space import Params, distributions_for, iter_grid, params_key, suggest_params
+from kubetune.spec import AlgorithmName, ExperimentSpec, Goal
+
+optuna.logging.set_verbosity(optuna.logging.WARNING)
+logger = logging.getLogger(__name__)
+
+
+class SamplerState(StrEnum):
+    RUNNING = "running"
+    COMPLETE = "complete"
+    PRUNED = "pruned"
+    FAILED = "failed"
+
+
+_OPTUNA_STATE = {
+    SamplerState.RUNNING: TrialState.RUNNING,
+    SamplerState.COMPLETE: TrialState.COMPLETE,
+    SamplerState.PRUNED: TrialState.PRUNED,
+    SamplerState.FAILED: TrialState.FAIL,
+}
+
+
+@dataclass(frozen=True)
+class SamplerTrial:
+    """What a sampler sees of one trial."""
+
+    number: int
+    params: Params
+    state: SamplerState
+    value: float | None = None
+    intermediate: Mapping[int, float] = field(default_factory=dict)
+    system_attrs: Mapping[str, Any] = field(default_factory=dict)
+
+
+@dataclass(frozen=True)
+class Suggestion:
+    params: Params
+    system_attrs: dict[str, Any]
+    study_attrs: dict[str, Any]
+
+
+def derived_seed(seed: int, number: int) -> int:
+    """A per-trial seed: stable across processes (unlike hash()) and distinct per trial."""
+    return random.Random(f"kubetune:{seed}:{number}").randrange(2**31)
+
+
+def make_sampler(spec: ExperimentSpec, number: int, finished: int) -> BaseSampler:
+    algorithm = spec.algorithm
+    seed = derived_seed(algorithm.seed, number)
+    startup = (
+        {} if algorithm.startupTrials is None else {"n_startup_trials": algorithm.startupTrials}
+    )
+    name = algorithm.name
+    if name is AlgorithmName.BAYESIAN and finished > algorithm.gpMaxTrials:
+        name = AlgorithmName.TPE
+    match name:
+        case AlgorithmName.RANDOM | AlgorithmName.GRID:
+            return RandomSampler(seed=seed)
+        case AlgorithmName.SOBOL:
+            # The scramble seed must stay the experiment's: the sequence is one sequence.
+            return QMCSampler(
+                qmc_type="sobol",
+                scramble=True,
+                seed=algorithm.seed,
+                independent_sampler=RandomSampler(seed=seed),
+                warn_asynchronous_seeding=False,
+                warn_independent_sampling=False,
+            )
+        case AlgorithmName.TPE:
+            return TPESampler(
+                seed=seed,
+                constant_liar=True,
+                multivariate=True,
+                group=True,
+                warn_independent_sampling=False,
+                **startup,
+            )
+        case AlgorithmName.BAYESIAN:
+            return GPSampler(seed=seed, warn_independent_sampling=False, **startup)
+        case AlgorithmName.CMAES:
+            return CmaEsSampler(
+                seed=seed,
+                independent_sampler=RandomSampler(seed=seed),
+                warn_independent_sampling=False,
+                **startup,
+            )
+    raise AssertionError(f"unhandled algorithm {name}")
+
+
+def _frozen(spec: ExperimentSpec, trial: SamplerTrial) -> optuna.trial.FrozenTrial:
+    value = trial.value if trial.state is SamplerState.COMPLETE else None
+    intermediate = {s: v for s, v in trial.intermediate.items() if math.isfinite(v)}
+    return optuna.trial.create_trial(
+        state=_OPTUNA_STATE[trial.state],
+        value=value,
+        params=dict(trial.params),
+        distributions=distributions_for(spec.parameters, trial.params),
+        intermediate_values=intermediate,
+        system_attrs=dict(trial.system_attrs),
+    )
+
+
+def _next_grid_point(spec: ExperimentSpec, trials: Sequence[SamplerTrial]) -> Params | None:
+    used = {params_key(t.params) for t in trials}
+    points = list(iter_grid(spec.parameters))
+    # A seeded shuffle spreads the first trials over the grid instead of walking one corner.
+    random.Random(spec.algorithm.seed).shuffle(points)
+    return next((p for p in points if params_key(p) not in used), None)
+
+
+def suggest(
+    spec: ExperimentSpec,
+    trials: Sequence[SamplerTrial],
+    study_attrs: Mapping[str, Any],
+    number: int,
+) -> Suggestion | None:
+    """The configuration for trial `number`, or None when a finite space is exhausted.
+
+    Pure: the same spec, trials and study attributes give the same suggestion. Slow for
+    the GP sampler (up to seconds), so shells call it off their event loop.
+    """
+    finished = sum(t.state is SamplerState.COMPLETE for t in trials)
+    direction = "minimize" if spec.objective.goal is Goal.MINIMIZE else "maximize"
+    study = optuna.create_study(direction=direction, sampler=make_sampler(spec, number, finished))
+    for trial in sorted(trials, key=lambda t: t.number):
+        study.add_trial(_frozen(spec, trial))
+    storage, study_id = study._storage, study._study_id
+    for key, value in study_attrs.items():
+        storage.set_study_system_attr(study_id, key, value)
+    if spec.algorithm.name is AlgorithmName.GRID:
+        point = _next_grid_point(spec, trials)
+        if point is None:
+            return None
+        study.enqueue_trial(point)
+    asked = study.ask()
+    params = suggest_params(asked, spec.parameters)
+    system_attrs = {
+        k: v
+        for k, v in storage.get_trial_system_attrs(asked._trial_id).items()
+        if not k.startswith("fixed_params")  # enqueue bookkeeping, not sampler memory
+    }
+    return Suggestion(
+        params=params,
+        system_attrs=system_attrs,
+        study_attrs=dict(storage.get_study_system_attrs(study_id)),
+    )

@@ -1,0 +1,73 @@
+"""Asynchronous successive halving, promotion-based (Li et al., "A System for Massively
+Parallel Hyperparameter Tuning", MLSys 2020, algorithm 2).
+
+A trial trains to rung 0 and pauses there. Whenever a slot frees up, the highest rung
+with a trial in its top 1/η that was not promoted yet gives that trial up for promotion:
+it resumes from its checkpoint and trains to the next rung. Only when nothing is
+promotable does a new trial start. No one waits for a rung to fill.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+
+from kubetune.schedulers.base import ranking_key, stop_at_max
+from kubetune.trials import Decision, TrialPhase, TrialRecord, Verdict
+
+
+class ASHA:
+    def __init__(self, rungs: Sequence[int], reduction_factor: int, sign: float) -> None:
+        self.rungs = list(rungs)
+        self.eta = reduction_factor
+        self.sign = sign
+        self.max_resource: int | None = self.rungs[-1]
+
+    def bracket(self, number: int) -> int:
+        return 0
+
+    def initial_target(self, number: int) -> int | None:
+        return self.rungs[0]
+
+    def rung_index(self, step: int) -> int | None:
+        reached = [k for k, resource in enumerate(self.rungs) if step >= resource]
+        return reached[-1] if reached else None
+
+    def on_report(
+        self, trial: TrialRecord, step: int, value: float, trials: Sequence[TrialRecord]
+    ) -> tuple[Verdict, int | None]:
+        rung = self.rung_index(step)
+        done = stop_at_max(step, self.max_resource)
+        if done is not None:
+            return done, rung
+        attempt = trial.attempt
+        if attempt is not None and attempt.target is not None and step >= attempt.target:
+            return Verdict(Decision.PAUSE, f"reached rung {rung} ({self.rungs[rung]})"), rung
+        return Verdict.go_on(), rung
+
+    def promotions(self, trials: Sequence[TrialRecord], free: int) -> list[tuple[TrialRecord, int]]:
+        chosen: list[tuple[TrialRecord, int]] = []
+        taken: set[int] = set()
+        for _ in range(free):
+            found = self._next_promotion(trials, taken)
+            if found is None:
+                break
+            chosen.append(found)
+            taken.add(found[0].number)
+        return chosen
+
+    def _next_promotion(
+        self, trials: Sequence[TrialRecord], taken: set[int]
+    ) -> tuple[TrialRecord, int] | None:
+        for rung in range(len(self.rungs) - 2, -1, -1):
+            members = [
+                (t, t.rung_values[rung])
+                for t in trials
+                if rung in t.rung_values and t.phase is not TrialPhase.FAILED
+            ]
+            members.sort(key=ranking_key(self.sign))
+            for trial, _ in members[: len(members) // self.eta]:
+                if trial.phase is TrialPhase.PAUSED and trial.number not in taken:
+                    paused_here = max(trial.rung_values) == rung
+                    if paused_here:
+                        return trial, self.rungs[rung + 1]
+        return None

@@ -1,0 +1,55 @@
+"""What every scheduler answers, and the rung arithmetic the rung-based ones share."""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Sequence
+from typing import Protocol
+
+from kubetune.trials import Decision, TrialPhase, TrialRecord, Verdict
+
+
+class SchedulerPolicy(Protocol):
+    """A pure scheduling policy; the engine owns all state and calls these in order."""
+
+    max_resource: int | None
+
+    def initial_target(self, number: int) -> int | None:
+        """Resource at which a new trial is paused or stopped first (None: run freely)."""
+        ...
+
+    def bracket(self, number: int) -> int:
+        """The bracket a new trial belongs to (0 for single-bracket schedulers)."""
+        ...
+
+    def on_report(
+        self, trial: TrialRecord, step: int, value: float, trials: Sequence[TrialRecord]
+    ) -> tuple[Verdict, int | None]:
+        """The verdict for a report, and the rung index it reached (None: not a rung)."""
+        ...
+
+    def promotions(self, trials: Sequence[TrialRecord], free: int) -> list[tuple[TrialRecord, int]]:
+        """Up to `free` paused trials to resume, each with the resource to train to."""
+        ...
+
+
+def rung_resources(min_resource: int, max_resource: int, reduction_factor: int) -> list[int]:
+    """[r, rη, rη², …, R]: geometric rungs from min to max, the top one being max itself.
+
+    When max is not an exact power step away, the rung just below it is dropped rather
+    than leaving two nearly equal rungs (1, 3, 9, 10 becomes 1, 3, 10).
+    """
+    top = math.floor(math.log(max_resource / min_resource, reduction_factor) + 1e-9)
+    rungs = [min_resource * reduction_factor**k for k in range(top)]
+    return [*rungs, max_resource]
+
+
+def ranking_key(sign: float):
+    """Best first; ties broken by trial number so the order is deterministic."""
+    return lambda item: (sign * item[1], item[0].number)
+
+
+def stop_at_max(step: int, max_resource: int | None) -> Verdict | None:
+    if max_resource is not None and step >= max_resource:
+        return Verdict(Decision.STOP, "reached maxResource", TrialPhase.COMPLETED)
+    return None

@@ -1,0 +1,481 @@
+"""The `HPOExperiment` spec: one set of pydantic models for local mode, the operator and the CRD.
+
+Field names follow Kubernetes conventions (camelCase in YAML). Every model forbids
+unknown fields, so a typo such as `maxTrails` is refused with the field's path instead
+of being silently ignored. `load_experiment` turns pydantic's errors into one
+`SpecError` whose lines each name a field path (`spec.parameters[1].min`) and a reason.
+"""
+
+from __future__ import annotations
+
+import math
+import re
+from collections.abc import Iterator, Mapping, Sequence
+from enum import StrEnum
+from pathlib import Path
+from typing import Annotated, Any, Literal
+
+import yaml
+from pydantic import (
+    BaseModel,
+    ConfigDict,
+    Field,
+    ValidationError,
+    field_validator,
+    model_validator,
+)
+
+API_GROUP = "kubetune.dev"
+API_VERSION = f"{API_GROUP}/v1alpha1"
+KIND = "HPOExperiment"
+
+NAME_PATTERN = r"^[A-Za-z_][A-Za-z0-9_]*$"
+# A Kubernetes object name (RFC 1123 subdomain, kept short so trial names derived from it
+# stay valid label values).
+OBJECT_NAME_PATTERN = r"^[a-z0-9]([-a-z0-9]*[a-z0-9])?$"
+PARAM_REFERENCE = re.compile(r"\{\{\s*params\.([^}\s]*)\s*\}\}")
+DURATION_PATTERN = re.compile(r"^(?:(\d+)h)?(?:(\d+)m)?(?:(\d+)s)?$")
+
+Scalar = bool | int | float | str
+
+
+class _Model(BaseModel):
+    model_config = ConfigDict(extra="forbid", populate_by_name=True, frozen=True)
+
+
+class Goal(StrEnum):
+    MINIMIZE = "minimize"
+    MAXIMIZE = "maximize"
+
+
+class Objective(_Model):
+    metric: str = Field(pattern=NAME_PATTERN, description="Metric name the trials report.")
+    goal: Goal = Field(description="Whether lower or higher metric values are better.")
+
+    def is_better(self, a: float, b: float) -> bool:
+        """True when value `a` is strictly better than `b` under this objective."""
+        return a < b if self.goal is Goal.MINIMIZE else a > b
+
+    def sign(self) -> float:
+        """Multiplier that turns the objective into a quantity to minimize."""
+        return 1.0 if self.goal is Goal.MINIMIZE else -1.0
+
+
+class Scale(StrEnum):
+    LINEAR = "linear"
+    LOG = "log"
+
+
+Condition = dict[str, Scalar | list[Scalar]]
+
+
+class _ParameterBase(_Model):
+    name: str = Field(pattern=NAME_PATTERN, max_length=63)
+    when: Condition | None = Field(
+        default=None,
+        description="Active only when each named earlier parameter has the given value "
+        "(or one of the listed values).",
+    )
+
+
+class FloatParameter(_ParameterBase):
+    type: Literal["float"]
+    min: float
+    max: float
+    scale: Scale = Scale.LINEAR
+    step: float | None = Field(default=None, gt=0, description="Grid spacing (linear scale).")
+
+    @model_validator(mode="after")
+    def _check_bounds(self) -> FloatParameter:
+        _check_range(self.min, self.max, self.scale)
+        if self.step is not None and self.scale is Scale.LOG:
+            raise ValueError("step: only allowed with scale linear")
+        return self
+
+
+class IntParameter(_ParameterBase):
+    type: Literal["int"]
+    min: int
+    max: int
+    scale: Scale = Scale.LINEAR
+    step: int = Field(default=1, ge=1)
+
+    @model_validator(mode="after")
+    def _check_bounds(self) -> IntParameter:
+        _check_range(self.min, self.max, self.scale)
+        if self.step != 1 and self.scale is Scale.LOG:
+            raise ValueError("step: only allowed with scale linear")
+        return self
+
+
+class CategoricalParameter(_ParameterBase):
+    type: Literal["categorical"]
+    values: list[Scalar] = Field(min_length=1)
+
+    @field_validator("values")
+    @classmethod
+    def _unique(cls, values: list[Scalar]) -> list[Scalar]:
+        seen: list[Scalar] = []
+        for value in values:
+            if any(type(value) is type(other) and value == other for other in seen):
+                raise ValueError(f"duplicate value {value!r}")
+            seen.append(value)
+        return values
+
+
+def _check_range(low: float, high: float, scale: Scale) -> None:
+    if not (math.isfinite(low) and math.isfinite(high)):
+        raise ValueError("min and max must be finite numbers")
+    if low >= high:
+        raise ValueError(f"min ({low}) must be less than max ({high})")
+    if scale is Scale.LOG and low <= 0:
+        raise ValueError(f"min ({low}) must be greater than 0 with scale log")
+
+
+Parameter = Annotated[
+    FloatParameter | IntParameter | CategoricalParameter, Field(discriminator="type")
+]
+
+
+class AlgorithmName(StrEnum):
+    RANDOM = "random"
+    GRID = "grid"
+    SOBOL = "sobol"
+    TPE = "tpe"
+    BAYESIAN = "bayesian"
+    CMAES = "cmaes"
+
+
+class Algorithm(_Model):
+    name: AlgorithmName = AlgorithmName.TPE
+    seed: int = Field(default=0, ge=0, le=2**31 - 1)
+    startupTrials: int | None = Field(
+        default=None,
+        ge=0,
+        description="Random trials before the model-based samplers (tpe, bayesian, cmaes) "
+        "take over; the sampler's own default when unset.",
+    )
+    gpMaxTrials: int = Field(
+        default=200,
+        ge=10,
+        le=2000,
+        description="bayesian only: past this many finished trials the GP sampler, whose "
+        "cost grows cubically with trials, hands over to TPE.",
+    )
+
+
+class SchedulerName(StrEnum):
+    NONE = "none"
+    MEDIAN = "median"
+    SHA = "sha"
+    ASHA = "asha"
+    HYPERBAND = "hyperband"
+
+
+class Scheduler(_Model):
+    name: SchedulerName = SchedulerName.NONE
+    resource: str | None = Field(
+        default=None,
+        pattern=NAME_PATTERN,
+        description="Name of the step unit trials report, e.g. epoch.",
+    )
+    minResource: int = Field(default=1, ge=1)
+    maxResource: int | None = Field(default=None, ge=1)
+    reductionFactor: int = Field(default=3, ge=2, le=100)
+    minTrials: int = Field(
+        default=5, ge=1, description="median only: completed trials before it stops any."
+    )
+    warmupSteps: int = Field(
+        default=0, ge=0, description="median only: steps before a trial may be stopped."
+    )
+
+    @model_validator(mode="after")
+    def _check_resources(self) -> Scheduler:
+        if self.name is SchedulerName.NONE:
+            return self
+        if self.resource is None:
+            raise ValueError(f"resource: required by scheduler {self.name.value}")
+        if self.maxResource is None:
+            raise ValueError(f"maxResource: required by scheduler {self.name.value}")
+        if self.minResource >= self.maxResource:
+            raise ValueError(
+                f"minResource ({self.minResource}) must be less than "
+                f"maxResource ({self.maxResource})"
+            )
+        needs_rungs = self.name in (
+            SchedulerName.SHA,
+            SchedulerName.ASHA,
+            SchedulerName.HYPERBAND,
+        )
+        if needs_rungs and self.minResource * self.reductionFactor > self.maxResource:
+            raise ValueError(
+                f"maxResource ({self.maxResource}) must be at least minResource * "
+                f"reductionFactor ({self.minResource * self.reductionFactor}) so that "
+                f"there are at least two rungs"
+            )
+        return self
+
+
+class Budget(_Model):
+    maxTrials: int = Field(ge=1, le=100_000)
+    parallelTrials: int = Field(default=1, ge=1, le=10_000)
+    maxFailedTrials: int | None = Field(
+        default=None, ge=0, description="The experiment fails when more trials fail."
+    )
+    maxDuration: str | None = Field(
+        default=None, description="Wall-clock limit such as 90m or 2h30m."
+    )
+    maxCostUSD: float | None = Field(default=None, gt=0)
+
+    @field_validator("maxDuration")
+    @classmethod
+    def _duration(cls, value: str | None) -> str | None:
+        if value is not None:
+            parse_duration(value)
+        return value
+
+    def max_duration_seconds(self) -> float | None:
+        return None if self.maxDuration is None else parse_duration(self.maxDuration)
+
+
+def parse_duration(text: str) -> float:
+    """Seconds in a Go-style duration of hours, minutes and seconds (`1h30m`, `45s`)."""
+    match = DURATION_PATTERN.match(text.strip())
+    if not text.strip() or match is None:
+        raise ValueError(f"{text!r} is not a duration such as 90s, 30m, 2h or 1h30m")
+    hours, minutes, seconds = (int(group or 0) for group in match.groups())
+    total = hours * 3600 + minutes * 60 + seconds
+    if total <= 0:
+        raise ValueError(f"{text!r} must be longer than zero")
+    return float(total)
+
+
+class EnvVar(BaseModel):
+    # Pod env entries may use valueFrom; Kubernetes validates those on the cluster.
+    model_config = ConfigDict(extra="allow", frozen=True)
+    name: str = Field(min_length=1)
+    value: str | None = None
+
+
+class Container(BaseModel):
+    # Only the fields kubetune reads are typed; the rest of a container passes through to
+    # the Pod untouched, where the API server validates it.
+    model_config = ConfigDict(extra="allow", frozen=True)
+    name: str = Field(min_length=1)
+    image: str | None = None
+    command: list[str] = Field(default_factory=list)
+    args: list[str] = Field(default_factory=list)
+    env: list[EnvVar] = Field(default_factory=list)
+    workingDir: str | None = None
+
+
+class PodSpec(BaseModel):
+    model_config = ConfigDict(extra="allow", frozen=True)
+    containers: list[Container] = Field(min_length=1)
+    restartPolicy: Literal["Never"] = Field(
+        default="Never",
+        description="kubetune owns retries (a new attempt per pod), so pods never restart.",
+    )
+
+    @model_validator(mode="after")
+    def _first_container_runs_something(self) -> PodSpec:
+        if not self.containers[0].command:
+            raise ValueError("containers[0].command: required (kubetune runs it)")
+        return self
+
+
+class TrialTemplate(_Model):
+    metadata: dict[str, Any] = Field(default_factory=dict)
+    spec: PodSpec
+
+
+class Checkpoints(_Model):
+    uri: str = Field(description="file:///dir or s3://bucket/prefix")
+
+    @field_validator("uri")
+    @classmethod
+    def _scheme(cls, value: str) -> str:
+        if value.startswith("file:///") or re.match(
+            r"^s3://[a-z0-9][a-z0-9.-]{1,61}[a-z0-9]", value
+        ):
+            return value.rstrip("/")
+        raise ValueError(f"{value!r} must start with file:/// (an absolute path) or s3://bucket")
+
+
+class ExperimentSpec(_Model):
+    objective: Objective
+    parameters: list[Parameter] = Field(min_length=1, max_length=100)
+    algorithm: Algorithm = Field(default_factory=Algorithm)
+    scheduler: Scheduler = Field(default_factory=Scheduler)
+    budget: Budget
+    trialTemplate: TrialTemplate
+    checkpoints: Checkpoints | None = None
+
+    @model_validator(mode="after")
+    def _cross_field(self) -> ExperimentSpec:
+        # Errors raised here carry their own path relative to spec; see _cross_field_errors.
+        problems = list(_cross_field_errors(self))
+        if problems:
+            raise ValueError("; ".join(f"{path}: {reason}" for path, reason in problems))
+        return self
+
+    def parameter(self, name: str) -> FloatParameter | IntParameter | CategoricalParameter:
+        for parameter in self.parameters:
+            if parameter.name == name:
+                return parameter
+        raise KeyError(name)
+
+
+def _cross_field_errors(spec: ExperimentSpec) -> Iterator[tuple[str, str]]:
+    seen: dict[str, FloatParameter | IntParameter | CategoricalParameter] = {}
+    grid_ready = spec.algorithm.name is AlgorithmName.GRID
+    for index, parameter in enumerate(spec.parameters):
+        where = f"parameters[{index}]"
+        if parameter.name in seen:
+            yield f"{where}.name", f"duplicate parameter name {parameter.name!r}"
+            continue
+        for parent_name, expected in (parameter.when or {}).items():
+            parent = seen.get(parent_name)
+            if parent is None:
+                reason = (
+                    f"unknown parameter {parent_name!r} (a condition may only name a "
+                    f"parameter listed before this one)"
+                )
+                yield f"{where}.when.{parent_name}", reason
+                continue
+            options = expected if isinstance(expected, list) else [expected]
+            for option in options:
+                if not _value_fits(parent, option):
+                    yield (
+                        f"{where}.when.{parent_name}",
+                        f"{option!r} is not a value of {parent_name}",
+                    )
+        seen[parameter.name] = parameter
+        if (
+            spec.algorithm.name is AlgorithmName.GRID
+            and isinstance(parameter, FloatParameter)
+            and parameter.step is None
+        ):
+            grid_ready = False
+            yield f"{where}.step", "required for float parameters with algorithm grid"
+
+    if grid_ready and len(seen) == len(spec.parameters):
+        from kubetune.space import MAX_GRID_POINTS, grid_size  # space builds on this module
+
+        if grid_size(spec.parameters) > MAX_GRID_POINTS:
+            yield "parameters", f"the grid has more than {MAX_GRID_POINTS} points"
+
+    container = spec.trialTemplate.spec.containers[0]
+    texts: list[tuple[str, str]] = [
+        (f"trialTemplate.spec.containers[0].command[{i}]", text)
+        for i, text in enumerate(container.command)
+    ]
+    texts += [
+        (f"trialTemplate.spec.containers[0].args[{i}]", t) for i, t in enumerate(container.args)
+    ]
+    texts += [
+        (f"trialTemplate.spec.containers[0].env[{i}].value", env.value)
+        for i, env in enumerate(container.env)
+        if env.value is not None
+    ]
+    for path, text in texts:
+        for name in PARAM_REFERENCE.findall(text):
+            if name not in seen:
+                yield path, f"{{{{params.{name}}}}} names no parameter"
+
+
+def _value_fits(
+    parameter: FloatParameter | IntParameter | CategoricalParameter, value: Any
+) -> bool:
+    if isinstance(parameter, CategoricalParameter):
+        return any(type(value) is type(v) and value == v for v in parameter.values)
+    if isinstance(value, bool) or not isinstance(value, int | float):
+        return False
+    if isinstance(parameter, IntParameter) and not float(value).is_integer():
+        return False
+    return parameter.min <= value <= parameter.max
+
+
+class Metadata(BaseModel):
+    model_config = ConfigDict(extra="allow", frozen=True)
+    name: str = Field(pattern=OBJECT_NAME_PATTERN, max_length=50)
+    namespace: str | None = None
+
+
+class Experiment(_Model):
+    apiVersion: Literal["kubetune.dev/v1alpha1"]
+    kind: Literal["HPOExperiment"]
+    metadata: Metadata
+    spec: ExperimentSpec
+    status: dict[str, Any] | None = Field(default=None, exclude=True)
+
+    @property
+    def name(self) -> str:
+        return self.metadata.name
+
+
+class SpecError(ValueError):
+    """An invalid experiment: one `path: reason` line per problem."""
+
+    def __init__(self, problems: Sequence[tuple[str, str]], source: str = "") -> None:
+        self.problems = list(problems)
+        self.source = source
+        head = f"invalid experiment{f' in {source}' if source else ''}:"
+        super().__init__("\n".join([head, *(f"  {p}: {r}" for p, r in self.problems)]))
+
+
+def _format_location(location: Sequence[int | str]) -> str:
+    path = ""
+    for part in location:
+        if isinstance(part, int):
+            path += f"[{part}]"
+        elif part in {"float", "int", "categorical"} and path.endswith("]"):
+            continue  # pydantic names the union member; the index already points at it
+        else:
+            path += f".{part}" if path else str(part)
+    return path
+
+
+def problems_from_validation_error(error: ValidationError) -> list[tuple[str, str]]:
+    problems: list[tuple[str, str]] = []
+    for detail in error.errors(include_url=False):
+        path = _format_location(detail["loc"])
+        message = detail["msg"].removeprefix("Value error, ")
+        if detail["type"] == "extra_forbidden":
+            message = "unknown field"
+        # Cross-field validators report `sub.path: reason; ...` relative to their model.
+        if detail["type"] == "value_error" and re.match(r"^[\w.\[\]]+: ", message):
+            for part in message.split("; "):
+                sub, _, reason = part.partition(": ")
+                problems.append((f"{path}.{sub}" if path else sub, reason))
+            continue
+        problems.append((path, message))
+    return problems
+
+
+def parse_experiment(document: Mapping[str, Any], source: str = "") -> Experiment:
+    """Validate one decoded YAML/JSON document, raising `SpecError` naming every bad field."""
+    if not isinstance(document, Mapping):
+        raise SpecError([("", "expected a mapping (an HPOExperiment object)")], source)
+    try:
+        return Experiment.model_validate(document)
+    except ValidationError as error:
+        raise SpecError(problems_from_validation_error(error), source) from None
+
+
+def load_experiment(path: str | Path) -> Experiment:
+    """Read and validate an experiment YAML file."""
+    path = Path(path)
+    try:
+        text = path.read_text()
+    except OSError as error:
+        raise SpecError([("", f"cannot read file: {error.strerror}")], str(path)) from None
+    try:
+        documents = [d for d in yaml.safe_load_all(text) if d is not None]
+    except yaml.YAMLError as error:
+        raise SpecError([("", f"not valid YAML: {error}")], str(path)) from None
+    experiments = [d for d in documents if isinstance(d, Mapping) and d.get("kind") == KIND]
+    if len(experiments) != 1:
+        found = f"found {len(experiments)}" if documents else "the file is empty"
+        raise SpecError([("", f"expected exactly one {KIND} document, {found}")], str(path))
+    return parse_experiment(experiments[0], str(path))

@@ -1,0 +1,115 @@
+"""The engine's record of one trial: its phase, attempts and the values it reported.
+
+Schedulers read these records (they never change them); the engine is their only writer.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from enum import StrEnum
+from typing import Any
+
+from kubetune.space import Params
+
+
+class TrialPhase(StrEnum):
+    SAMPLING = "Sampling"  # number reserved, parameters being suggested
+    PENDING = "Pending"  # waiting to be launched (new, promoted or interrupted)
+    RUNNING = "Running"
+    PAUSED = "Paused"  # checkpointed at a rung, may be promoted
+    COMPLETED = "Completed"  # trained to the end
+    STOPPED = "Stopped"  # stopped early by the scheduler or the budget
+    FAILED = "Failed"
+
+    @property
+    def is_final(self) -> bool:
+        return self in (TrialPhase.COMPLETED, TrialPhase.STOPPED, TrialPhase.FAILED)
+
+    @property
+    def holds_slot(self) -> bool:
+        return self in (TrialPhase.SAMPLING, TrialPhase.PENDING, TrialPhase.RUNNING)
+
+
+class Decision(StrEnum):
+    CONTINUE = "continue"
+    PAUSE = "pause"
+    STOP = "stop"
+
+
+@dataclass(frozen=True)
+class Verdict:
+    """A scheduler's answer to a report. `final` is the phase a stop leads to."""
+
+    decision: Decision
+    reason: str = ""
+    final: TrialPhase | None = None
+
+    @staticmethod
+    def go_on() -> Verdict:
+        return Verdict(Decision.CONTINUE)
+
+
+@dataclass
+class Attempt:
+    number: int
+    resume: bool
+    target: int | None  # resource step at which the scheduler will pause or stop it
+    first_step: int | None = None
+    last_step: int | None = None
+    decision: Verdict | None = None  # the last non-continue verdict given to this attempt
+    started_at: float | None = None
+    ended_at: float | None = None
+
+    @property
+    def consumed(self) -> int:
+        """Resource steps this attempt trained: a resume re-trains from its first report."""
+        if self.first_step is None or self.last_step is None:
+            return 0
+        return self.last_step - self.first_step + 1
+
+
+@dataclass
+class TrialRecord:
+    number: int
+    name: str
+    bracket: int = 0
+    params: Params = field(default_factory=dict)
+    sampler_attrs: dict[str, Any] = field(default_factory=dict)
+    phase: TrialPhase = TrialPhase.SAMPLING
+    reason: str = ""
+    attempts: list[Attempt] = field(default_factory=list)
+    # Objective value by step, the latest attempt's value winning when steps repeat.
+    values: dict[int, float] = field(default_factory=dict)
+    last_metrics: dict[str, float] = field(default_factory=dict)
+    # Rung index -> objective value when the trial first reached that rung.
+    rung_values: dict[int, float] = field(default_factory=dict)
+    # Resource the next attempt trains to (the rung it was promoted to).
+    next_target: int | None = None
+    interruptions: int = 0
+    decisions: dict[tuple[int, int], Verdict] = field(default_factory=dict)
+
+    @property
+    def attempt(self) -> Attempt | None:
+        return self.attempts[-1] if self.attempts else None
+
+    @property
+    def last_step(self) -> int | None:
+        return max(self.values) if self.values else None
+
+    @property
+    def value(self) -> float | None:
+        """The objective at the furthest step reached: what the trial is ranked by."""
+        step = self.last_step
+        return None if step is None else self.values[step]
+
+    @property
+    def resource(self) -> int:
+        return sum(a.consumed for a in self.attempts)
+
+    @property
+    def started_at(self) -> float | None:
+        return self.attempts[0].started_at if self.attempts else None
+
+    @property
+    def ended_at(self) -> float | None:
+        return self.attempts[-1].ended_at if self.phase.is_final and self.attempts else None
