@@ -125,11 +125,11 @@ class CategoricalParameter(_ParameterBase):
 
 def _check_range(low: float, high: float, scale: Scale) -> None:
     if not (math.isfinite(low) and math.isfinite(high)):
-        raise ValueError("min and max must be finite numbers")
+        raise ValueError("min: min and max must be finite numbers")
     if low >= high:
-        raise ValueError(f"min ({low}) must be less than max ({high})")
+        raise ValueError(f"min: must be less than max ({high}), got {low}")
     if scale is Scale.LOG and low <= 0:
-        raise ValueError(f"min ({low}) must be greater than 0 with scale log")
+        raise ValueError(f"min: must be greater than 0 with scale log, got {low}")
 
 
 Parameter = Annotated[
@@ -199,8 +199,8 @@ class Scheduler(_Model):
             raise ValueError(f"maxResource: required by scheduler {self.name.value}")
         if self.minResource >= self.maxResource:
             raise ValueError(
-                f"minResource ({self.minResource}) must be less than "
-                f"maxResource ({self.maxResource})"
+                f"minResource: must be less than maxResource ({self.maxResource}), "
+                f"got {self.minResource}"
             )
         needs_rungs = self.name in (
             SchedulerName.SHA,
@@ -209,9 +209,9 @@ class Scheduler(_Model):
         )
         if needs_rungs and self.minResource * self.reductionFactor > self.maxResource:
             raise ValueError(
-                f"maxResource ({self.maxResource}) must be at least minResource * "
-                f"reductionFactor ({self.minResource * self.reductionFactor}) so that "
-                f"there are at least two rungs"
+                f"maxResource: must be at least minResource * reductionFactor "
+                f"({self.minResource * self.reductionFactor}) so that there are at least "
+                f"two rungs, got {self.maxResource}"
             )
         return self
 
