@@ -5,8 +5,9 @@ from __future__ import annotations
 import os
 from pathlib import Path
 
-import kubetune_trial as kt
 import pytest
+
+import kubetune_trial as kt
 from kubetune_trial import storage
 
 

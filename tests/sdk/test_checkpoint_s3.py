@@ -5,8 +5,9 @@ from __future__ import annotations
 import socket
 
 import boto3
-import kubetune_trial as kt
 import pytest
+
+import kubetune_trial as kt
 
 
 def keys(bucket: str, prefix: str = "") -> list[str]:

@@ -8,8 +8,9 @@ import subprocess
 import sys
 from pathlib import Path
 
-import kubetune_trial as kt
 import pytest
+
+import kubetune_trial as kt
 
 TRIAL_IMAGE = Path(__file__).resolve().parents[2] / "trial_image"
 

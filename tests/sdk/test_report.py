@@ -10,9 +10,10 @@ import threading
 import time
 import traceback
 
-import kubetune_trial as kt
 import numpy as np
 import pytest
+
+import kubetune_trial as kt
 
 from .conftest import TOKEN, TRIAL
 from .protocol_server import Fault, ProtocolServer

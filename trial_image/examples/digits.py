@@ -26,6 +26,7 @@ import logging
 import sys
 
 import digits_model as dm
+
 import kubetune_trial as kt
 
 
