@@ -134,7 +134,7 @@ class ReportServer:
             if owner is None:
                 return _error(401, "invalid token")
             logger.warning("trial %s sent a report for trial %s", owner, report.trial)
-            return _error(403, "token does not belong to this trial")
+            return _error(403, "token belongs to another trial")
         try:
             verdict = await self.handle(report)
         except EngineError as error:
