@@ -12,6 +12,7 @@ from concurrent.futures import ProcessPoolExecutor
 from concurrent.futures.process import BrokenProcessPool
 from typing import Any
 
+from kubetune.processes import die_with_parent
 from kubetune.samplers import Suggestion, suggest
 
 
@@ -23,7 +24,9 @@ class SuggestionWorker:
         if self._pool is None:
             # spawn, not fork: forking a process with an event loop and threads is unsafe.
             context = multiprocessing.get_context("spawn")
-            self._pool = ProcessPoolExecutor(max_workers=1, mp_context=context)
+            self._pool = ProcessPoolExecutor(
+                max_workers=1, mp_context=context, initializer=die_with_parent
+            )
         return self._pool
 
     async def suggest(self, request: tuple[Any, ...]) -> Suggestion | None:

@@ -9,7 +9,6 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
-import ctypes
 import os
 import signal
 import sys
@@ -19,19 +18,12 @@ from pathlib import Path
 
 from kubetune.engine import LaunchTrial
 from kubetune.logparse import parse_metrics_line
+from kubetune.processes import die_with_parent
 from kubetune.spec import ExperimentSpec
 from kubetune.trialenv import AttemptContext, rendered_command, rendered_env, trial_env
 
-PR_SET_PDEATHSIG = 1
-
 ExitCallback = Callable[[int, int, int, str], None]
 LogReportCallback = Callable[[int, int, int, dict[str, float]], bool]
-
-
-def _die_with_parent() -> None:
-    if sys.platform.startswith("linux"):
-        libc = ctypes.CDLL(None, use_errno=True)
-        libc.prctl(PR_SET_PDEATHSIG, signal.SIGKILL)
 
 
 @dataclass
@@ -89,7 +81,7 @@ class LocalExecutor:
                 stdout=asyncio.subprocess.PIPE,
                 stderr=asyncio.subprocess.STDOUT,
                 start_new_session=True,
-                preexec_fn=_die_with_parent,
+                preexec_fn=die_with_parent,
                 limit=1 << 20,
             )
         except OSError as error:
