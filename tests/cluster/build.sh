@@ -94,7 +94,7 @@ need_own_kubectl() {
     [[ -z "$v" ]] && return 0
     local skew=$(( $(minor_of "$v") - $(minor_of "$K8S_VERSION") ))
     if (( skew < -1 || skew > 1 )); then
-        echo "kubectl on PATH ($sys) is $v: skew to $K8S_VERSION is more than one minor; building kubectl $K8S_VERSION"
+        echo "kubectl on PATH ($sys) is $v: more than one minor from $K8S_VERSION; kubectl $K8S_VERSION is built here"
         return 0
     fi
     echo "kubectl on PATH ($sys) is $v: within one minor of $K8S_VERSION; using it"
