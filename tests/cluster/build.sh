@@ -38,12 +38,15 @@ export GOFLAGS="${GOFLAGS:-} -trimpath"
 NICE=(nice -n 10)
 
 CURRENT_STEP=""
+# fd 3 is the real stderr: the trap may fire inside a step whose output goes to a log.
+exec 3>&2
 on_error() {
     local rc=$?
-    echo "build.sh: FAILED in step '$CURRENT_STEP' (exit $rc)." >&2
+    trap - ERR
+    echo "build.sh: FAILED in step '$CURRENT_STEP' (exit $rc): '$BASH_COMMAND'" >&3
     if [[ -n "${STEP_LOG:-}" && -s "$STEP_LOG" ]]; then
-        echo "build.sh: last lines of its output ($STEP_LOG):" >&2
-        tail -n 40 "$STEP_LOG" >&2
+        echo "build.sh: last lines of its output ($STEP_LOG):" >&3
+        tail -n 40 "$STEP_LOG" >&3
     fi
     exit "$rc"
 }
@@ -53,7 +56,7 @@ trap on_error ERR
 step() {
     local name="$1"; shift
     CURRENT_STEP="$name"
-    STEP_LOG="$CACHE/logs/$(echo "$name" | tr -c 'a-zA-Z0-9._-' '_').log"
+    STEP_LOG="$CACHE/logs/$(printf '%s' "$name" | tr -c 'a-zA-Z0-9._-' '_').log"
     mkdir -p "$CACHE/logs"
     echo "==> $name"
     local t0=$SECONDS

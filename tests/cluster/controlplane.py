@@ -653,6 +653,13 @@ class ControlPlane:
                 serialization.Encoding.PEM, serialization.PublicFormat.SubjectPublicKeyInfo
             ),
         )
+        # The request-header (front proxy) CA: without it every component logs, every few
+        # seconds, that extension-apiserver-authentication lacks it, burying real errors.
+        front = CertAuthority.create("kubetune-front-proxy-ca")
+        write("front-proxy-ca.crt", front.cert_pem)
+        cert, key = front.issue("front-proxy-client", client=True)
+        write("front-proxy-client.crt", cert)
+        write("front-proxy-client.key", key, secret=True)
         self._admin_cert = ca.issue(ADMIN_USER, organizations=["system:masters"], client=True)
         write("admin.crt", self._admin_cert[0])
         write("admin.key", self._admin_cert[1], secret=True)
@@ -777,6 +784,13 @@ class ControlPlane:
                 # Node agents serve logs with certificates of our CA, as kubelets do.
                 f"--kubelet-certificate-authority={pki / 'ca.crt'}",
                 "--kubelet-preferred-address-types=InternalIP",
+                f"--requestheader-client-ca-file={pki / 'front-proxy-ca.crt'}",
+                "--requestheader-allowed-names=front-proxy-client",
+                "--requestheader-username-headers=X-Remote-User",
+                "--requestheader-group-headers=X-Remote-Group",
+                "--requestheader-extra-headers-prefix=X-Remote-Extra-",
+                f"--proxy-client-cert-file={pki / 'front-proxy-client.crt'}",
+                f"--proxy-client-key-file={pki / 'front-proxy-client.key'}",
                 # The `kubernetes` Endpoints would point at 127.0.0.1, which validation
                 # refuses for endpoints; nothing here could route to it anyway.
                 "--endpoint-reconciler-type=none",

@@ -166,6 +166,7 @@ class _PodRun:
     evicted: str | None = None  # the eviction message, once evicted
     deleted: bool = False  # the pod object is gone: report nothing more
     thread: threading.Thread | None = None
+    pod: dict[str, Any] = field(default_factory=dict)  # as first seen
 
     def alive(self) -> bool:
         return self.process is not None and self.process.poll() is None
@@ -281,22 +282,28 @@ class ProcessNode:
         return self
 
     def stop(self, delete_node: bool = True, grace_seconds: float = 2.0) -> None:
-        """Stops the agent: terminates every process it runs (SIGTERM, then SIGKILL after
-        ``grace_seconds``) and deletes the Node unless told not to."""
+        """Stops the agent like a graceful node shutdown: every process it runs gets
+        SIGTERM, then SIGKILL after ``grace_seconds``; their pods are marked Failed,
+        reason ``Terminated`` (so deleting them, or their namespace, is immediate); then
+        the Node is deleted unless told not to."""
         if not self.started:
             return
         self._stopping.set()
         with self._lock:
-            runs = list(self._runs.values())
-        for run in runs:
-            run.grace_seconds = min(run.grace_seconds, grace_seconds)
-            run.stop_requested.set()
-        for run in runs:
-            if run.thread:
-                run.thread.join(grace_seconds + 5)
+            runs = [r for r in self._runs.values() if not r.done.is_set()]
+        self._terminate_runs(
+            runs,
+            "Pod was terminated in response to imminent node shutdown.",
+            reason="Terminated",
+            grace_seconds=grace_seconds,
+            timeout=grace_seconds + 10,
+        )
         self._close_watch()
         if delete_node and not self.node_deleted:
-            self._delete_node()
+            try:
+                self._delete_node()
+            except Exception as exc:  # the control plane may be gone first
+                log.warning("node %s: could not delete the Node: %s", self.name, exc)
         if self._server:
             self._server.shutdown()
             self._server.server_close()
@@ -345,7 +352,8 @@ class ProcessNode:
             run = self._by_name.get((namespace, pod))
         if run is None:
             raise KeyError(f"pod {namespace}/{pod} is not on node {self.name}")
-        self._evict_runs([run], message or f"Evicted from node {self.name}", timeout)
+        msg = message or f"Evicted from node {self.name}"
+        self._terminate_runs([run], msg, reason="Evicted", grace_seconds=0, timeout=timeout)
 
     def interrupt(self, message: str | None = None, timeout: float = 30.0) -> None:
         """A spot interruption: every pod's process is killed, every pod marked Failed
@@ -353,7 +361,7 @@ class ProcessNode:
         msg = message or f"Node {self.name} was reclaimed (simulated spot interruption)"
         with self._lock:
             runs = [r for r in self._runs.values() if not r.done.is_set()]
-        self._evict_runs(runs, msg, timeout)
+        self._terminate_runs(runs, msg, reason="Evicted", grace_seconds=0, timeout=timeout)
         self._delete_node()
         self.stop(delete_node=False)
 
@@ -631,6 +639,7 @@ class ProcessNode:
             log_path=pod_dir / f"{container}.log",
             container=container,
             grace_seconds=float(spec.get("terminationGracePeriodSeconds", 30)),
+            pod=pod,
         )
         run.log_path.touch()
         with self._lock:
@@ -775,8 +784,7 @@ class ProcessNode:
     def _stopped(self, run: _PodRun, pod: dict[str, Any]) -> None:
         """The process was stopped on request: report as the request demands."""
         if run.evicted is not None or self._stopping.is_set():
-            # Eviction is reported by _evict_runs; an agent that stops (its Node goes
-            # away) leaves its pods to the pod garbage collector, as a lost kubelet does.
+            # _terminate_runs reports these (eviction, node shutdown).
             return
         if run.deleted:
             return
@@ -798,14 +806,27 @@ class ProcessNode:
             if exc.status not in (404, 409):
                 log.warning("node %s: deleting pod %s/%s: %s", self.name, namespace, name, exc)
 
-    def _evict_runs(self, runs: list[_PodRun], message: str, timeout: float) -> None:
+    def _terminate_runs(
+        self,
+        runs: list[_PodRun],
+        message: str,
+        *,
+        reason: str,
+        grace_seconds: float,
+        timeout: float,
+    ) -> None:
+        """Stops the runs' processes (SIGTERM, SIGKILL after the grace period) and marks
+        their pods Failed with ``reason`` and a ``DisruptionTarget`` condition, as the
+        kubelet does for node-pressure eviction and graceful node shutdown."""
         for run in runs:
             run.evicted = message
-            run.grace_seconds = 0
+            run.grace_seconds = grace_seconds
             run.stop_requested.set()
         deadline = time.monotonic() + timeout
         for run in runs:
             run.done.wait(max(0.0, deadline - time.monotonic()))
+            if run.deleted:
+                continue
             now = _now()
             terminated = {
                 "exitCode": run.exit_code if run.exit_code is not None else 137,
@@ -813,49 +834,29 @@ class ProcessNode:
                 "message": message,
                 "startedAt": run.started_at or now,
                 "finishedAt": run.finished_at or now,
+                "containerID": f"process://{run.uid}",
             }
-            self._patch_status(
-                run.namespace,
-                run.name,
-                {
-                    "phase": "Failed",
-                    "reason": "Evicted",
-                    "message": message,
-                    "conditions": [
-                        {
-                            "type": "DisruptionTarget",
-                            "status": "True",
-                            "reason": "TerminationByKubelet",
-                            "message": message,
-                            "lastTransitionTime": now,
-                        },
-                        {
-                            "type": "Ready",
-                            "status": "False",
-                            "reason": "PodFailed",
-                            "lastTransitionTime": now,
-                        },
-                        {
-                            "type": "ContainersReady",
-                            "status": "False",
-                            "reason": "PodFailed",
-                            "lastTransitionTime": now,
-                        },
-                    ],
-                    "containerStatuses": [
-                        {
-                            "name": run.container,
-                            "image": "",
-                            "imageID": "",
-                            "containerID": f"process://{run.uid}",
-                            "ready": False,
-                            "started": False,
-                            "restartCount": run.restart_count,
-                            "state": {"terminated": terminated},
-                        }
-                    ],
-                },
-            )
+            failed = {"status": "False", "reason": "PodFailed", "lastTransitionTime": now}
+            status = {
+                "phase": "Failed",
+                "reason": reason,
+                "message": message,
+                "conditions": [
+                    {
+                        "type": "DisruptionTarget",
+                        "status": "True",
+                        "reason": "TerminationByKubelet",
+                        "message": message,
+                        "lastTransitionTime": now,
+                    },
+                    {"type": "Ready", **failed},
+                    {"type": "ContainersReady", **failed},
+                ],
+                "containerStatuses": self._container_statuses(
+                    run.pod, run, {"terminated": terminated}
+                ),
+            }
+            self._patch_status(run.namespace, run.name, status)
 
     # -- status documents -------------------------------------------------------------
 
@@ -984,6 +985,8 @@ class ProcessNode:
         except ApiException as exc:
             if exc.status != 404:  # a pod deleted meanwhile has no status to report
                 log.warning("node %s: status of %s/%s: %s", self.name, namespace, name, exc.body)
+        except Exception as exc:  # e.g. the control plane stopped first
+            log.warning("node %s: status of %s/%s: %s", self.name, namespace, name, exc)
 
     # -- environment ------------------------------------------------------------------
 
