@@ -48,11 +48,20 @@ def build_parser() -> argparse.ArgumentParser:
 
     validate = commands.add_parser("validate", help="check an experiment YAML and exit")
     validate.add_argument("file", type=Path)
+
+    operator = commands.add_parser("operator", help="run the Kubernetes operator")
+    from kubetune.operator.main import add_arguments
+
+    add_arguments(operator)
     return parser
 
 
 def main(argv: list[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
+    if args.command == "operator":
+        from kubetune.operator.main import run
+
+        return run(args)
     logging.basicConfig(level=logging.WARNING, format="%(levelname)s %(name)s: %(message)s")
     try:
         experiment = load_experiment(args.file)

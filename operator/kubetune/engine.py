@@ -23,6 +23,7 @@ from kubetune.events import (
     Event,
     ExitKind,
     ExperimentEnded,
+    ExperimentReopened,
     ExperimentStarted,
     Reported,
     SearchExhausted,
@@ -58,6 +59,7 @@ SEARCH_SPACE_EXHAUSTED = "SearchSpaceExhausted"
 MAX_DURATION_REACHED = "MaxDurationReached"
 TOO_MANY_FAILED_TRIALS = "TooManyFailedTrials"
 NO_RESULTS = "NoTrialReportedObjective"
+NOT_PROMOTED = "not promoted"
 
 
 @dataclass(frozen=True)
@@ -160,11 +162,16 @@ class Engine:
                 self.stop_reasons[number] = reason
             case AttemptEnded():
                 self._apply_attempt_end(event)
+            case ExperimentReopened():
+                self.ended = None
+                for trial in self.trials:
+                    if trial.phase is TrialPhase.STOPPED and trial.reason == NOT_PROMOTED:
+                        trial.phase, trial.reason = TrialPhase.PAUSED, ""
             case ExperimentEnded():
                 self.ended = event
                 for trial in self.trials:
                     if trial.phase is TrialPhase.PAUSED:
-                        trial.phase, trial.reason = TrialPhase.STOPPED, "not promoted"
+                        trial.phase, trial.reason = TrialPhase.STOPPED, NOT_PROMOTED
                     elif trial.phase in (TrialPhase.PENDING, TrialPhase.SAMPLING):
                         trial.phase, trial.reason = TrialPhase.STOPPED, event.reason
 
@@ -273,6 +280,28 @@ class Engine:
         if trial.phase is not TrialPhase.RUNNING or current is None or current.number != attempt:
             return False
         self._record(AttemptEnded(number, attempt, kind, exit_code, now, message))
+        return True
+
+    def update_spec(self, spec: ExperimentSpec) -> None:
+        """A new spec whose budget may differ; the frozen fields are checked by the caller."""
+        self.spec = spec
+        self.scheduler = make_scheduler(spec)
+
+    def can_grow(self) -> bool:
+        """Whether the current budget allows work beyond where an ended experiment stopped."""
+        if self.ended is None or self.exhausted:
+            return False
+        budget = self.spec.budget
+        failed = sum(t.phase is TrialPhase.FAILED for t in self.trials)
+        if budget.maxFailedTrials is not None and failed > budget.maxFailedTrials:
+            return False
+        return len(self.trials) < budget.maxTrials
+
+    def reopen(self, now: float) -> bool:
+        """Continue an ended experiment whose budget was raised; False if nothing to do."""
+        if not self.can_grow():
+            return False
+        self._record(ExperimentReopened(now))
         return True
 
     def sampler_request(self, number: int) -> tuple[ExperimentSpec, list[SamplerTrial], dict, int]:

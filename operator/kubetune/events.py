@@ -97,6 +97,13 @@ class ExperimentEnded:
     at: float
 
 
+@dataclass(frozen=True)
+class ExperimentReopened:
+    """The budget grew after the experiment had ended: it goes on."""
+
+    at: float
+
+
 Event = (
     ExperimentStarted
     | TrialPlanned
@@ -108,6 +115,7 @@ Event = (
     | StopRequested
     | AttemptEnded
     | ExperimentEnded
+    | ExperimentReopened
 )
 
 _TYPES: dict[str, type] = {
@@ -123,6 +131,7 @@ _TYPES: dict[str, type] = {
         StopRequested,
         AttemptEnded,
         ExperimentEnded,
+        ExperimentReopened,
     )
 }
 

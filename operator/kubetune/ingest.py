@@ -78,23 +78,41 @@ def parse_report(body: Any) -> Report:
 ReportHandler = Callable[[Report], Awaitable[Verdict]]
 
 
-class ReportServer:
-    """aiohttp application serving `/v1/reports` and `/healthz`."""
+@dataclass(frozen=True)
+class ReportTarget:
+    """Where the reports of one experiment go: its tokens and its engine's handler."""
 
-    def __init__(
-        self,
-        tokens: TokenAuthority,
-        handle: ReportHandler,
-        known_trials: Callable[[], Iterable[str]],
-    ) -> None:
-        self.tokens = tokens
-        self.handle = handle
-        self.known_trials = known_trials
+    tokens: TokenAuthority
+    handle: ReportHandler
+    known_trials: Callable[[], Iterable[str]]
+
+
+# Local mode serves one experiment at /v1/reports; the operator serves many, each under
+# /ns/<namespace>/exp/<name>, which is the KUBETUNE_ENDPOINT its trials get.
+Resolver = Callable[[str | None, str | None], ReportTarget | None]
+
+
+class ReportServer:
+    """aiohttp application serving the trial protocol and `/healthz`."""
+
+    def __init__(self, resolve: Resolver) -> None:
+        self.resolve = resolve
         self.app = web.Application(client_max_size=MAX_BODY_BYTES)
         self.app.router.add_post("/v1/reports", self._report)
+        self.app.router.add_post("/ns/{namespace}/exp/{experiment}/v1/reports", self._report)
         self.app.router.add_get("/healthz", self._health)
         self._runner: web.AppRunner | None = None
         self.port: int | None = None
+
+    @classmethod
+    def single(
+        cls,
+        tokens: TokenAuthority,
+        handle: ReportHandler,
+        known_trials: Callable[[], Iterable[str]],
+    ) -> ReportServer:
+        target = ReportTarget(tokens, handle, known_trials)
+        return cls(lambda namespace, experiment: target if experiment is None else None)
 
     async def start(self, host: str = "127.0.0.1", port: int = 0) -> str:
         self._runner = web.AppRunner(self.app, access_log=None)
@@ -119,33 +137,39 @@ class ReportServer:
         if scheme.lower() != "bearer" or not token.strip():
             return _error(401, "missing bearer token")
         token = token.strip()
+        target = self.resolve(
+            request.match_info.get("namespace"), request.match_info.get("experiment")
+        )
+        if target is None:
+            return _error(401, "invalid token")  # no experiment there: nothing to reveal
         try:
             body = json.loads(await request.read())
         except (json.JSONDecodeError, UnicodeDecodeError):
-            return self._refuse_unauthenticated(token) or _error(400, "body is not valid JSON")
+            return _refuse_stranger(target, token) or _error(400, "body is not valid JSON")
         except web.HTTPRequestEntityTooLarge:
             return _error(413, "body too large")
         try:
             report = parse_report(body)
         except BadReport as error:
-            return self._refuse_unauthenticated(token) or _error(400, str(error))
-        if not self.tokens.verify(token, report.trial):
-            owner = self.tokens.owner(token, self.known_trials())
+            return _refuse_stranger(target, token) or _error(400, str(error))
+        if not target.tokens.verify(token, report.trial):
+            owner = target.tokens.owner(token, target.known_trials())
             if owner is None:
                 return _error(401, "invalid token")
             logger.warning("trial %s sent a report for trial %s", owner, report.trial)
             return _error(403, "token belongs to another trial")
         try:
-            verdict = await self.handle(report)
+            verdict = await target.handle(report)
         except EngineError as error:
             return _error(error.status, str(error))
         return web.json_response({"decision": verdict.decision.value, "reason": verdict.reason})
 
-    def _refuse_unauthenticated(self, token: str) -> web.Response | None:
-        # A malformed body from a stranger learns nothing about the body's shape.
-        if self.tokens.owner(token, self.known_trials()) is None:
-            return _error(401, "invalid token")
-        return None
+
+def _refuse_stranger(target: ReportTarget, token: str) -> web.Response | None:
+    # A malformed body from a stranger learns nothing about the body's shape.
+    if target.tokens.owner(token, target.known_trials()) is None:
+        return _error(401, "invalid token")
+    return None
 
 
 def _error(status: int, message: str) -> web.Response:

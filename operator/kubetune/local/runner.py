@@ -146,6 +146,8 @@ class LocalRun:
             self.engine.attempt_ended(
                 trial.number, attempt, ExitKind.INTERRUPTED, None, now, "kubetune run restarted"
             )
+        if self.engine.reopen(now):
+            self.view.note(f"the budget of {self.name} was raised: continuing")
         if history:
             self.view.note(
                 f"resuming {self.name} from {self.state.directory} ({len(history)} events)"

@@ -1,0 +1,1 @@
+"""The Kubernetes shell around the engine: kopf handlers, pods, storage in custom resources."""

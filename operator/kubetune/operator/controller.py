@@ -1,0 +1,400 @@
+"""One experiment on the cluster: its engine, and the objects that carry its decisions out.
+
+Level-triggered and idempotent, in controller-runtime's manner: `step()` may run at any
+time, any number of times. Everything that changes the engine (a report, a pod that
+ended, a suggestion) happens under the experiment's lock and is written to the
+experiment's custom resources before anything acts on it, so an operator killed at any
+moment and started again rebuilds the same engine from the API server (`load`) and
+goes on: no trial is duplicated, no reported value is lost.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import time
+from collections import defaultdict
+from dataclasses import dataclass
+from datetime import UTC, datetime
+from typing import Any
+
+from kubetune.engine import (
+    Engine,
+    FinishExperiment,
+    LaunchTrial,
+    SampleTrial,
+    StopTrial,
+)
+from kubetune.ingest import Report, ReportTarget
+from kubetune.offloop import SuggestionWorker
+from kubetune.operator import store
+from kubetune.operator.kube import Kube
+from kubetune.operator.naming import (
+    GROUP,
+    LABEL_EXPERIMENT,
+    LABEL_TRIAL,
+    VERSION,
+    endpoint_for,
+    pod_name,
+)
+from kubetune.operator.outcomes import attempt_outcome, pod_node
+from kubetune.operator.pods import owner_reference, token_secret, trial_pod
+from kubetune.spec import ExperimentSpec
+from kubetune.tokens import TokenAuthority
+from kubetune.trialenv import AttemptContext, checkpoint_uri
+from kubetune.trials import TrialPhase, TrialRecord, Verdict
+
+logger = logging.getLogger(__name__)
+
+
+@dataclass(frozen=True)
+class OperatorConfig:
+    endpoint_url: str
+    token_key: bytes
+    pod_grace_seconds: int = 30
+
+
+def _timestamp(seconds: float | None) -> str | None:
+    if seconds is None:
+        return None
+    return datetime.fromtimestamp(seconds, UTC).strftime("%Y-%m-%dT%H:%M:%SZ")
+
+
+class ExperimentController:
+    def __init__(
+        self,
+        kube: Kube,
+        config: OperatorConfig,
+        sampler: SuggestionWorker,
+        body: dict[str, Any],
+        spec: ExperimentSpec,
+    ) -> None:
+        metadata = body["metadata"]
+        self.kube = kube
+        self.config = config
+        self.sampler = sampler
+        self.namespace: str = metadata["namespace"]
+        self.name: str = metadata["name"]
+        self.uid: str = metadata["uid"]
+        self.generation: int = metadata.get("generation", 1)
+        self.body = body
+        self.spec = spec
+        self.tokens = TokenAuthority(config.token_key, f"{self.namespace}/{self.name}")
+        self.endpoint = endpoint_for(config.endpoint_url, self.namespace, self.name)
+        self.lock = asyncio.Lock()
+        self.engine = Engine(spec, self.name)
+        self.seqs: list[int] = []
+        self.next_seq = 0
+        self.trial_history: dict[int, list[dict[str, Any]]] = defaultdict(list)
+        self.experiment_history: list[dict[str, Any]] = []
+        self.trial_uids: dict[int, str] = {}
+        self.nodes: dict[int, str] = {}
+        self.dirty_trials: set[int] = set()
+        self.sampling: asyncio.Task[None] | None = None
+        self.last_status: dict[str, Any] | None = None
+        self.loaded = False
+
+    # ----- rebuilding ---------------------------------------------------------------
+
+    async def load(self) -> None:
+        """Rebuild the engine from the custom resources, then reconcile with the pods."""
+        async with self.lock:
+            trials = await self.kube.list_trials(self.namespace, self.name)
+            histories = [(self.body.get("status") or {}).get("history") or []]
+            for trial in trials:
+                number = trial["spec"]["number"]
+                self.trial_uids[number] = trial["metadata"]["uid"]
+                history = (trial.get("status") or {}).get("history") or []
+                self.trial_history[number] = list(history)
+                histories.append(history)
+            self.experiment_history = list(histories[0])
+            merged = store.merge_histories(histories)
+            self.engine = Engine.replay(self.spec, self.name, (event for _, event in merged))
+            self.seqs = [seq for seq, _ in merged]
+            self.next_seq = (self.seqs[-1] + 1) if self.seqs else 0
+            for trial in trials:
+                node = (trial.get("status") or {}).get("node")
+                if node:
+                    self.nodes[trial["spec"]["number"]] = node
+            if self.engine.reopen(time.time()):
+                self._note_new_events()
+            await self._reconcile_pods()
+            await self._persist()
+            self.loaded = True
+            logger.info(
+                "experiment %s/%s rebuilt from %d events", self.namespace, self.name, len(merged)
+            )
+
+    async def _reconcile_pods(self) -> None:
+        pods = {
+            p["metadata"]["name"]: p for p in await self.kube.list_pods(self.namespace, self.name)
+        }
+        for trial in list(self.engine.running()):
+            attempt = trial.attempts[-1]
+            pod = pods.get(pod_name(trial.name, attempt.number))
+            if pod is None:
+                # The launch was recorded but the pod never made it: carry the launch out.
+                await self._launch(_relaunch(trial))
+                continue
+            self._end_attempt_from_pod(pod, deleted=False)
+
+    # ----- the durable write ----------------------------------------------------------
+
+    def _note_new_events(self) -> None:
+        """Give events the engine appended a sequence number and file them by owner."""
+        for event in self.engine.history[len(self.seqs) :]:
+            seq = self.next_seq
+            self.next_seq += 1
+            self.seqs.append(seq)
+            number = store.trial_number_of(event)
+            record = store.encode(seq, event)
+            if number is None:
+                self.experiment_history.append(record)
+            else:
+                self.trial_history[number].append(record)
+                self.dirty_trials.add(number)
+
+    async def _persist(self) -> None:
+        self._note_new_events()
+        for number in sorted(self.dirty_trials):
+            if number >= len(self.engine.trials):
+                self.dirty_trials.discard(number)  # search exhausted before it was sampled
+                continue
+            trial = self.engine.trials[number]
+            if trial.phase is TrialPhase.SAMPLING:
+                continue  # written with its parameters, once sampled
+            if number not in self.trial_uids:
+                created = await self.kube.create_trial(self.namespace, self._trial_object(trial))
+                self.trial_uids[number] = created["metadata"]["uid"]
+            history = store.compact(self.trial_history[number])
+            self.trial_history[number] = history
+            await self.kube.patch_trial_status(
+                self.namespace, trial.name, self._trial_status(trial, history)
+            )
+            self.dirty_trials.discard(number)
+        await self._write_experiment_status()
+
+    def _trial_object(self, trial: TrialRecord) -> dict[str, Any]:
+        return {
+            "apiVersion": f"{GROUP}/{VERSION}",
+            "kind": "HPOTrial",
+            "metadata": {
+                "name": trial.name,
+                "namespace": self.namespace,
+                "labels": {LABEL_EXPERIMENT: self.name, LABEL_TRIAL: trial.name},
+                "ownerReferences": [owner_reference("HPOExperiment", self.name, self.uid)],
+            },
+            "spec": {
+                "experiment": self.name,
+                "number": trial.number,
+                "params": dict(trial.params),
+                "bracket": trial.bracket,
+            },
+        }
+
+    def _checkpoint_uri(self, trial: str) -> str:
+        base = self.spec.checkpoints.uri if self.spec.checkpoints else ""
+        return checkpoint_uri(base, self.name, trial) if base else ""
+
+    def _trial_status(self, trial: TrialRecord, history: list[dict[str, Any]]) -> dict[str, Any]:
+        attempt = trial.attempt
+        return {
+            "phase": trial.phase.value,
+            "reason": trial.reason,
+            "value": trial.value,
+            "step": trial.last_step,
+            "resource": trial.resource,
+            "attempt": attempt.number if attempt else 0,
+            "pod": pod_name(trial.name, attempt.number) if attempt else None,
+            "node": self.nodes.get(trial.number),
+            "interruptions": trial.interruptions,
+            "checkpointUri": self._checkpoint_uri(trial.name) or None,
+            "startTime": _timestamp(trial.started_at),
+            "completionTime": _timestamp(trial.ended_at),
+            "history": history,
+        }
+
+    async def _write_experiment_status(self) -> None:
+        status = self._experiment_status()
+        if status == self.last_status:
+            return
+        await self.kube.patch_experiment_status(self.namespace, self.name, status)
+        self.last_status = status
+
+    def _experiment_status(self) -> dict[str, Any]:
+        engine = self.engine
+        counts = engine.counts()
+        best = engine.best()
+        ended = engine.ended
+        done = sum(counts[p.value] for p in TrialPhase if p.is_final)
+        if ended is None:
+            phase, reason, message = (
+                "Running",
+                "Running",
+                f"{done} of {self.spec.budget.maxTrials} trials done",
+            )
+        else:
+            phase = "Succeeded" if ended.succeeded else "Failed"
+            reason, message = ended.reason, ended.message
+        return {
+            "phase": phase,
+            "reason": reason,
+            "message": message,
+            "observedGeneration": self.generation,
+            "startTime": _timestamp(engine.started_at),
+            "completionTime": _timestamp(ended.at) if ended else None,
+            "trialsTotal": len(engine.trials),
+            "trialsDone": done,
+            "trialsRunning": counts["Running"] + counts["Pending"] + counts["Sampling"],
+            "trialsPaused": counts["Paused"],
+            "trialsCompleted": counts["Completed"],
+            "trialsStopped": counts["Stopped"],
+            "trialsFailed": counts["Failed"],
+            "bestTrial": best.name if best else None,
+            "bestValue": best.value if best else None,
+            "bestParams": dict(best.params) if best else None,
+            "interruptions": sum(t.interruptions for t in engine.trials),
+            "seq": self.next_seq,
+            "history": self.experiment_history,
+            "studyAttrs": engine.study_attrs,
+            "conditions": self._conditions(phase, reason, message),
+        }
+
+    def _conditions(self, phase: str, reason: str, message: str) -> list[dict[str, Any]]:
+        previous = {c["type"]: c for c in (self.last_status or {}).get("conditions", [])}
+        now = _timestamp(time.time())
+        conditions = []
+        for kind in ("Running", "Succeeded", "Failed"):
+            value = "True" if phase == kind else "False"
+            old = previous.get(kind)
+            changed = old is None or old["status"] != value
+            conditions.append(
+                {
+                    "type": kind,
+                    "status": value,
+                    "reason": reason if value == "True" else f"Not{kind}",
+                    "message": message if value == "True" else "",
+                    "lastTransitionTime": now if changed else old["lastTransitionTime"],
+                    "observedGeneration": self.generation,
+                }
+            )
+        return conditions
+
+    # ----- what happens -------------------------------------------------------------
+
+    async def step(self) -> None:
+        async with self.lock:
+            await self._step_locked()
+
+    async def _step_locked(self) -> None:
+        if not self.loaded:
+            return
+        actions = self.engine.decide(time.time())
+        await self._persist()  # write ahead: decisions are stored before they are acted on
+        for action in actions:
+            match action:
+                case LaunchTrial():
+                    await self._launch(action)
+                case StopTrial(number=number, attempt=attempt, reason=reason):
+                    trial = self.engine.trials[number]
+                    await self.kube.delete_pod(
+                        self.namespace, pod_name(trial.name, attempt), self.config.pod_grace_seconds
+                    )
+                    await self._event(f"Trial {trial.name} stopped: {reason}", "TrialStopped")
+                case SampleTrial(number=number):
+                    if self.sampling is None or self.sampling.done():
+                        self.sampling = asyncio.create_task(self._sample(number))
+                case FinishExperiment(succeeded=ok, reason=reason, message=message):
+                    await self._event(
+                        f"{reason}: {message}",
+                        f"Experiment{'Succeeded' if ok else 'Failed'}",
+                        not ok,
+                    )
+
+    async def _sample(self, number: int) -> None:
+        try:
+            suggestion = await self.sampler.suggest(self.engine.sampler_request(number))
+        except Exception:
+            logger.exception("sampling trial %d of %s/%s failed", number, self.namespace, self.name)
+            return
+        async with self.lock:
+            self.engine.record_suggestion(number, suggestion)
+            await self._step_locked()
+
+    async def _launch(self, action: LaunchTrial) -> None:
+        uid = self.trial_uids[action.number]
+        context = AttemptContext(
+            experiment=self.name,
+            trial=action.name,
+            attempt=action.attempt,
+            params=action.params,
+            resume=action.resume,
+            endpoint=self.endpoint,
+            token=self.tokens.token_for(action.name),
+            checkpoint_uri=self._checkpoint_uri(action.name),
+        )
+        await self.kube.create(
+            token_secret(self.namespace, self.name, action.name, uid, context.token)
+        )
+        await self.kube.create(trial_pod(self.spec, self.namespace, context, uid))
+        how = f"resumed (attempt {action.attempt})" if action.resume else "started"
+        await self._event(f"Trial {action.name} {how}", "TrialStarted")
+
+    async def report(self, report: Report) -> Verdict:
+        async with self.lock:
+            trial = self.engine.trial_by_name(report.trial)
+            verdict = self.engine.report(
+                trial.number, report.attempt, report.step, report.metrics, time.time()
+            )
+            await self._persist()
+            return verdict
+
+    async def pod_changed(self, pod: dict[str, Any], deleted: bool) -> None:
+        async with self.lock:
+            if not self.loaded:
+                return
+            if self._end_attempt_from_pod(pod, deleted):
+                await self._step_locked()
+            else:
+                await self._persist()
+
+    def _end_attempt_from_pod(self, pod: dict[str, Any], deleted: bool) -> bool:
+        labels = pod["metadata"].get("labels", {})
+        try:
+            trial = self.engine.trial_by_name(labels.get(LABEL_TRIAL, ""))
+            attempt = int(labels.get("kubetune.dev/attempt", "0"))
+        except (KeyError, ValueError, LookupError):
+            return False
+        node = pod_node(pod)
+        if node and self.nodes.get(trial.number) != node:
+            self.nodes[trial.number] = node
+            self.dirty_trials.add(trial.number)
+        outcome = attempt_outcome(pod, deleted)
+        if outcome is None:
+            return False
+        return self.engine.attempt_ended(
+            trial.number, attempt, outcome.kind, outcome.exit_code, time.time(), outcome.message
+        )
+
+    async def spec_changed(self, body: dict[str, Any], spec: ExperimentSpec) -> None:
+        """A new generation: only the budget may differ (the CRD refuses other changes)."""
+        async with self.lock:
+            self.body, self.spec = body, spec
+            self.generation = body["metadata"].get("generation", self.generation)
+            self.engine.update_spec(spec)
+            if self.engine.reopen(time.time()):
+                await self._event("Budget raised: the experiment continues", "ExperimentReopened")
+            await self._step_locked()
+
+    async def _event(self, message: str, reason: str, warning: bool = False) -> None:
+        await self.kube.post_event(self.body, "HPOExperiment", reason, message, warning)
+
+    def target(self) -> ReportTarget:
+        return ReportTarget(self.tokens, self.report, lambda: (t.name for t in self.engine.trials))
+
+
+def _relaunch(trial: TrialRecord) -> LaunchTrial:
+    attempt = trial.attempts[-1]
+    return LaunchTrial(
+        trial.number, trial.name, attempt.number, trial.params, attempt.resume, attempt.target
+    )

@@ -1,0 +1,148 @@
+"""kopf handlers: watch experiments and trial pods, route them to their controllers.
+
+Only `on.event` handlers and a resync loop: kopf keeps no handler progress on our
+objects and adds no finalizer, so deleting an experiment never waits for the operator
+(owner references let the garbage collector remove trials, pods and secrets).
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+from typing import Any
+
+import kopf
+
+from kubetune.ingest import ReportServer, ReportTarget
+from kubetune.offloop import SuggestionWorker
+from kubetune.operator.controller import ExperimentController, OperatorConfig
+from kubetune.operator.kube import Kube
+from kubetune.operator.naming import EXPERIMENTS, GROUP, LABEL_EXPERIMENT, VERSION
+from kubetune.spec import SpecError, parse_experiment
+
+logger = logging.getLogger(__name__)
+
+RESYNC_SECONDS = 5.0
+
+
+class Registry:
+    """The controllers of the experiments this operator sees, by (namespace, name)."""
+
+    def __init__(self, kube: Kube, config: OperatorConfig) -> None:
+        self.kube = kube
+        self.config = config
+        self.sampler = SuggestionWorker()
+        self.controllers: dict[tuple[str, str], ExperimentController] = {}
+
+    def resolve(self, namespace: str | None, experiment: str | None) -> ReportTarget | None:
+        controller = self.controllers.get((namespace or "", experiment or ""))
+        if controller is None or not controller.loaded:
+            return None
+        return controller.target()
+
+    async def experiment_event(self, event_type: str, body: dict[str, Any]) -> None:
+        metadata = body["metadata"]
+        key = (metadata["namespace"], metadata["name"])
+        if event_type == "DELETED" or metadata.get("deletionTimestamp"):
+            self.controllers.pop(key, None)
+            return
+        controller = self.controllers.get(key)
+        if controller is not None and controller.uid != metadata["uid"]:
+            self.controllers.pop(key)  # deleted and created again under the same name
+            controller = None
+        try:
+            experiment = parse_experiment(
+                {k: body.get(k) for k in ("apiVersion", "kind", "metadata", "spec")}
+            )
+        except SpecError as error:
+            await self._mark_invalid(body, error)
+            return
+        if controller is None:
+            controller = ExperimentController(
+                self.kube, self.config, self.sampler, dict(body), experiment.spec
+            )
+            self.controllers[key] = controller
+            await controller.load()
+        elif metadata.get("generation", 0) != controller.generation:
+            await controller.spec_changed(dict(body), experiment.spec)
+        await controller.step()
+
+    async def _mark_invalid(self, body: dict[str, Any], error: SpecError) -> None:
+        metadata = body["metadata"]
+        problems = "; ".join(f"{path}: {reason}" for path, reason in error.problems)
+        logger.warning(
+            "experiment %s/%s is invalid: %s", metadata["namespace"], metadata["name"], problems
+        )
+        status = body.get("status") or {}
+        if status.get("reason") == "Invalid" and status.get("message") == problems:
+            return
+        await self.kube.patch_experiment_status(
+            metadata["namespace"],
+            metadata["name"],
+            {"phase": "Failed", "reason": "Invalid", "message": problems},
+        )
+        await self.kube.post_event(body, "HPOExperiment", "Invalid", problems, warning=True)
+
+    async def pod_event(self, event_type: str, body: dict[str, Any]) -> None:
+        metadata = body["metadata"]
+        key = (metadata["namespace"], metadata.get("labels", {}).get(LABEL_EXPERIMENT, ""))
+        controller = self.controllers.get(key)
+        if controller is not None:
+            await controller.pod_changed(body, deleted=event_type == "DELETED")
+
+    async def resync_forever(self) -> None:
+        while True:
+            await asyncio.sleep(RESYNC_SECONDS)
+            for controller in list(self.controllers.values()):
+                try:
+                    await controller.step()
+                except Exception:  # one broken experiment must not stop the others
+                    logger.exception(
+                        "resync of %s/%s failed", controller.namespace, controller.name
+                    )
+
+
+REGISTRY: Registry | None = None
+LISTEN: tuple[str, int] = ("127.0.0.1", 8080)
+
+
+def _registry() -> Registry:
+    assert REGISTRY is not None, "kubetune.operator.main sets it up before kopf starts"
+    return REGISTRY
+
+
+@kopf.on.startup()
+async def _startup(settings: kopf.OperatorSettings, **_: Any) -> None:
+    settings.persistence.progress_storage = kopf.AnnotationsProgressStorage(prefix=GROUP)
+    settings.persistence.diffbase_storage = kopf.AnnotationsDiffBaseStorage(prefix=GROUP)
+    settings.watching.server_timeout = 300
+    settings.watching.client_timeout = 330
+    settings.watching.connect_timeout = 30
+    settings.watching.inactivity_timeout = 600
+    settings.posting.enabled = False  # our own Events, with reasons users can filter on
+    registry = _registry()
+    server = ReportServer(registry.resolve)
+    await server.start(*LISTEN)
+    asyncio.get_running_loop().create_task(registry.resync_forever())
+    logger.info("report endpoint listening on %s:%s", LISTEN[0], server.port)
+
+
+@kopf.on.cleanup()
+async def _cleanup(**_: Any) -> None:
+    _registry().sampler.close()
+
+
+@kopf.on.event(GROUP, VERSION, EXPERIMENTS)
+async def _experiment(event: dict[str, Any], body: kopf.Body, **_: Any) -> None:
+    try:
+        await _registry().experiment_event(event.get("type") or "", dict(body))
+    except Exception:
+        logger.exception("experiment %s/%s", body.metadata.namespace, body.metadata.name)
+
+
+@kopf.on.event("", "v1", "pods", labels={LABEL_EXPERIMENT: kopf.PRESENT})
+async def _pod(event: dict[str, Any], body: kopf.Body, **_: Any) -> None:
+    try:
+        await _registry().pod_event(event.get("type") or "", dict(body))
+    except Exception:
+        logger.exception("pod %s/%s", body.metadata.namespace, body.metadata.name)

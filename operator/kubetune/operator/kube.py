@@ -1,0 +1,179 @@
+"""A thin async face over the official Kubernetes client, for the calls the operator makes.
+
+The client is synchronous; calls run in a thread pool so the event loop (kopf's watches,
+the report endpoint) never waits on the network. Creates are idempotent (409 means it
+is there already) and deletes are idempotent (404 means it is gone already), which is
+what a level-triggered reconcile that may repeat itself after a crash needs.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import logging
+from datetime import UTC, datetime
+from typing import Any
+
+from kubernetes import client, config
+from kubernetes.client.rest import ApiException
+
+from kubetune.operator.naming import EXPERIMENTS, GROUP, LABEL_EXPERIMENT, TRIALS, VERSION
+
+logger = logging.getLogger(__name__)
+
+
+def load_client_config(kubeconfig: str | None = None) -> client.ApiClient:
+    try:
+        config.load_incluster_config()
+        if kubeconfig:
+            raise config.ConfigException("an explicit kubeconfig wins")
+    except config.ConfigException:
+        config.load_kube_config(config_file=kubeconfig)
+    api = client.ApiClient()
+    api.configuration.connection_pool_maxsize = 32
+    return api
+
+
+class Kube:
+    def __init__(self, api: client.ApiClient) -> None:
+        self.api = api
+        self.core = client.CoreV1Api(api)
+        self.custom = client.CustomObjectsApi(api)
+
+    async def _call(self, function: Any, *args: Any, **kwargs: Any) -> Any:
+        return await asyncio.to_thread(function, *args, **kwargs)
+
+    # ----- experiments and trials --------------------------------------------------------
+
+    async def get_experiment(self, namespace: str, name: str) -> dict[str, Any] | None:
+        try:
+            return await self._call(
+                self.custom.get_namespaced_custom_object,
+                GROUP,
+                VERSION,
+                namespace,
+                EXPERIMENTS,
+                name,
+            )
+        except ApiException as error:
+            if error.status == 404:
+                return None
+            raise
+
+    async def patch_experiment_status(self, namespace: str, name: str, status: dict) -> None:
+        await self._call(
+            self.custom.patch_namespaced_custom_object_status,
+            GROUP,
+            VERSION,
+            namespace,
+            EXPERIMENTS,
+            name,
+            {"status": status},
+        )
+
+    async def list_trials(self, namespace: str, experiment: str) -> list[dict[str, Any]]:
+        found = await self._call(
+            self.custom.list_namespaced_custom_object,
+            GROUP,
+            VERSION,
+            namespace,
+            TRIALS,
+            label_selector=f"{LABEL_EXPERIMENT}={experiment}",
+        )
+        return found.get("items", [])
+
+    async def create_trial(self, namespace: str, body: dict) -> dict[str, Any]:
+        try:
+            return await self._call(
+                self.custom.create_namespaced_custom_object, GROUP, VERSION, namespace, TRIALS, body
+            )
+        except ApiException as error:
+            if error.status != 409:
+                raise
+            return await self._call(
+                self.custom.get_namespaced_custom_object,
+                GROUP,
+                VERSION,
+                namespace,
+                TRIALS,
+                body["metadata"]["name"],
+            )
+
+    async def patch_trial_status(self, namespace: str, name: str, status: dict) -> None:
+        await self._call(
+            self.custom.patch_namespaced_custom_object_status,
+            GROUP,
+            VERSION,
+            namespace,
+            TRIALS,
+            name,
+            {"status": status},
+        )
+
+    # ----- pods and secrets ------------------------------------------------------------
+
+    async def list_pods(self, namespace: str, experiment: str) -> list[dict[str, Any]]:
+        found = await self._call(
+            self.core.list_namespaced_pod,
+            namespace,
+            label_selector=f"{LABEL_EXPERIMENT}={experiment}",
+            _preload_content=False,
+        )
+        return json.loads(found.data).get("items", [])
+
+    async def create(self, body: dict) -> None:
+        """Create a Pod or Secret; one that exists already is left as it is."""
+        create = (
+            self.core.create_namespaced_pod
+            if body["kind"] == "Pod"
+            else self.core.create_namespaced_secret
+        )
+        try:
+            await self._call(create, body["metadata"]["namespace"], body)
+        except ApiException as error:
+            if error.status != 409:
+                raise
+
+    async def delete_pod(self, namespace: str, name: str, grace_seconds: int | None = None) -> None:
+        try:
+            await self._call(
+                self.core.delete_namespaced_pod,
+                name,
+                namespace,
+                grace_period_seconds=grace_seconds,
+            )
+        except ApiException as error:
+            if error.status != 404:
+                raise
+
+    async def post_event(
+        self, involved: dict[str, Any], kind: str, reason: str, message: str, warning: bool = False
+    ) -> None:
+        """A Kubernetes Event about an experiment or trial; failures are only logged."""
+        metadata = involved["metadata"]
+        now = datetime.now(UTC)
+        event = client.CoreV1Event(
+            metadata=client.V1ObjectMeta(
+                generate_name=f"{metadata['name']}.", namespace=metadata["namespace"]
+            ),
+            involved_object=client.V1ObjectReference(
+                api_version=involved.get("apiVersion", f"{GROUP}/{VERSION}"),
+                kind=kind,
+                name=metadata["name"],
+                namespace=metadata["namespace"],
+                uid=metadata.get("uid"),
+            ),
+            reason=reason,
+            message=message[:1024],
+            type="Warning" if warning else "Normal",
+            first_timestamp=now,
+            last_timestamp=now,
+            count=1,
+            source=client.V1EventSource(component="kubetune-operator"),
+        )
+        try:
+            await self._call(self.core.create_namespaced_event, metadata["namespace"], event)
+        except ApiException as error:
+            logger.warning(
+                "could not post event %s for %s: %s", reason, metadata["name"], error.reason
+            )

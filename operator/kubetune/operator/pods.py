@@ -1,0 +1,117 @@
+"""Pure builders of the objects behind one trial attempt: its Pod and its token Secret."""
+
+from __future__ import annotations
+
+import copy
+from collections.abc import Mapping
+from typing import Any
+
+from kubetune.operator.naming import (
+    GROUP,
+    LABEL_ATTEMPT,
+    LABEL_EXPERIMENT,
+    LABEL_TRIAL,
+    TOKEN_KEY,
+    VERSION,
+    pod_name,
+    token_secret_name,
+)
+from kubetune.space import render
+from kubetune.spec import ExperimentSpec
+from kubetune.trialenv import AttemptContext, rendered_command, trial_env
+
+
+def owner_reference(
+    kind: str, name: str, uid: str, api_version: str = f"{GROUP}/{VERSION}"
+) -> dict:
+    return {
+        "apiVersion": api_version,
+        "kind": kind,
+        "name": name,
+        "uid": uid,
+        "controller": True,
+        "blockOwnerDeletion": True,
+    }
+
+
+def token_secret(namespace: str, experiment: str, trial: str, trial_uid: str, token: str) -> dict:
+    return {
+        "apiVersion": "v1",
+        "kind": "Secret",
+        "metadata": {
+            "name": token_secret_name(trial),
+            "namespace": namespace,
+            "labels": {LABEL_EXPERIMENT: experiment, LABEL_TRIAL: trial},
+            "ownerReferences": [owner_reference("HPOTrial", trial, trial_uid)],
+        },
+        "type": "Opaque",
+        "stringData": {TOKEN_KEY: token},
+    }
+
+
+def trial_pod(
+    spec: ExperimentSpec,
+    namespace: str,
+    context: AttemptContext,
+    trial_uid: str,
+    extra_labels: Mapping[str, str] | None = None,
+) -> dict[str, Any]:
+    """The Pod of one attempt: the experiment's template, parameters substituted and injected.
+
+    The token does not appear in the Pod: it comes from the trial's Secret, so that
+    reading Pods (which many roles may) does not reveal it.
+    """
+    template = spec.trialTemplate.model_dump(mode="json", exclude_none=True)
+    metadata = copy.deepcopy(template.get("metadata", {}))
+    pod_spec = template["spec"]
+    labels = {
+        **metadata.get("labels", {}),
+        **(extra_labels or {}),
+        LABEL_EXPERIMENT: context.experiment,
+        LABEL_TRIAL: context.trial,
+        LABEL_ATTEMPT: str(context.attempt),
+    }
+    annotations = {
+        **metadata.get("annotations", {}),
+        # Consolidation must not evict a running trial; kubetune pauses trials itself.
+        "karpenter.sh/do-not-disrupt": "true",
+    }
+    container = pod_spec["containers"][0]
+    typed = spec.trialTemplate.spec.containers[0]
+    params = context.params
+    argv = rendered_command(typed, params)
+    container["command"] = argv[: len(typed.command)]
+    container["args"] = argv[len(typed.command) :]
+    if not container["args"]:
+        container.pop("args")
+    env = [
+        {**entry, "value": render(entry["value"], params)} if "value" in entry else entry
+        for entry in container.get("env", [])
+    ]
+    ours = trial_env(spec, context)
+    ours.pop("KUBETUNE_TOKEN")
+    env = [e for e in env if e["name"] not in ours and e["name"] != "KUBETUNE_TOKEN"]
+    env += [{"name": k, "value": v} for k, v in sorted(ours.items())]
+    env.append(
+        {
+            "name": "KUBETUNE_TOKEN",
+            "valueFrom": {
+                "secretKeyRef": {"name": token_secret_name(context.trial), "key": TOKEN_KEY}
+            },
+        }
+    )
+    container["env"] = env
+    pod_spec["restartPolicy"] = "Never"
+    return {
+        "apiVersion": "v1",
+        "kind": "Pod",
+        "metadata": {
+            **{k: v for k, v in metadata.items() if k not in ("labels", "annotations", "name")},
+            "name": pod_name(context.trial, context.attempt),
+            "namespace": namespace,
+            "labels": labels,
+            "annotations": annotations,
+            "ownerReferences": [owner_reference("HPOTrial", context.trial, trial_uid)],
+        },
+        "spec": pod_spec,
+    }
