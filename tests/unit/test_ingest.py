@@ -46,7 +46,7 @@ async def endpoint() -> AsyncIterator[tuple[str, Engine, TokenAuthority]]:
         trial = engine.trial_by_name(report.trial)
         return engine.report(trial.number, report.attempt, report.step, report.metrics, 0.0)
 
-    server = ReportServer(tokens, handle, lambda: (t.name for t in engine.trials))
+    server = ReportServer.single(tokens, handle, lambda: (t.name for t in engine.trials))
     url = await server.start()
     yield url, engine, tokens
     await server.stop()
