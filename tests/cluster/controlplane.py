@@ -303,12 +303,13 @@ def write_kubeconfig(path: Path, config: dict[str, Any]) -> Path:
 # --- processes ---------------------------------------------------------------------
 
 
-def _pdeathsig_prefix() -> list[str]:
-    """Makes a child die with us if the test process is killed (SIGKILL skips every
-    teardown). The kernel sends the signal when the *thread* that forked exits, so it is
-    only used from the main thread, which outlives everything it starts."""
+def pdeathsig_prefix(any_thread: bool = False) -> list[str]:
+    """A command prefix that makes the child die with us if the test process is killed
+    (SIGKILL skips every teardown). The kernel sends the signal when the *thread* that
+    forked exits, so by default it is used only from the main thread, which outlives
+    what it starts; ``any_thread`` is for threads that live until their child exits."""
     setpriv = shutil.which("setpriv")
-    if setpriv and threading.current_thread() is threading.main_thread():
+    if setpriv and (any_thread or threading.current_thread() is threading.main_thread()):
         return [setpriv, "--pdeathsig", "SIGKILL", "--"]
     return []
 
@@ -326,7 +327,7 @@ class Component:
             log.write(f"### {' '.join(self.args)}\n".encode())
             log.flush()
             self.process = subprocess.Popen(
-                [*_pdeathsig_prefix(), *self.args],
+                [*pdeathsig_prefix(), *self.args],
                 stdin=subprocess.DEVNULL,
                 stdout=log,
                 stderr=subprocess.STDOUT,
@@ -419,6 +420,8 @@ class ControlPlane:
     ca_file: Path = field(init=False, default=Path())
     components: dict[str, Component] = field(init=False, default_factory=dict)
     startup_seconds: float = field(init=False, default=0.0)
+    # Seconds from launch to ready, per component, of the last start().
+    timings: dict[str, float] = field(init=False, default_factory=dict)
     _admin_cert: tuple[bytes, bytes] = field(init=False, default=(b"", b""))
     _made_workdir: bool = field(init=False, default=False)
 
@@ -445,11 +448,13 @@ class ControlPlane:
             if self.scheduler:
                 self._start_scheduler(deadline)
             if self.controller_manager:
+                t_sa = time.monotonic()
                 self._wait(
                     lambda: self._get_json("/api/v1/namespaces/default/serviceaccounts/default"),
                     deadline,
                     "the default ServiceAccount in namespace default",
                 )
+                self.timings["default-serviceaccount"] = time.monotonic() - t_sa
         except BaseException:
             self.stop()
             raise
@@ -688,9 +693,11 @@ class ControlPlane:
         for attempt in range(1, attempts + 1):
             comp = Component(name, make_args(), self.workdir / "logs" / f"{name}.log")
             self.components[name] = comp
+            t0 = time.monotonic()
             comp.start()
             try:
                 self._wait(ready, deadline, f"{name} to become ready", component=comp)
+                self.timings[name] = time.monotonic() - t0
                 return comp
             except ControlPlaneError:
                 if attempt < attempts and "address already in use" in comp.log_tail(80):
@@ -926,7 +933,8 @@ def main(argv: Sequence[str] | None = None) -> int:
     cp = ControlPlane()
     cp.start()
     try:
-        print(f"control plane up in {cp.startup_seconds:.1f}s at {cp.server}")
+        steps = ", ".join(f"{k} {v:.1f}s" for k, v in cp.timings.items())
+        print(f"control plane up in {cp.startup_seconds:.1f}s ({steps}) at {cp.server}")
         print(f"export KUBECONFIG={cp.kubeconfig}")
         print(f"logs: {cp.logs_dir}")
         if not args.check:

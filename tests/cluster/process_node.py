@@ -70,7 +70,7 @@ from typing import TYPE_CHECKING, Any
 from kubernetes import client as k8s
 from kubernetes.client.exceptions import ApiException
 
-from .controlplane import read_versions, wait_until
+from .controlplane import pdeathsig_prefix, read_versions, wait_until
 
 if TYPE_CHECKING:
     from .controlplane import ControlPlane
@@ -734,10 +734,18 @@ class ProcessNode:
         cwd.mkdir(parents=True, exist_ok=True)
         # A bare name is looked up on the pod's PATH, as a runtime would.
         exe = argv[0] if "/" in argv[0] else shutil.which(argv[0], path=env.get("PATH"))
+        path = cwd / exe if exe else None  # an absolute exe stays itself
+        if path is None or not (path.is_file() and os.access(path, os.X_OK)):
+            msg = f'exec: "{argv[0]}": executable file not found (PATH={env.get("PATH")})'
+            with open(run.log_path, "ab") as f:
+                f.write(f"process node: {msg}\n".encode())
+            return msg
         try:
             with open(run.log_path, "ab") as out:
                 run.process = subprocess.Popen(
-                    [exe or argv[0], *argv[1:]],
+                    # The pod thread lives until the process ends, so the death signal
+                    # only fires if the whole test process dies.
+                    [*pdeathsig_prefix(any_thread=True), str(path), *argv[1:]],
                     cwd=cwd,
                     env=env,
                     stdin=subprocess.DEVNULL,
