@@ -22,13 +22,16 @@ import sys
 import uuid
 from collections.abc import Callable, Iterator
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import pytest
 
-from .controlplane import Binaries, ControlPlane, tail_file, wait_until
-from .kwok import Kwok
-from .process_node import ProcessNode
+# The cluster modules import the kubernetes client and cryptography (most of a second);
+# every pytest run loads this plugin, so they are imported only when a fixture runs.
+if TYPE_CHECKING:
+    from .controlplane import Binaries, ControlPlane
+    from .kwok import Kwok
+    from .process_node import ProcessNode
 
 # What is running now, for the failure report hook.
 _active: dict[str, Any] = {"cp": None, "nodes": []}
@@ -36,6 +39,8 @@ _node_numbers = itertools.count()
 
 
 def _binaries_or_skip() -> Binaries:
+    from .controlplane import Binaries
+
     binaries = Binaries.locate()
     if missing := binaries.missing():
         msg = (
@@ -50,6 +55,8 @@ def _binaries_or_skip() -> Binaries:
 
 @pytest.fixture(scope="session")
 def control_plane() -> Iterator[ControlPlane]:
+    from .controlplane import ControlPlane
+
     cp = ControlPlane(binaries=_binaries_or_skip())
     cp.start()
     _active["cp"] = cp
@@ -79,6 +86,8 @@ def namespace(control_plane: ControlPlane, request: pytest.FixtureRequest) -> It
     """A fresh namespace, ready for pods (its default ServiceAccount exists)."""
     from kubernetes import client as k8s
 
+    from .controlplane import wait_until
+
     base = re.sub(r"[^a-z0-9-]+", "-", request.node.name.lower()).strip("-")[:40].strip("-")
     name = f"{base or 't'}-{uuid.uuid4().hex[:6]}"
     api = control_plane.api_client()
@@ -104,6 +113,8 @@ def namespace(control_plane: ControlPlane, request: pytest.FixtureRequest) -> It
 def process_node_factory(control_plane: ControlPlane) -> Iterator[Callable[..., ProcessNode]]:
     """``make(name=None, **ProcessNode kwargs)`` -> a started node; names default to
     ``local-N``. Pods find this interpreter's ``python`` first on PATH."""
+    from .process_node import ProcessNode
+
     nodes: list[ProcessNode] = []
 
     def make(name: str | None = None, **kwargs: Any) -> ProcessNode:
@@ -131,6 +142,8 @@ def process_node(process_node_factory: Callable[..., ProcessNode]) -> ProcessNod
 
 @pytest.fixture(scope="session")
 def _kwok_session(control_plane: ControlPlane) -> Iterator[Kwok]:
+    from .kwok import Kwok
+
     kwok = Kwok(control_plane).start()
     try:
         yield kwok
@@ -151,6 +164,8 @@ def kwok(_kwok_session: Kwok) -> Iterator[Kwok]:
 
 
 def _diagnostics() -> str:
+    from .controlplane import tail_file
+
     parts = []
     cp: ControlPlane | None = _active["cp"]
     if cp is not None:
