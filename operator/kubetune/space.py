@@ -38,9 +38,23 @@ def is_active(parameter: AnyParameter, chosen: Mapping[str, Scalar]) -> bool:
             return False
         options = expected if isinstance(expected, list) else [expected]
         value = chosen[parent]
-        if not any(type(value) is type(option) and value == option for option in options):
+        if not any(_same_value(value, option) for option in options):
             return False
     return True
+
+
+def _same_value(value: Scalar, option: Scalar) -> bool:
+    # True is not 1 and "1" is not 1, but a float parameter's 1.0 is the condition's 1 (the
+    # spec accepts `when: {x: 1}` for a float x, and YAML writes whole numbers as ints).
+    numbers = (int, float)
+    if (
+        isinstance(value, numbers)
+        and isinstance(option, numbers)
+        and not isinstance(value, bool)
+        and not isinstance(option, bool)
+    ):
+        return value == option
+    return type(value) is type(option) and value == option
 
 
 def distribution(parameter: AnyParameter) -> BaseDistribution:
