@@ -34,7 +34,7 @@ from kubetune.events import (
     TrialSampled,
 )
 from kubetune.samplers import SamplerState, SamplerTrial, Suggestion
-from kubetune.schedulers import make_scheduler
+from kubetune.schedulers import SchedulerPolicy, make_scheduler
 from kubetune.spec import ExperimentSpec
 from kubetune.trials import Attempt, Decision, TrialPhase, TrialRecord, Verdict
 
@@ -116,7 +116,7 @@ class Engine:
     stop_reasons: dict[int, str] = field(default_factory=dict)
 
     def __post_init__(self) -> None:
-        self.scheduler = make_scheduler(self.spec)
+        self.scheduler = self._make_scheduler()
         self.sign = self.spec.objective.sign()
 
     # ----- rebuilding -----------------------------------------------------------------
@@ -127,6 +127,9 @@ class Engine:
         for event in history:
             engine._apply(event)
         return engine
+
+    def _make_scheduler(self) -> SchedulerPolicy:
+        return make_scheduler(self.spec, len(self.trials) if self.exhausted else None)
 
     def _record(self, event: Event) -> None:
         self._apply(event)
@@ -149,6 +152,9 @@ class Engine:
                 # Sampling runs in number order, so every trial from here on is unsampled.
                 self.exhausted = True
                 del self.trials[number:]
+                # No more trials will come: SHA and Hyperband brackets sized for maxTrials
+                # would wait forever for their first rung to fill.
+                self.scheduler = self._make_scheduler()
             case TrialPromoted(number=number, target=target):
                 trial = self.trials[number]
                 trial.phase, trial.next_target = TrialPhase.PENDING, target
@@ -285,7 +291,7 @@ class Engine:
     def update_spec(self, spec: ExperimentSpec) -> None:
         """A new spec whose budget may differ; the frozen fields are checked by the caller."""
         self.spec = spec
-        self.scheduler = make_scheduler(spec)
+        self.scheduler = self._make_scheduler()
 
     def can_grow(self) -> bool:
         """Whether the current budget allows work beyond where an ended experiment stopped."""

@@ -9,7 +9,9 @@ from kubetune.schedulers.sha import Bracket, SuccessiveHalving, hyperband_bracke
 from kubetune.spec import ExperimentSpec, SchedulerName
 
 
-def make_scheduler(spec: ExperimentSpec) -> SchedulerPolicy:
+def make_scheduler(spec: ExperimentSpec, max_trials: int | None = None) -> SchedulerPolicy:
+    """`max_trials` overrides the budget's: once a finite search space is exhausted, the
+    trials that exist are all there will be, and brackets must be sized to them."""
     config = spec.scheduler
     sign = spec.objective.sign()
     if config.name is SchedulerName.NONE:
@@ -19,7 +21,7 @@ def make_scheduler(spec: ExperimentSpec) -> SchedulerPolicy:
     assert config.maxResource is not None, "validated by the spec"
     rungs = rung_resources(config.minResource, config.maxResource, config.reductionFactor)
     eta = config.reductionFactor
-    max_trials = spec.budget.maxTrials
+    max_trials = spec.budget.maxTrials if max_trials is None else max_trials
     if config.name is SchedulerName.ASHA:
         return ASHA(rungs, eta, sign)
     if config.name is SchedulerName.SHA:
