@@ -5,7 +5,8 @@
 * ``kubeconfig``: the admin kubeconfig's path. ``k8s_api``: an admin ``ApiClient``.
 * ``namespace``: a fresh namespace per test (deleted afterwards, without waiting).
 * ``process_node`` / ``process_node_factory``: :class:`ProcessNode` agents whose pods
-  run as local processes with the test's Python first on PATH; stopped (Node deleted)
+  run as local processes with the test's Python first on PATH and PYTHONUNBUFFERED=1
+  (the trial image's ENV); stopped (pods Failed/Terminated, Node deleted)
   after the test.
 * ``kwok``: a kwok process (one per session) whose nodes are deleted after each test.
 
@@ -119,6 +120,8 @@ def process_node_factory(control_plane: ControlPlane) -> Iterator[Callable[..., 
 
     def make(name: str | None = None, **kwargs: Any) -> ProcessNode:
         kwargs.setdefault("path_prefix", [Path(sys.executable).parent])
+        # Images are ignored, so their ENV is too; this is what trial_image's sets.
+        kwargs.setdefault("env", {"PYTHONUNBUFFERED": "1"})
         node = ProcessNode.for_control_plane(
             control_plane, name or f"local-{next(_node_numbers)}", **kwargs
         )
