@@ -1,0 +1,30 @@
+# The kubetune operator image: `kubetune operator ...` (kopf), without torch.
+#
+#   docker build -t kubetune/operator:latest .
+#   kind load docker-image kubetune/operator:latest && kubectl apply -k manifests/
+#
+# The trial image is a different one: trial_image/Dockerfile.
+FROM python:3.11-slim AS build
+ENV PIP_NO_CACHE_DIR=1 PIP_DISABLE_PIP_VERSION_CHECK=1
+RUN python -m venv /opt/kubetune
+WORKDIR /src
+COPY pyproject.toml README.md ./
+COPY operator/ operator/
+COPY trial_image/kubetune_trial/ trial_image/kubetune_trial/
+# The `operator` extra: kopf, the Kubernetes client, prometheus-client. Not `torch`, so
+# algorithm `bayesian` (Optuna's GP sampler) needs an image built FROM this one with it.
+RUN /opt/kubetune/bin/pip install ".[operator]" \
+ && /opt/kubetune/bin/python -c "import kubetune.cli, kopf, kubernetes, optuna"
+
+FROM python:3.11-slim
+# A fixed numeric UID, so that the pod's runAsNonRoot can verify it.
+RUN useradd --uid 10001 --user-group --create-home --shell /usr/sbin/nologin kubetune
+COPY --from=build /opt/kubetune /opt/kubetune
+# PYTHONDONTWRITEBYTECODE: the pod's root filesystem is read-only.
+ENV PATH=/opt/kubetune/bin:$PATH \
+    PYTHONUNBUFFERED=1 \
+    PYTHONDONTWRITEBYTECODE=1
+USER 10001:10001
+EXPOSE 8080 8081
+ENTRYPOINT ["kubetune"]
+CMD ["--help"]

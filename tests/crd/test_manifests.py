@@ -1,0 +1,198 @@
+"""The kustomize base renders, and what it grants and runs is what was reviewed (no
+cluster needed: `kubectl kustomize` renders offline)."""
+
+from __future__ import annotations
+
+import shutil
+import subprocess
+from pathlib import Path
+from typing import Any
+
+import pytest
+import yaml
+
+from kubetune.spec import load_experiment
+from tests.cluster.controlplane import Binaries
+
+REPO = Path(__file__).resolve().parents[2]
+NAMESPACE = "kubetune-system"
+
+# The operator's rights, reviewed: any change to manifests/rbac.yaml must change this
+# table too (and say why in rbac.yaml).
+CLUSTER_RULES = {
+    ("kubetune.dev", "hpoexperiments"): {"get", "list", "watch", "patch"},
+    ("kubetune.dev", "hpoexperiments/status"): {"get", "patch", "update"},
+    ("kubetune.dev", "hpotrials"): {"get", "list", "watch", "create", "patch", "delete"},
+    ("kubetune.dev", "hpotrials/status"): {"get", "patch", "update"},
+    ("kubetune.dev", "hpoexperiments/finalizers"): {"update"},
+    ("kubetune.dev", "hpotrials/finalizers"): {"update"},
+    ("", "pods"): {"get", "list", "watch", "create", "delete"},
+    ("", "pods/log"): {"get"},
+    ("", "secrets"): {"create"},
+    ("", "events"): {"create", "patch"},
+    ("events.k8s.io", "events"): {"create", "patch"},
+    ("", "nodes"): {"get", "list", "watch"},
+    ("", "namespaces"): {"list", "watch"},
+    ("apiextensions.k8s.io", "customresourcedefinitions"): {"list", "watch"},
+}
+
+
+def kubectl() -> str:
+    binaries = Binaries.locate()
+    if binaries.kubectl.exists():
+        return str(binaries.kubectl)
+    if system := shutil.which("kubectl"):
+        return system
+    pytest.skip("no kubectl (tests/cluster/build.sh builds one)")
+
+
+@pytest.fixture(scope="module")
+def rendered() -> list[dict[str, Any]]:
+    out = subprocess.run(
+        [kubectl(), "kustomize", str(REPO / "manifests")],
+        capture_output=True,
+        text=True,
+        check=True,
+        timeout=60,
+    ).stdout
+    return [d for d in yaml.safe_load_all(out) if d]
+
+
+def one(rendered: list[dict[str, Any]], kind: str, name: str) -> dict[str, Any]:
+    found = [d for d in rendered if d["kind"] == kind and d["metadata"]["name"] == name]
+    assert len(found) == 1, f"{kind}/{name}: {len(found)} found"
+    return found[0]
+
+
+def test_base_has_exactly_these_objects(rendered: list[dict[str, Any]]) -> None:
+    got = sorted((d["kind"], d["metadata"]["name"]) for d in rendered)
+    assert got == sorted(
+        [
+            ("Namespace", NAMESPACE),
+            ("CustomResourceDefinition", "hpoexperiments.kubetune.dev"),
+            ("CustomResourceDefinition", "hpotrials.kubetune.dev"),
+            ("ServiceAccount", "kubetune-operator"),
+            ("ClusterRole", "kubetune-operator"),
+            ("ClusterRoleBinding", "kubetune-operator"),
+            ("Role", "kubetune-operator"),
+            ("RoleBinding", "kubetune-operator"),
+            ("Deployment", "kubetune-operator"),
+            ("Service", "kubetune-operator"),
+        ]
+    )
+    for document in rendered:
+        if document["kind"] not in (
+            "Namespace",
+            "CustomResourceDefinition",
+            "ClusterRole",
+            "ClusterRoleBinding",
+        ):
+            assert document["metadata"]["namespace"] == NAMESPACE, document["kind"]
+
+
+def test_the_base_carries_the_generated_crds(rendered: list[dict[str, Any]]) -> None:
+    for name in ("hpoexperiments.kubetune.dev", "hpotrials.kubetune.dev"):
+        checked_in = yaml.safe_load((REPO / "crds" / f"{name}.yaml").read_text())
+        got = one(rendered, "CustomResourceDefinition", name)
+        got["metadata"]["labels"].pop("app.kubernetes.io/part-of")
+        checked_in["metadata"]["labels"].pop("app.kubernetes.io/part-of")
+        assert got == checked_in
+
+
+def test_cluster_role_is_least_privilege(rendered: list[dict[str, Any]]) -> None:
+    role = one(rendered, "ClusterRole", "kubetune-operator")
+    granted: dict[tuple[str, str], set[str]] = {}
+    for rule in role["rules"]:
+        assert "resourceNames" not in rule and "nonResourceURLs" not in rule
+        for group in rule["apiGroups"]:
+            for resource in rule["resources"]:
+                assert "*" not in (group, resource, *rule["verbs"])
+                granted.setdefault((group, resource), set()).update(rule["verbs"])
+    assert granted == CLUSTER_RULES
+    binding = one(rendered, "ClusterRoleBinding", "kubetune-operator")
+    assert binding["roleRef"]["name"] == "kubetune-operator"
+    assert binding["subjects"] == [
+        {"kind": "ServiceAccount", "name": "kubetune-operator", "namespace": NAMESPACE}
+    ]
+
+
+def test_role_reads_only_the_token_key(rendered: list[dict[str, Any]]) -> None:
+    role = one(rendered, "Role", "kubetune-operator")
+    assert role["rules"] == [
+        {
+            "apiGroups": [""],
+            "resources": ["secrets"],
+            "resourceNames": ["kubetune-token-key"],
+            "verbs": ["get"],
+        }
+    ]
+    binding = one(rendered, "RoleBinding", "kubetune-operator")
+    assert binding["subjects"][0]["name"] == "kubetune-operator"
+
+
+def test_deployment(rendered: list[dict[str, Any]]) -> None:
+    deployment = one(rendered, "Deployment", "kubetune-operator")["spec"]
+    assert deployment["replicas"] == 1
+    assert deployment["strategy"] == {"type": "Recreate"}
+    pod = deployment["template"]["spec"]
+    assert pod["serviceAccountName"] == "kubetune-operator"
+    assert pod["automountServiceAccountToken"] is True
+    assert pod["securityContext"]["runAsNonRoot"] is True
+    assert pod["securityContext"]["seccompProfile"] == {"type": "RuntimeDefault"}
+    (container,) = pod["containers"]
+    assert container["image"] == "kubetune/operator:latest"
+    assert container["command"] == ["kubetune"]
+    assert container["args"] == [
+        "operator",
+        "--namespace-all",
+        "--listen=0.0.0.0:8080",
+        "--liveness=http://0.0.0.0:8081/healthz",
+        "--endpoint-url=http://kubetune-operator.kubetune-system.svc:8080",
+    ]
+    ports = {p["name"]: p["containerPort"] for p in container["ports"]}
+    assert container["livenessProbe"]["httpGet"]["path"] == "/healthz"
+    assert ports[container["livenessProbe"]["httpGet"]["port"]] == 8081
+    assert container["readinessProbe"]["httpGet"]["path"] == "/healthz"
+    assert ports[container["readinessProbe"]["httpGet"]["port"]] == 8080
+    assert set(container["resources"]) == {"requests", "limits"}
+    security = container["securityContext"]
+    assert security["runAsNonRoot"] is True
+    assert security["readOnlyRootFilesystem"] is True
+    assert security["allowPrivilegeEscalation"] is False
+    assert security["capabilities"] == {"drop": ["ALL"]}
+    assert security["seccompProfile"] == {"type": "RuntimeDefault"}
+
+
+def test_service(rendered: list[dict[str, Any]]) -> None:
+    service = one(rendered, "Service", "kubetune-operator")["spec"]
+    assert service["ports"] == [
+        {"name": "http", "port": 8080, "targetPort": "http", "protocol": "TCP"}
+    ]
+    deployment = one(rendered, "Deployment", "kubetune-operator")
+    labels = deployment["spec"]["template"]["metadata"]["labels"]
+    assert service["selector"].items() <= labels.items()
+
+
+def test_example_is_valid_and_matches_the_local_one() -> None:
+    cluster = load_experiment(REPO / "manifests" / "examples" / "digits-asha.yaml")
+    local = load_experiment(REPO / "trial_image" / "examples" / "digits-asha.yaml")
+    assert cluster.spec.checkpoints is not None
+    assert cluster.spec.checkpoints.uri.startswith("s3://")
+    for field in ("objective", "parameters", "algorithm", "scheduler", "budget"):
+        assert getattr(cluster.spec, field) == getattr(local.spec, field), field
+
+
+def test_kind_config_has_a_tainted_gpu_spot_worker() -> None:
+    config = yaml.safe_load((REPO / "kind-config.yaml").read_text())
+    roles = [node["role"] for node in config["nodes"]]
+    assert roles == ["control-plane", "worker"]
+    worker = config["nodes"][1]
+    assert worker["labels"] == {
+        "kubetune.dev/pool": "gpu-spot",
+        "node.kubernetes.io/instance-type": "g5.xlarge",
+    }
+    (patch,) = [yaml.safe_load(p) for p in worker["kubeadmConfigPatches"]]
+    assert patch["kind"] == "JoinConfiguration"
+    assert patch["nodeRegistration"]["taints"] == [
+        {"key": "nvidia.com/gpu", "value": "true", "effect": "NoSchedule"}
+    ]
