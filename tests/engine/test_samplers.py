@@ -1,0 +1,399 @@
+"""`samplers.suggest`: deterministic per seed, conditional spaces, pending trials, grid,
+the GP-to-TPE hand-over and CMA-ES's state carried through trial system attributes."""
+
+from __future__ import annotations
+
+import itertools
+import json
+import math
+import os
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import pytest
+from optuna.samplers import GPSampler, TPESampler
+
+from kubetune.engine import SEARCH_SPACE_EXHAUSTED
+from kubetune.samplers import SamplerState, SamplerTrial, make_sampler, suggest
+from kubetune.spec import ExperimentSpec
+
+from .helpers import Driver, make_spec, real_sampler
+
+ALGORITHMS = ["random", "grid", "sobol", "tpe", "bayesian", "cmaes"]
+REPO = Path(__file__).resolve().parents[2]
+
+
+@pytest.fixture(autouse=True, scope="module")
+def one_torch_thread():
+    """Optuna's GP runs on torch, whose thread pool only fights for a small machine's cores
+    (Optuna's GPSampler docs advise OMP_NUM_THREADS=1); restored afterwards."""
+    try:
+        import torch
+    except ImportError:  # then `bayesian` cannot run at all, and its tests say so
+        yield
+        return
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(threads)
+
+
+# A conditional space every algorithm accepts (grid needs a step on floats):
+#   opt           sgd | adam                      always
+#   momentum      0, 0.3, 0.6, 0.9                opt = sgd
+#   layers        1..3                            opt = adam
+#   amsgrad       true | false                    opt = adam
+#   eps           1..5                            amsgrad = true (so opt = adam too)
+#   width         16, 32, 48, 64                  always
+#   dropout       0, 0.25, 0.5                    always
+CONDITIONAL = [
+    {"name": "opt", "type": "categorical", "values": ["sgd", "adam"]},
+    {"name": "momentum", "type": "float", "min": 0.0, "max": 0.9, "step": 0.3,
+     "when": {"opt": "sgd"}},
+    {"name": "layers", "type": "int", "min": 1, "max": 3, "when": {"opt": "adam"}},
+    {"name": "amsgrad", "type": "categorical", "values": [True, False], "when": {"opt": "adam"}},
+    {"name": "eps", "type": "int", "min": 1, "max": 5, "when": {"amsgrad": True}},
+    {"name": "width", "type": "int", "min": 16, "max": 64, "step": 16},
+    {"name": "dropout", "type": "float", "min": 0.0, "max": 0.5, "step": 0.25},
+]  # fmt: skip
+LR = {"name": "lr", "type": "float", "min": 1e-4, "max": 1e-1, "scale": "log"}
+
+
+def conditional_spec(algorithm: str, seed: int = 5) -> ExperimentSpec:
+    parameters = CONDITIONAL if algorithm == "grid" else [*CONDITIONAL, LR]
+    return make_spec(
+        parameters=parameters,
+        algorithm={"name": algorithm, "seed": seed, "startupTrials": 3},
+        budget={"maxTrials": 100},
+    )
+
+
+def score(params: dict) -> float:
+    """Some objective over the conditional space."""
+    value = params["dropout"] + abs(params["width"] - 48) / 64
+    value += params.get("momentum", 0.5) + params.get("layers", 0) / 10 + params.get("eps", 0) / 20
+    return value + abs(math.log10(params.get("lr", 1e-2)) + 2)
+
+
+def sequence(spec: ExperimentSpec, count: int) -> list[SamplerTrial]:
+    """Suggest trials one after another, each completed with `score` before the next."""
+    trials: list[SamplerTrial] = []
+    study: dict = {}
+    for number in range(count):
+        suggestion = suggest(spec, trials, study, number)
+        assert suggestion is not None
+        study = suggestion.study_attrs
+        trials.append(
+            SamplerTrial(
+                number,
+                suggestion.params,
+                SamplerState.COMPLETE,
+                score(suggestion.params),
+                system_attrs=suggestion.system_attrs,
+            )
+        )
+    return trials
+
+
+def sequences_by_algorithm(seed: int, count: int = 7) -> dict[str, list[dict]]:
+    return {
+        algorithm: [t.params for t in sequence(conditional_spec(algorithm, seed), count)]
+        for algorithm in ALGORITHMS
+    }
+
+
+# ----- determinism ----------------------------------------------------------------------
+
+
+def test_each_algorithm_is_deterministic_per_seed_across_processes() -> None:
+    # A fresh interpreter: no sampler, RNG or cache state of this process carries over.
+    # It runs while this process computes the same sequences.
+    code = (
+        "import json; from tests.engine.test_samplers import sequences_by_algorithm; "
+        "print(json.dumps(sequences_by_algorithm(seed=5)))"
+    )
+    env = {**os.environ, "PYTHONPATH": str(REPO), "PYTHONHASHSEED": "12345", "OMP_NUM_THREADS": "1"}
+    fresh = subprocess.Popen(
+        [sys.executable, "-W", "ignore", "-c", code],
+        cwd=REPO, env=env, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
+    )  # fmt: skip
+    try:
+        here = sequences_by_algorithm(seed=5)
+        assert sequences_by_algorithm(seed=5) == here  # asked again in the same process
+        # Another seed, another search (the first four trials are enough to tell).
+        other = sequences_by_algorithm(seed=6, count=4)
+        for algorithm in ALGORITHMS:
+            assert other[algorithm] != here[algorithm][:4], algorithm
+        out, err = fresh.communicate(timeout=120)
+    finally:
+        fresh.kill()
+    assert fresh.returncode == 0, err
+    assert json.loads(out.strip().splitlines()[-1]) == json.loads(json.dumps(here))
+
+
+# ----- conditional parameters -----------------------------------------------------------
+
+
+def expected_active(params: dict, algorithm: str) -> set[str]:
+    active = {"opt", "width", "dropout"} | (set() if algorithm == "grid" else {"lr"})
+    if params["opt"] == "sgd":
+        active.add("momentum")
+    else:
+        active |= {"layers", "amsgrad"}
+        if params["amsgrad"] is True:
+            active.add("eps")
+    return active
+
+
+def on_step(value: float, low: float, step: float) -> bool:
+    k = (value - low) / step
+    return abs(k - round(k)) < 1e-9
+
+
+@pytest.mark.parametrize("algorithm", ALGORITHMS)
+def test_conditional_parameters_with_every_sampler(algorithm: str) -> None:
+    trials = sequence(conditional_spec(algorithm), 12)
+    branches = set()
+    for trial in trials:
+        params = trial.params
+        assert set(params) == expected_active(params, algorithm), params
+        branches.add((params["opt"], params.get("amsgrad")))
+        assert params["opt"] in ("sgd", "adam")
+        assert type(params["width"]) is int and params["width"] in (16, 32, 48, 64)
+        assert 0.0 <= params["dropout"] <= 0.5 and on_step(params["dropout"], 0.0, 0.25)
+        if "momentum" in params:
+            assert 0.0 <= params["momentum"] <= 0.9 and on_step(params["momentum"], 0.0, 0.3)
+        if "layers" in params:
+            assert type(params["layers"]) is int and 1 <= params["layers"] <= 3
+        if "amsgrad" in params:
+            assert params["amsgrad"] in (True, False)
+        if "eps" in params:
+            assert type(params["eps"]) is int and 1 <= params["eps"] <= 5
+        if "lr" in params:
+            assert 1e-4 <= params["lr"] <= 1e-1
+    # The sequence visited both branches of opt, so both sides were checked.
+    assert {opt for opt, _ in branches} == {"sgd", "adam"}
+
+
+# ----- pending trials -------------------------------------------------------------------
+
+SMALL = [
+    {"name": "x", "type": "float", "min": 0.0, "max": 10.0},
+    {"name": "z", "type": "float", "min": 0.0, "max": 1.0},
+    {"name": "kind", "type": "categorical", "values": ["a", "b"]},
+]
+
+
+def history(count: int) -> list[SamplerTrial]:
+    trials = []
+    for number in range(count):
+        params = {
+            "x": (number * 3.7) % 10,
+            "z": (number * 0.37) % 1,
+            "kind": "ab"[number % 2],
+        }
+        value = (params["x"] - 3) ** 2 + (params["z"] - 0.2) ** 2 + (params["kind"] == "b")
+        trials.append(SamplerTrial(number, params, SamplerState.COMPLETE, value))
+    return trials
+
+
+@pytest.mark.parametrize("algorithm", ["tpe", "bayesian"])
+def test_pending_trials_push_the_next_suggestion_elsewhere(algorithm: str) -> None:
+    spec = make_spec(parameters=SMALL, algorithm={"name": algorithm, "seed": 2, "startupTrials": 4})
+    done = history(10)
+    number = 14
+    # Where the sampler goes for trial 14 when it does not know of any pending trial...
+    alone = suggest(spec, done, {}, number)
+    assert alone is not None
+    # ...is taken by four pending trials (the same seed is used: only they differ).
+    pending = [SamplerTrial(10 + i, alone.params, SamplerState.RUNNING) for i in range(4)]
+    crowded = suggest(spec, [*done, *pending], {}, number)
+    assert crowded is not None
+    assert crowded.params != alone.params
+
+    # As a parallel shell would: four suggestions in a row, each pending when the next is
+    # asked; the fifth differs from all four.
+    trials = list(done)
+    for n in range(10, 15):
+        suggestion = suggest(spec, trials, {}, n)
+        assert suggestion is not None
+        assert all(suggestion.params != t.params for t in trials[10:]), n
+        trials.append(SamplerTrial(n, suggestion.params, SamplerState.RUNNING))
+
+
+# ----- grid -----------------------------------------------------------------------------
+
+GRID = [
+    {"name": "opt", "type": "categorical", "values": ["sgd", "adam"]},
+    {"name": "momentum", "type": "float", "min": 0.0, "max": 0.5, "step": 0.25,
+     "when": {"opt": "sgd"}},
+    {"name": "width", "type": "int", "min": 1, "max": 2},
+]  # fmt: skip
+
+
+def grid_points() -> list[dict]:
+    """By hand: sgd x momentum {0, .25, .5} x width {1, 2}, and adam x width {1, 2}."""
+    points = [
+        {"opt": "sgd", "momentum": m, "width": w}
+        for m, w in itertools.product([0.0, 0.25, 0.5], [1, 2])
+    ]
+    return points + [{"opt": "adam", "width": w} for w in (1, 2)]
+
+
+def key(params: dict) -> str:
+    return json.dumps(params, sort_keys=True)
+
+
+def test_grid_enumerates_each_point_once_then_ends_the_experiment() -> None:
+    spec = make_spec(
+        parameters=GRID,
+        algorithm={"name": "grid", "seed": 3},
+        budget={"maxTrials": 50, "parallelTrials": 3},
+    )
+    driver = Driver(spec, sample=real_sampler)
+    for _ in range(100):
+        driver.decide()
+        if driver.finished is not None:
+            break
+        for trial in driver.engine.running():
+            driver.report(trial.number, 1, float(trial.number))
+            assert driver.exit(trial.number)
+    assert driver.finished is not None
+    assert (driver.finished.succeeded, driver.finished.reason) == (True, SEARCH_SPACE_EXHAUSTED)
+    seen = [key(t.params) for t in driver.engine.trials]
+    assert len(seen) == len(set(seen)) == 8
+    assert set(seen) == {key(p) for p in grid_points()}
+    # Asked once more with the whole grid in the history: nothing left.
+    trials = [
+        SamplerTrial(t.number, t.params, SamplerState.COMPLETE, 1.0) for t in driver.engine.trials
+    ]
+    assert suggest(spec, trials, {}, len(trials)) is None
+
+
+def test_grid_order_depends_on_the_seed_but_covers_the_same_points() -> None:
+    orders = []
+    for seed in (0, 1):
+        spec = make_spec(parameters=GRID, algorithm={"name": "grid", "seed": seed})
+        trials: list[SamplerTrial] = []
+        while (suggestion := suggest(spec, trials, {}, len(trials))) is not None:
+            trials.append(SamplerTrial(len(trials), suggestion.params, SamplerState.RUNNING))
+        orders.append([key(t.params) for t in trials])
+    assert orders[0] != orders[1]
+    assert sorted(orders[0]) == sorted(orders[1]) == sorted(key(p) for p in grid_points())
+
+
+# ----- bayesian hands over to TPE -------------------------------------------------------
+
+
+def finished_history(count: int) -> list[SamplerTrial]:
+    trials = []
+    for number in range(count):
+        params = {"x": (number * 0.618) % 1, "y": (number * 0.382) % 1}
+        value = (params["x"] - 0.3) ** 2 + (params["y"] - 0.6) ** 2
+        trials.append(SamplerTrial(number, params, SamplerState.COMPLETE, value))
+    return trials
+
+
+XY = [
+    {"name": "x", "type": "float", "min": 0.0, "max": 1.0},
+    {"name": "y", "type": "float", "min": 0.0, "max": 1.0},
+]
+
+
+def test_bayesian_hands_over_to_tpe_past_gp_max_trials() -> None:
+    spec = make_spec(parameters=XY, algorithm={"name": "bayesian", "seed": 1, "gpMaxTrials": 10})
+    assert isinstance(make_sampler(spec, 50, finished=10), GPSampler)
+    assert isinstance(make_sampler(spec, 50, finished=11), TPESampler)
+    default = make_spec(parameters=XY, algorithm={"name": "bayesian", "seed": 1})
+    assert isinstance(make_sampler(default, 300, finished=200), GPSampler)
+    assert isinstance(make_sampler(default, 300, finished=201), TPESampler)
+    # Failed, pruned and running trials are not "finished" for the GP's cost.
+    others = [
+        SamplerTrial(n, {"x": 0.5, "y": 0.5}, state)
+        for n, state in enumerate([SamplerState.FAILED, SamplerState.RUNNING] * 10)
+    ]
+    assert suggest(spec, others, {}, 20) is not None
+
+
+def test_bayesian_past_gp_max_trials_is_much_faster_than_the_gp() -> None:
+    done = finished_history(250)
+    bayesian = make_spec(parameters=XY, algorithm={"name": "bayesian", "seed": 1})
+    gp_only = make_spec(
+        parameters=XY, algorithm={"name": "bayesian", "seed": 1, "gpMaxTrials": 2000}
+    )
+    tpe = make_spec(parameters=XY, algorithm={"name": "tpe", "seed": 1})
+    suggest(gp_only, done[:12], {}, 12)  # warm up: torch and the GP code are imported
+
+    def timed(spec: ExperimentSpec) -> tuple[float, dict]:
+        start = time.perf_counter()
+        suggestion = suggest(spec, done, {}, 250)
+        assert suggestion is not None
+        return time.perf_counter() - start, suggestion.params
+
+    gp_seconds, _ = timed(gp_only)
+    handed_over = [timed(bayesian) for _ in range(3)]
+    fastest = min(seconds for seconds, _ in handed_over)
+    assert fastest * 4 < gp_seconds, (fastest, gp_seconds)
+    # It is TPE exactly as `algorithm: tpe` would run it, for the same seed and history.
+    assert handed_over[0][1] == timed(tpe)[1]
+
+
+# ----- CMA-ES state ---------------------------------------------------------------------
+
+SPHERE = [
+    {"name": "x", "type": "float", "min": -5.0, "max": 5.0},
+    {"name": "y", "type": "float", "min": -5.0, "max": 5.0},
+]
+
+
+def sphere(params: dict) -> float:
+    return (params["x"] - 1) ** 2 + (params["y"] + 2) ** 2
+
+
+def cma_run(count: int, feed_back: bool) -> tuple[list[dict], list[float]]:
+    """Returns each suggestion's system attributes and its objective value."""
+    spec = make_spec(parameters=SPHERE, algorithm={"name": "cmaes", "seed": 4})
+    trials: list[SamplerTrial] = []
+    attrs, values = [], []
+    for number in range(count):
+        suggestion = suggest(spec, trials, {}, number)
+        assert suggestion is not None
+        # What the engine stores goes through the history's JSON form.
+        stored = json.loads(json.dumps(suggestion.system_attrs))
+        attrs.append(stored)
+        values.append(sphere(suggestion.params))
+        trials.append(
+            SamplerTrial(
+                number,
+                suggestion.params,
+                SamplerState.COMPLETE,
+                values[-1],
+                system_attrs=stored if feed_back else {},
+            )
+        )
+    return attrs, values
+
+
+def test_cmaes_carries_its_state_through_trial_system_attrs() -> None:
+    # 2 dimensions: population 4 + ⌊3 ln 2⌋ = 6; one random start-up trial.
+    attrs, values = cma_run(40, feed_back=True)
+    generations = [a.get("cma:generation") for a in attrs]
+    assert generations[0] is None  # the start-up trial is sampled independently
+    assert generations[1:] == sorted(generations[1:])  # never goes back
+    assert generations[-1] >= 4
+    # Whenever a generation is complete, the next trial carries the updated optimizer.
+    for number in range(2, 40):
+        if generations[number] != generations[number - 1]:
+            assert any(k.startswith("cma:optimizer") for k in attrs[number]), number
+    # And the search progresses: later generations are better on average.
+    by_generation: dict[int, list[float]] = {}
+    for generation, value in zip(generations[1:], values[1:], strict=True):
+        by_generation.setdefault(generation, []).append(value)
+    first, last = by_generation[0], by_generation[generations[-2]]
+    assert sum(last) / len(last) < sum(first) / len(first) / 2
+
+    # Without its attributes fed back, CMA-ES never gets past its first generation.
+    forgetful, _ = cma_run(20, feed_back=False)
+    assert {a.get("cma:generation") for a in forgetful[1:]} == {0}
