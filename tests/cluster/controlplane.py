@@ -394,6 +394,25 @@ def wait_until(
 
 # --- the control plane -------------------------------------------------------------
 
+WORKDIR_PREFIX = "kubetune-cp-"
+
+
+def _remove_orphaned_workdirs() -> None:
+    """Removes the temp dirs of control planes whose test process was killed (SIGKILL
+    skips teardown; the components died with it, their data did not). Only dirs whose
+    recorded owner no longer exists go: a live cluster is never touched."""
+    for d in Path(tempfile.gettempdir()).glob(WORKDIR_PREFIX + "*"):
+        try:
+            owner = int((d / "owner.pid").read_text())
+        except (OSError, ValueError):
+            continue  # not ours to judge
+        try:
+            os.kill(owner, 0)
+        except ProcessLookupError:
+            shutil.rmtree(d, ignore_errors=True)
+        except PermissionError:
+            pass  # alive, another user's
+
 
 @dataclass
 class ControlPlane:
@@ -434,7 +453,9 @@ class ControlPlane:
         t0 = time.monotonic()
         self.binaries = (self.binaries or Binaries.locate()).require()
         if self.workdir is None:
-            self.workdir = Path(tempfile.mkdtemp(prefix="kubetune-cp-"))
+            _remove_orphaned_workdirs()
+            self.workdir = Path(tempfile.mkdtemp(prefix=WORKDIR_PREFIX))
+            (self.workdir / "owner.pid").write_text(str(os.getpid()))
             self._made_workdir = True
         self.workdir.mkdir(parents=True, exist_ok=True)
         atexit.register(self.stop)
