@@ -11,6 +11,7 @@ from kubetune.engine import (
     MAX_TRIALS_REACHED,
     NO_RESULTS,
     TOO_MANY_FAILED_TRIALS,
+    Engine,
     FinishExperiment,
     LaunchTrial,
     StaleAttempt,
@@ -20,7 +21,7 @@ from kubetune.engine import (
 from kubetune.events import ExitKind
 from kubetune.trials import Decision, TrialPhase
 
-from .helpers import Driver, launches, make_spec, stops
+from .helpers import Driver, json_round_trip, launches, make_spec, stops
 
 
 def asha(**budget):
@@ -232,13 +233,19 @@ def test_max_duration_stops_running_trials_then_ends() -> None:
 
 
 def test_max_duration_counts_from_the_first_decide_not_from_replays() -> None:
-    driver = Driver(make_spec(budget={"maxTrials": 1, "maxDuration": "1h"}))
+    spec = make_spec(budget={"maxTrials": 1, "maxDuration": "1h"})
+    driver = Driver(spec)
     driver.now = 50.0
     driver.decide()
-    driver.now = 50.0 + 3599
-    assert driver.decide() == []
-    driver.now = 50.0 + 3600
-    assert stops(driver.decide()) == [(0, 1, MAX_DURATION_REACHED)]
+    # A shell restarted 59 minutes later rebuilds the engine: the clock is the history's.
+    rebuilt = Driver(
+        spec, engine=Engine.replay(spec, "exp", json_round_trip(driver.engine.history))
+    )
+    for shell in (driver, rebuilt):
+        shell.now = 50.0 + 3599
+        assert shell.decide() == []
+        shell.now = 50.0 + 3600
+        assert stops(shell.decide()) == [(0, 1, MAX_DURATION_REACHED)]
 
 
 def test_parallel_trials_is_never_exceeded() -> None:
