@@ -24,6 +24,7 @@ from __future__ import annotations
 import logging
 import math
 import random
+import warnings
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
 from enum import StrEnum
@@ -44,6 +45,9 @@ from kubetune.space import Params, distributions_for, iter_grid, params_key, sug
 from kubetune.spec import AlgorithmName, ExperimentSpec, Goal
 
 optuna.logging.set_verbosity(optuna.logging.WARNING)
+# QMC and GP samplers are marked experimental in Optuna; kubetune pins their behaviour
+# with its own tests, so the warning on every ask is noise.
+warnings.filterwarnings("ignore", category=optuna.exceptions.ExperimentalWarning)
 logger = logging.getLogger(__name__)
 
 
@@ -114,7 +118,6 @@ def make_sampler(spec: ExperimentSpec, number: int, finished: int) -> BaseSample
                 constant_liar=True,
                 multivariate=True,
                 group=True,
-                warn_independent_sampling=False,
                 **startup,
             )
         case AlgorithmName.BAYESIAN:

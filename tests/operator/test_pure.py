@@ -44,7 +44,7 @@ def test_trial_pod_injects_parameters_labels_and_the_token_by_reference() -> Non
     container = pod["spec"]["containers"][0]
     assert container["command"] == ["python", "examples/digits.py"]
     assert container["args"] == ["--lr=0.01", "--hidden=64"]
-    assert container["resources"] == {"limits": {"nvidia.com/gpu": 1}}
+    assert container["resources"] == {"limits": {"nvidia.com/gpu": "1"}}
     env = {e["name"]: e for e in container["env"]}
     assert json.loads(env["KUBETUNE_PARAMS"]["value"]) == context().params
     assert env["KUBETUNE_RESUME"]["value"] == "1"

@@ -127,6 +127,27 @@ async def _startup(settings: kopf.OperatorSettings, **_: Any) -> None:
     logger.info("report endpoint listening on %s:%s", LISTEN[0], server.port)
 
 
+@kopf.on.login()
+def _login(**_: Any) -> kopf.ConnectionInfo:
+    """kopf watches with the very credentials our client was configured with."""
+    config = _registry().kube.api.configuration
+    header = (config.api_key or {}).get("authorization") or (config.api_key or {}).get(
+        "BearerToken"
+    )
+    scheme, _, token = (header or "").partition(" ")
+    if header and not token:
+        scheme, token = "Bearer", header
+    return kopf.ConnectionInfo(
+        server=config.host,
+        ca_path=config.ssl_ca_cert,
+        insecure=not config.verify_ssl,
+        scheme=scheme or None,
+        token=token or None,
+        certificate_path=config.cert_file,
+        private_key_path=config.key_file,
+    )
+
+
 @kopf.on.cleanup()
 async def _cleanup(**_: Any) -> None:
     _registry().sampler.close()

@@ -5,7 +5,6 @@ from __future__ import annotations
 import argparse
 import base64
 import logging
-import os
 import secrets
 from pathlib import Path
 
@@ -88,8 +87,6 @@ def run(args: argparse.Namespace) -> int:
     config = OperatorConfig(endpoint_url=args.endpoint_url, token_key=_token_key(api, args))
     handlers.REGISTRY = handlers.Registry(Kube(api), config)
     handlers.LISTEN = _parse_listen(args.listen)
-    if args.kubeconfig:
-        os.environ["KUBECONFIG"] = args.kubeconfig  # kopf logs in with the same credentials
     kopf.run(
         standalone=True,
         clusterwide=bool(args.namespace_all or not args.namespace),

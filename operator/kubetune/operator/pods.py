@@ -101,6 +101,8 @@ def trial_pod(
         }
     )
     container["env"] = env
+    for other in pod_spec["containers"]:
+        _quantities_as_strings(other.get("resources") or {})
     pod_spec["restartPolicy"] = "Never"
     return {
         "apiVersion": "v1",
@@ -115,3 +117,11 @@ def trial_pod(
         },
         "spec": pod_spec,
     }
+
+
+def _quantities_as_strings(resources: dict[str, Any]) -> None:
+    # YAML gives `nvidia.com/gpu: 1` as a number; the API server stores quantities as
+    # strings, and the Python client refuses anything else.
+    for section in ("limits", "requests"):
+        for name, value in (resources.get(section) or {}).items():
+            resources[section][name] = str(value)

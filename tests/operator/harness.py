@@ -1,0 +1,140 @@
+"""Running the real operator against the test control plane, as its own process.
+
+The operator runs with the kubeconfig of the `kubetune-operator` ServiceAccount that
+`kubectl apply -k manifests/` creates, so every test also proves the RBAC is enough.
+Trial pods run on ProcessNodes (the kubelet stand-in) as local processes.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import signal
+import socket
+import subprocess
+import sys
+import time
+from collections.abc import Callable
+from pathlib import Path
+from typing import Any
+
+REPO = Path(__file__).resolve().parents[2]
+TRIALS = REPO / "tests" / "local" / "trials"
+GPU_TAINT = {"key": "nvidia.com/gpu", "operator": "Exists", "effect": "NoSchedule"}
+
+
+def free_port() -> int:
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        return sock.getsockname()[1]
+
+
+class OperatorProcess:
+    def __init__(self, kubeconfig: Path, workdir: Path) -> None:
+        self.kubeconfig = kubeconfig
+        self.port = free_port()
+        self.key_file = workdir / "token.key"
+        self.key_file.write_bytes(os.urandom(16).hex().encode())
+        self.log_path = workdir / "operator.log"
+        self.process: subprocess.Popen[bytes] | None = None
+        self.starts = 0
+
+    @property
+    def endpoint(self) -> str:
+        return f"http://127.0.0.1:{self.port}"
+
+    def start(self) -> OperatorProcess:
+        log = self.log_path.open("ab")
+        self.starts += 1
+        log.write(f"\n===== operator start {self.starts} =====\n".encode())
+        self.process = subprocess.Popen(
+            [
+                sys.executable,
+                "-m",
+                "kubetune.cli",
+                "operator",
+                "--namespace-all",
+                f"--kubeconfig={self.kubeconfig}",
+                f"--listen=127.0.0.1:{self.port}",
+                f"--endpoint-url={self.endpoint}",
+                f"--token-key-file={self.key_file}",
+            ],
+            stdout=log,
+            stderr=subprocess.STDOUT,
+        )
+        return self
+
+    def kill(self) -> None:
+        if self.process is not None and self.process.poll() is None:
+            self.process.send_signal(signal.SIGKILL)
+            self.process.wait(timeout=10)
+
+    def stop(self) -> None:
+        if self.process is not None and self.process.poll() is None:
+            self.process.terminate()
+            try:
+                self.process.wait(timeout=15)
+            except subprocess.TimeoutExpired:
+                self.kill()
+
+    def log_tail(self, lines: int = 60) -> str:
+        if not self.log_path.exists():
+            return ""
+        return "\n".join(self.log_path.read_text(errors="replace").splitlines()[-lines:])
+
+
+def experiment(
+    name: str,
+    *,
+    command: list[str] | None = None,
+    max_trials: int = 6,
+    parallel: int = 2,
+    scheduler: dict[str, Any] | None = None,
+    checkpoints: str | None = None,
+    sleep: float = 0.05,
+) -> dict[str, Any]:
+    container = {
+        "name": "trial",
+        "image": "kubetune/trial:latest",
+        "command": command or ["python", str(TRIALS / "quadratic.py"), f"--sleep={sleep}"],
+        "resources": {"limits": {"nvidia.com/gpu": 1}},
+    }
+    spec: dict[str, Any] = {
+        "objective": {"metric": "loss", "goal": "minimize"},
+        "parameters": [
+            {"name": "x", "type": "float", "min": -1.0, "max": 1.0},
+            {"name": "y", "type": "float", "min": -1.0, "max": 1.0},
+        ],
+        "algorithm": {"name": "tpe", "seed": 5},
+        "scheduler": scheduler
+        or {"name": "asha", "resource": "step", "minResource": 1, "maxResource": 9},
+        "budget": {"maxTrials": max_trials, "parallelTrials": parallel},
+        "trialTemplate": {
+            "spec": {"tolerations": [GPU_TAINT], "containers": [container]},
+        },
+    }
+    if checkpoints:
+        spec["checkpoints"] = {"uri": checkpoints}
+    return {
+        "apiVersion": "kubetune.dev/v1alpha1",
+        "kind": "HPOExperiment",
+        "metadata": {"name": name},
+        "spec": spec,
+    }
+
+
+def wait_for(
+    what: str, probe: Callable[[], Any], timeout: float, diagnostics: Callable[[], str] = str
+) -> Any:
+    deadline = time.monotonic() + timeout
+    last: Any = None
+    while time.monotonic() < deadline:
+        last = probe()
+        if last:
+            return last
+        time.sleep(0.5)
+    raise AssertionError(f"timed out after {timeout:.0f}s waiting for {what}\n{diagnostics()}")
+
+
+def as_json(result: subprocess.CompletedProcess[str]) -> Any:
+    return json.loads(result.stdout)

@@ -1,0 +1,236 @@
+"""The operator end to end, on the real control plane.
+
+`kubectl apply -k manifests/` installs CRDs and RBAC; the operator runs as the
+manifests' ServiceAccount; trial pods run the real trial code and SDK on process nodes.
+"""
+
+from __future__ import annotations
+
+import json
+import time
+import urllib.error
+import urllib.request
+from collections.abc import Iterator
+from pathlib import Path
+from typing import Any
+
+import pytest
+
+from kubetune.tokens import TokenAuthority
+from tests.cluster.process_node import Taint
+from tests.operator.harness import GPU_TAINT, REPO, OperatorProcess, experiment, wait_for
+
+pytestmark = [pytest.mark.cluster, pytest.mark.slow]
+
+TAINTS = [Taint(GPU_TAINT["key"], "true")]
+
+
+@pytest.fixture(scope="module")
+def installed(control_plane: Any) -> Path:
+    """The project's manifests applied; a kubeconfig of the operator's ServiceAccount."""
+    control_plane.kubectl("apply", "-k", str(REPO / "manifests"), timeout=120)
+    for crd in ("hpoexperiments.kubetune.dev", "hpotrials.kubetune.dev"):
+        control_plane.kubectl("wait", "--for=condition=Established", f"crd/{crd}", "--timeout=60s")
+    return control_plane.service_account_kubeconfig("kubetune-system", "kubetune-operator")
+
+
+@pytest.fixture
+def operator(installed: Path, tmp_path: Path) -> Iterator[OperatorProcess]:
+    process = OperatorProcess(installed, tmp_path).start()
+    try:
+        yield process
+    finally:
+        process.stop()
+        print(f"--- operator log tail ---\n{process.log_tail()}")
+
+
+def apply(control_plane: Any, namespace: str, document: dict[str, Any]) -> None:
+    # JSON, not YAML: kubectl's YAML 1.1 would read a parameter named `y` as a boolean.
+    control_plane.kubectl("apply", "-n", namespace, "-f", "-", input=json.dumps(document))
+
+
+def get(control_plane: Any, namespace: str, kind: str, name: str = "") -> Any:
+    args = ["get", kind, "-n", namespace, "-o", "json"] + ([name] if name else [])
+    return json.loads(control_plane.kubectl(*args).stdout)
+
+
+def status(control_plane: Any, namespace: str, name: str) -> dict[str, Any]:
+    return get(control_plane, namespace, "hpoexperiment", name).get("status") or {}
+
+
+def finished(control_plane: Any, namespace: str, name: str) -> dict[str, Any] | None:
+    found = status(control_plane, namespace, name)
+    return found if found.get("phase") in ("Succeeded", "Failed") else None
+
+
+def trials(control_plane: Any, namespace: str) -> list[dict[str, Any]]:
+    return get(control_plane, namespace, "hpotrials")["items"]
+
+
+def test_an_experiment_runs_to_completion(
+    control_plane: Any, namespace: str, operator: OperatorProcess, process_node_factory: Any
+) -> None:
+    process_node_factory(gpus=2, taints=TAINTS)
+    apply(control_plane, namespace, experiment("quad", max_trials=6, parallel=2))
+    done = wait_for(
+        "the experiment to finish",
+        lambda: finished(control_plane, namespace, "quad"),
+        240,
+        operator.log_tail,
+    )
+    assert done["phase"] == "Succeeded", done
+    assert done["trialsDone"] == 6 and done["trialsTotal"] == 6
+    assert done["bestTrial"].startswith("quad-") and done["bestValue"] > 0
+    conditions = {c["type"]: c for c in done["conditions"]}
+    assert conditions["Succeeded"]["status"] == "True"
+    assert conditions["Running"]["status"] == "False"
+    listed = trials(control_plane, namespace)
+    assert sorted(t["metadata"]["name"] for t in listed) == [f"quad-{n}" for n in range(6)]
+    best = next(t for t in listed if t["metadata"]["name"] == done["bestTrial"])
+    assert best["status"]["value"] == pytest.approx(done["bestValue"])
+    assert all(t["status"]["phase"] in ("Completed", "Stopped") for t in listed)
+    assert all(t["status"]["node"] for t in listed)
+    table = control_plane.kubectl("get", "hpoexperiments", "-n", namespace).stdout
+    assert "Succeeded" in table and "quad" in table
+    reasons = {e["reason"] for e in get(control_plane, namespace, "events")["items"]}
+    assert {"TrialStarted", "ExperimentSucceeded"} <= reasons
+
+
+def test_operator_killed_three_times_loses_nothing(
+    control_plane: Any,
+    namespace: str,
+    operator: OperatorProcess,
+    process_node_factory: Any,
+    tmp_path: Path,
+) -> None:
+    process_node_factory(gpus=3, taints=TAINTS)
+    checkpoints = (tmp_path / "ckpt").as_uri()
+    document = experiment("crashy", max_trials=9, parallel=3, checkpoints=checkpoints, sleep=0.3)
+    apply(control_plane, namespace, document)
+    for kill in range(3):
+        wait_for(
+            f"progress before kill {kill + 1}",
+            lambda k=kill: (
+                sum(
+                    t["status"].get("phase") in ("Completed", "Stopped", "Paused")
+                    for t in trials(control_plane, namespace)
+                    if t.get("status")
+                )
+                >= 2 * (k + 1)
+            ),
+            180,
+            operator.log_tail,
+        )
+        operator.kill()
+        time.sleep(1.0)
+        operator.start()
+    done = wait_for(
+        "the experiment to finish",
+        lambda: finished(control_plane, namespace, "crashy"),
+        300,
+        operator.log_tail,
+    )
+    assert done["phase"] == "Succeeded", done
+    listed = trials(control_plane, namespace)
+    assert len(listed) == 9 == done["trialsTotal"]
+    for trial in listed:
+        state = trial["status"]
+        history = state["history"]
+        reports = [r for r in history if r["type"] == "Reported"]
+        assert reports, f"{trial['metadata']['name']} lost its reports"
+        assert state["value"] == pytest.approx(reports[-1]["metrics"]["loss"])
+        launches = [(r["attempt"]) for r in history if r["type"] == "TrialLaunched"]
+        assert launches == list(range(1, len(launches) + 1)), "an attempt was launched twice"
+    pods = get(control_plane, namespace, "pods")["items"]
+    names = [p["metadata"]["name"] for p in pods]
+    assert len(names) == len(set(names))
+
+
+def test_an_evicted_trial_resumes_from_its_checkpoint(
+    control_plane: Any,
+    namespace: str,
+    operator: OperatorProcess,
+    process_node_factory: Any,
+    tmp_path: Path,
+) -> None:
+    node = process_node_factory(gpus=1, taints=TAINTS)
+    checkpoints = (tmp_path / "ckpt").as_uri()
+    document = experiment(
+        "evict",
+        max_trials=1,
+        parallel=1,
+        checkpoints=checkpoints,
+        scheduler={"name": "none", "maxResource": 40},
+        sleep=0.1,
+    )
+    # The quadratic trial checkpoints only when paused; make it checkpoint every step.
+    container = document["spec"]["trialTemplate"]["spec"]["containers"][0]
+    container["command"].append("--checkpoint-every-step")
+    apply(control_plane, namespace, document)
+
+    def step_reported() -> int:
+        listed = trials(control_plane, namespace)
+        return listed[0]["status"].get("step") or 0 if listed and listed[0].get("status") else 0
+
+    wait_for("a few steps", lambda: step_reported() >= 5, 120, operator.log_tail)
+    node.evict(namespace, "evict-0-a1")
+    done = wait_for(
+        "the experiment to finish", lambda: finished(control_plane, namespace, "evict"), 180
+    )
+    assert done["phase"] == "Succeeded", done
+    trial = trials(control_plane, namespace)[0]["status"]
+    assert trial["interruptions"] == 1 and trial["attempt"] == 2
+    assert trial["phase"] == "Completed" and trial["step"] == 40
+    second = [r["step"] for r in trial["history"] if r["type"] == "Reported" and r["attempt"] == 2]
+    first = [r["step"] for r in trial["history"] if r["type"] == "Reported" and r["attempt"] == 1]
+    # Resumed from a checkpoint: the second attempt starts after step 1, near where the first
+    # stopped, rather than from scratch.
+    assert 1 < min(second) <= max(first) + 1
+    assert done["trialsFailed"] == 0
+
+
+def post(url: str, body: Any, token: str | None) -> tuple[int, str]:
+    request = urllib.request.Request(url, data=json.dumps(body).encode(), method="POST")
+    request.add_header("Content-Type", "application/json")
+    if token is not None:
+        request.add_header("Authorization", f"Bearer {token}")
+    try:
+        with urllib.request.urlopen(request, timeout=10) as response:
+            return response.status, response.read().decode()
+    except urllib.error.HTTPError as error:
+        return error.code, error.read().decode()
+
+
+def test_forged_reports_are_refused_and_change_nothing(
+    control_plane: Any, namespace: str, operator: OperatorProcess, process_node_factory: Any
+) -> None:
+    process_node_factory(gpus=2, taints=TAINTS)
+    apply(control_plane, namespace, experiment("guarded", max_trials=2, parallel=2, sleep=2.0))
+    wait_for(
+        "two running trials",
+        lambda: len([t for t in trials(control_plane, namespace) if t.get("status")]) == 2,
+        120,
+        operator.log_tail,
+    )
+    before = {
+        t["metadata"]["name"]: t["status"]["history"] for t in trials(control_plane, namespace)
+    }
+    url = f"{operator.endpoint}/ns/{namespace}/exp/guarded/v1/reports"
+    authority = TokenAuthority(operator.key_file.read_bytes().strip(), f"{namespace}/guarded")
+    report = {"trial": "guarded-0", "attempt": 1, "step": 1, "metrics": {"loss": -100.0}}
+    other_scope = TokenAuthority(operator.key_file.read_bytes().strip(), "elsewhere/guarded")
+    assert post(url, report, None)[0] == 401
+    assert post(url, report, "0" * 64)[0] == 401
+    assert post(url, report, other_scope.token_for("guarded-0"))[0] == 401
+    status_code, body = post(url, report, authority.token_for("guarded-1"))
+    assert status_code == 403, body
+    wrong_place = f"{operator.endpoint}/ns/{namespace}/exp/nope/v1/reports"
+    assert post(wrong_place, report, authority.token_for("guarded-0"))[0] == 401
+    stale = {**report, "attempt": 7}
+    assert post(url, stale, authority.token_for("guarded-0"))[0] == 409
+    after = {
+        t["metadata"]["name"]: t["status"]["history"] for t in trials(control_plane, namespace)
+    }
+    for name, history in before.items():
+        assert after[name][: len(history)] == history
+        assert all(r.get("metrics", {}).get("loss") != -100.0 for r in after[name])
