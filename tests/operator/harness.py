@@ -32,6 +32,7 @@ def free_port() -> int:
 class OperatorProcess:
     def __init__(self, kubeconfig: Path, workdir: Path) -> None:
         self.kubeconfig = kubeconfig
+        self.checkpoints = (workdir / "checkpoints").as_uri()
         self.port = free_port()
         self.key_file = workdir / "token.key"
         self.key_file.write_bytes(os.urandom(16).hex().encode())
@@ -58,6 +59,7 @@ class OperatorProcess:
                 f"--listen=127.0.0.1:{self.port}",
                 f"--endpoint-url={self.endpoint}",
                 f"--token-key-file={self.key_file}",
+                f"--default-checkpoint-uri={self.checkpoints}",
             ],
             stdout=log,
             stderr=subprocess.STDOUT,

@@ -29,6 +29,9 @@ TAINTS = [Taint(GPU_TAINT["key"], "true")]
 def installed(control_plane: Any) -> Path:
     """The project's manifests applied; a kubeconfig of the operator's ServiceAccount."""
     control_plane.kubectl("apply", "-k", str(REPO / "manifests"), timeout=120)
+    # The tests run the operator as a local process with the manifests' ServiceAccount;
+    # the Deployment's own pod must not land on a process node and start a second one.
+    control_plane.kubectl("delete", "deployment", "kubetune-operator", "-n", "kubetune-system")
     for crd in ("hpoexperiments.kubetune.dev", "hpotrials.kubetune.dev"):
         control_plane.kubectl("wait", "--for=condition=Established", f"crd/{crd}", "--timeout=60s")
     return control_plane.service_account_kubeconfig("kubetune-system", "kubetune-operator")

@@ -52,6 +52,8 @@ class OperatorConfig:
     endpoint_url: str
     token_key: bytes
     pod_grace_seconds: int = 30
+    # Where trials checkpoint when their experiment names no `spec.checkpoints`.
+    default_checkpoint_uri: str | None = None
 
 
 def _timestamp(seconds: float | None) -> str | None:
@@ -90,6 +92,7 @@ class ExperimentController:
         self.trial_uids: dict[int, str] = {}
         self.nodes: dict[int, str] = {}
         self.dirty_trials: set[int] = set()
+        self.written_phases: dict[int, tuple[str, str]] = {}
         self.sampling: asyncio.Task[None] | None = None
         self.last_status: dict[str, Any] | None = None
         self.loaded = False
@@ -156,6 +159,10 @@ class ExperimentController:
 
     async def _persist(self) -> None:
         self._note_new_events()
+        for trial in self.engine.trials:
+            # Experiment-level events (the end, say) change trials' phases too.
+            if self.written_phases.get(trial.number) != (trial.phase.value, trial.reason):
+                self.dirty_trials.add(trial.number)
         for number in sorted(self.dirty_trials):
             if number >= len(self.engine.trials):
                 self.dirty_trials.discard(number)  # search exhausted before it was sampled
@@ -171,6 +178,7 @@ class ExperimentController:
             await self.kube.patch_trial_status(
                 self.namespace, trial.name, self._trial_status(trial, history)
             )
+            self.written_phases[number] = (trial.phase.value, trial.reason)
             self.dirty_trials.discard(number)
         await self._write_experiment_status()
 
@@ -193,7 +201,8 @@ class ExperimentController:
         }
 
     def _checkpoint_uri(self, trial: str) -> str:
-        base = self.spec.checkpoints.uri if self.spec.checkpoints else ""
+        base = self.spec.checkpoints.uri if self.spec.checkpoints else None
+        base = base or self.config.default_checkpoint_uri
         return checkpoint_uri(base, self.name, trial) if base else ""
 
     def _trial_status(self, trial: TrialRecord, history: list[dict[str, Any]]) -> dict[str, Any]:

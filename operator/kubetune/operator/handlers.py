@@ -18,11 +18,12 @@ from kubetune.offloop import SuggestionWorker
 from kubetune.operator.controller import ExperimentController, OperatorConfig
 from kubetune.operator.kube import Kube
 from kubetune.operator.naming import EXPERIMENTS, GROUP, LABEL_EXPERIMENT, VERSION
-from kubetune.spec import SpecError, parse_experiment
+from kubetune.spec import SchedulerName, SpecError, parse_experiment
 
 logger = logging.getLogger(__name__)
 
 RESYNC_SECONDS = 5.0
+PAUSING_SCHEDULERS = (SchedulerName.SHA, SchedulerName.ASHA, SchedulerName.HYPERBAND)
 
 
 class Registry:
@@ -56,6 +57,19 @@ class Registry:
             )
         except SpecError as error:
             await self._mark_invalid(body, error)
+            return
+        pauses = experiment.spec.scheduler.name in PAUSING_SCHEDULERS
+        if (
+            pauses
+            and experiment.spec.checkpoints is None
+            and not self.config.default_checkpoint_uri
+        ):
+            reason = (
+                f"required by scheduler {experiment.spec.scheduler.name.value} on a cluster: "
+                f"paused trials resume from checkpoints (or start the operator with "
+                f"--default-checkpoint-uri)"
+            )
+            await self._mark_invalid(body, SpecError([("spec.checkpoints.uri", reason)]))
             return
         if controller is None:
             controller = ExperimentController(

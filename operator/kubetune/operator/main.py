@@ -39,6 +39,10 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
         help="NAMESPACE/NAME of the Secret holding the token key (created when missing)",
     )
     parser.add_argument(
+        "--default-checkpoint-uri",
+        help="s3://bucket/prefix (or file:// on a shared volume) for experiments naming none",
+    )
+    parser.add_argument(
         "--liveness", help="kopf liveness endpoint, e.g. http://0.0.0.0:8081/healthz"
     )
     parser.add_argument("--kubeconfig", help="kubeconfig file (default: in-cluster, then ~/.kube)")
@@ -84,7 +88,11 @@ def run(args: argparse.Namespace) -> int:
     for noisy in ("kopf.objects", "aiohttp.access"):
         logging.getLogger(noisy).setLevel(logging.WARNING)
     api = load_client_config(args.kubeconfig)
-    config = OperatorConfig(endpoint_url=args.endpoint_url, token_key=_token_key(api, args))
+    config = OperatorConfig(
+        endpoint_url=args.endpoint_url,
+        token_key=_token_key(api, args),
+        default_checkpoint_uri=args.default_checkpoint_uri,
+    )
     handlers.REGISTRY = handlers.Registry(Kube(api), config)
     handlers.LISTEN = _parse_listen(args.listen)
     kopf.run(
