@@ -1,4 +1,5 @@
-# The kubetune operator image: `kubetune operator ...` (kopf), without torch.
+# The kubetune operator image: `kubetune operator ...` (kopf), with a CPU build of torch
+# for `algorithm: bayesian` (Optuna's GP sampler runs in the operator, not in trials).
 #
 #   docker build -t kubetune/operator:latest .
 #   kind load docker-image kubetune/operator:latest && kubectl apply -k manifests/
@@ -11,10 +12,11 @@ WORKDIR /src
 COPY pyproject.toml README.md ./
 COPY operator/ operator/
 COPY trial_image/kubetune_trial/ trial_image/kubetune_trial/
-# The `operator` extra: kopf, the Kubernetes client, prometheus-client. Not `torch`, so
-# algorithm `bayesian` (Optuna's GP sampler) needs an image built FROM this one with it.
-RUN /opt/kubetune/bin/pip install ".[operator]" \
- && /opt/kubetune/bin/python -c "import kubetune.cli, kopf, kubernetes, optuna"
+# The `operator` extra: kopf, the Kubernetes client, prometheus-client; and torch from
+# PyTorch's CPU index (a fraction of the CUDA build's size; the GP needs no GPU).
+RUN /opt/kubetune/bin/pip install torch --index-url https://download.pytorch.org/whl/cpu \
+ && /opt/kubetune/bin/pip install ".[operator]" \
+ && /opt/kubetune/bin/python -c "import kubetune.cli, kopf, kubernetes, optuna, torch"
 
 FROM python:3.11-slim
 # A fixed numeric UID, so that the pod's runAsNonRoot can verify it.
