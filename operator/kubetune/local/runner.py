@@ -153,7 +153,7 @@ class LocalRun:
                 f"resuming {self.name} from {self.state.directory} ({len(history)} events)"
             )
         self.tokens = self.state.tokens(self.name)
-        server = ReportServer(
+        server = ReportServer.single(
             self.tokens, self._on_report, lambda: (t.name for t in self.engine.trials)
         )
         self.endpoint = await server.start()
