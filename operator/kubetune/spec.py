@@ -302,6 +302,16 @@ class Checkpoints(_Model):
         raise ValueError(f"{value!r} must start with file:/// (an absolute path) or s3://bucket")
 
 
+class Capacity(_Model):
+    nodePool: str = Field(
+        pattern=OBJECT_NAME_PATTERN,
+        max_length=63,
+        description="The node pool (from the operator's node pool configuration) trials run "
+        "on: its node selector and tolerations are added to trial pods, and the operator "
+        "scales it.",
+    )
+
+
 class ExperimentSpec(_Model):
     objective: Objective
     parameters: list[Parameter] = Field(min_length=1, max_length=100)
@@ -310,6 +320,9 @@ class ExperimentSpec(_Model):
     budget: Budget
     trialTemplate: TrialTemplate
     checkpoints: Checkpoints | None = None
+    capacity: Capacity | None = Field(
+        default=None, description="Where trials run: a node pool that the operator scales."
+    )
 
     @model_validator(mode="after")
     def _cross_field(self) -> ExperimentSpec:
