@@ -20,6 +20,7 @@ from typing import Any
 
 from kubetune.events import (
     AttemptEnded,
+    CostObserved,
     Event,
     ExitKind,
     ExperimentEnded,
@@ -59,6 +60,12 @@ SEARCH_SPACE_EXHAUSTED = "SearchSpaceExhausted"
 MAX_DURATION_REACHED = "MaxDurationReached"
 TOO_MANY_FAILED_TRIALS = "TooManyFailedTrials"
 NO_RESULTS = "NoTrialReportedObjective"
+BUDGET_EXHAUSTED = "BudgetExhausted"
+# A CostObserved event is recorded when the cost grew by this share of maxCostUSD (or
+# the price of a trial-hour changed by more than COST_RATE_CHANGE): the history stays
+# bounded (about 100 cost events per budget) and decisions lag the cost by under 1%.
+COST_STEP = 0.01
+COST_RATE_CHANGE = 0.1
 NOT_PROMOTED = "not promoted"
 
 
@@ -114,6 +121,8 @@ class Engine:
     exhausted: bool = False
     study_attrs: dict[str, Any] = field(default_factory=dict)
     stop_reasons: dict[int, str] = field(default_factory=dict)
+    cost_usd: float = 0.0  # the last CostObserved: what the experiment has cost so far
+    trial_usd_per_hour: float = 0.0  # and what one trial costs per hour now
 
     def __post_init__(self) -> None:
         self.scheduler = self._make_scheduler()
@@ -168,6 +177,8 @@ class Engine:
                 self.stop_reasons[number] = reason
             case AttemptEnded():
                 self._apply_attempt_end(event)
+            case CostObserved(usd=usd, trial_usd_per_hour=rate):
+                self.cost_usd, self.trial_usd_per_hour = usd, rate
             case ExperimentReopened():
                 self.ended = None
                 for trial in self.trials:
@@ -301,6 +312,10 @@ class Engine:
         failed = sum(t.phase is TrialPhase.FAILED for t in self.trials)
         if budget.maxFailedTrials is not None and failed > budget.maxFailedTrials:
             return False
+        if budget.maxCostUSD is not None and self.ended.reason == BUDGET_EXHAUSTED:
+            return self._next_work_affordable()
+        if budget.maxCostUSD is not None and self.cost_usd >= budget.maxCostUSD:
+            return False
         return len(self.trials) < budget.maxTrials
 
     def reopen(self, now: float) -> bool:
@@ -308,6 +323,25 @@ class Engine:
         if not self.can_grow():
             return False
         self._record(ExperimentReopened(now))
+        return True
+
+    def observe_cost(self, usd: float, trial_usd_per_hour: float, now: float) -> bool:
+        """The shell's measure of the cost so far; recorded (True) when decisions may differ.
+
+        Only experiments with `budget.maxCostUSD` record it, and only when it moved by
+        COST_STEP of the budget, crossed it, or the hourly price of a trial changed.
+        """
+        limit = self.spec.budget.maxCostUSD
+        if limit is None or self.ended is not None:
+            return False
+        first = not any(isinstance(e, CostObserved) for e in self.history)
+        old_rate = self.trial_usd_per_hour
+        moved = usd - self.cost_usd >= COST_STEP * limit
+        crossed = self.cost_usd < limit <= usd
+        repriced = abs(trial_usd_per_hour - old_rate) > COST_RATE_CHANGE * max(old_rate, 1e-9)
+        if not (first or moved or crossed or repriced):
+            return False
+        self._record(CostObserved(usd, trial_usd_per_hour, now))
         return True
 
     def sampler_request(self, number: int) -> tuple[ExperimentSpec, list[SamplerTrial], dict, int]:
@@ -339,13 +373,24 @@ class Engine:
             return self._wind_down(*ending, now)
         budget = self.spec.budget
         free = budget.parallelTrials - sum(t.phase.holds_slot for t in self.trials)
+        committed = self._committed_cost(now)  # budget.maxCostUSD: what work under way costs
+        unaffordable = False
         for trial, target in self.scheduler.promotions(self.trials, max(free, 0)):
+            if not self._affordable(committed, cost := self._work_cost(target, trial.last_step)):
+                unaffordable = True
+                break
+            committed += cost
             self._record(TrialPromoted(trial.number, target))
             free -= 1
         while free > 0 and not self.exhausted and len(self.trials) < budget.maxTrials:
             number = len(self.trials)
+            target = self.scheduler.initial_target(number)
+            if unaffordable or not self._affordable(committed, cost := self._work_cost(target)):
+                unaffordable = True
+                break
+            committed += cost
             bracket = self.scheduler.bracket(number)
-            self._record(TrialPlanned(number, bracket, self.scheduler.initial_target(number)))
+            self._record(TrialPlanned(number, bracket, target))
             free -= 1
         actions: list[Action] = []
         for trial in self.trials:
@@ -362,9 +407,78 @@ class Engine:
         if sampling:
             actions.append(SampleTrial(sampling[0]))
         if not any(t.phase.holds_slot for t in self.trials):
+            if unaffordable:
+                message = (
+                    f"the next trial or promotion would take the cost (${self.cost_usd:.2f} "
+                    f"so far) past maxCostUSD (${budget.maxCostUSD:.2f})"
+                )
+                return [*actions, *self._finish(True, BUDGET_EXHAUSTED, message, now)]
             reason = SEARCH_SPACE_EXHAUSTED if self.exhausted else MAX_TRIALS_REACHED
             return [*actions, *self._finish(True, reason, "", now)]
         return actions
+
+    # ----- the cost budget (budget.maxCostUSD), from CostObserved events ------------------
+
+    def _affordable(self, committed: float, cost: float) -> bool:
+        limit = self.spec.budget.maxCostUSD
+        return limit is None or committed + cost <= limit
+
+    def _seconds_per_step(self) -> tuple[float | None, float | None]:
+        """Seconds per resource step, and per attempt, over the attempts that ended."""
+        seconds = steps = attempts = 0.0
+        for trial in self.trials:
+            for attempt in trial.attempts:
+                if attempt.ended_at is None or attempt.started_at is None:
+                    continue
+                attempts += 1
+                seconds += attempt.ended_at - attempt.started_at
+                steps += attempt.consumed
+        if not attempts:
+            return None, None
+        return (seconds / steps if steps else None), seconds / attempts
+
+    def _work_cost(
+        self, target: int | None, done: int | None = None, elapsed: float = 0.0
+    ) -> float:
+        """Projected cost of training from step `done` to `target` (an attempt when None)."""
+        if self.spec.budget.maxCostUSD is None:
+            return 0.0
+        per_step, per_attempt = self._seconds_per_step()
+        if target is not None and per_step is not None:
+            seconds = max(target - (done or 0), 0) * per_step
+        elif per_attempt is not None:
+            seconds = max(per_attempt - elapsed, 0.0)
+        else:
+            seconds = 0.0  # nothing measured yet: only the cost so far counts
+        return seconds * self.trial_usd_per_hour / 3600.0
+
+    def _committed_cost(self, now: float) -> float:
+        """The cost so far plus what the running and waiting trials will cost to finish."""
+        if self.spec.budget.maxCostUSD is None:
+            return 0.0
+        total = self.cost_usd
+        for trial in self.trials:
+            if trial.phase is TrialPhase.RUNNING:
+                attempt = trial.attempts[-1]
+                elapsed = now - (attempt.started_at if attempt.started_at is not None else now)
+                total += self._work_cost(attempt.target, trial.last_step, elapsed)
+            elif trial.phase in (TrialPhase.PENDING, TrialPhase.SAMPLING):
+                total += self._work_cost(trial.next_target, trial.last_step)
+        return total
+
+    def _next_work_affordable(self) -> bool:
+        """Whether an ended experiment could afford one more trial or promotion."""
+        limit = self.spec.budget.maxCostUSD
+        if limit is None or self.cost_usd >= limit:
+            return limit is None
+        promotions = self.scheduler.promotions(self.trials, 1)
+        if promotions:
+            trial, target = promotions[0]
+            return self._affordable(self.cost_usd, self._work_cost(target, trial.last_step))
+        if self.exhausted or len(self.trials) >= self.spec.budget.maxTrials:
+            return False
+        target = self.scheduler.initial_target(len(self.trials))
+        return self._affordable(self.cost_usd, self._work_cost(target))
 
     def _ending_reason(self, now: float) -> tuple[bool, str, str] | None:
         budget = self.spec.budget
@@ -377,6 +491,9 @@ class Engine:
         limit = budget.max_duration_seconds()
         if limit is not None and self.started_at is not None and now - self.started_at >= limit:
             return True, MAX_DURATION_REACHED, f"ran for maxDuration ({budget.maxDuration})"
+        if budget.maxCostUSD is not None and self.cost_usd >= budget.maxCostUSD:
+            message = f"cost ${self.cost_usd:.2f} reached maxCostUSD (${budget.maxCostUSD:.2f})"
+            return True, BUDGET_EXHAUSTED, message
         return None
 
     def _wind_down(self, succeeded: bool, reason: str, message: str, now: float) -> list[Action]:

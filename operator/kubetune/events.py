@@ -104,6 +104,16 @@ class ExperimentReopened:
     at: float
 
 
+@dataclass(frozen=True)
+class CostObserved:
+    """What the experiment's nodes have cost so far, as the shell measured it (USD), and
+    what one trial costs per hour now: the engine's budget decisions read only these."""
+
+    usd: float
+    trial_usd_per_hour: float
+    at: float
+
+
 Event = (
     ExperimentStarted
     | TrialPlanned
@@ -116,6 +126,7 @@ Event = (
     | AttemptEnded
     | ExperimentEnded
     | ExperimentReopened
+    | CostObserved
 )
 
 _TYPES: dict[str, type] = {
@@ -132,6 +143,7 @@ _TYPES: dict[str, type] = {
         AttemptEnded,
         ExperimentEnded,
         ExperimentReopened,
+        CostObserved,
     )
 }
 
