@@ -237,3 +237,37 @@ def test_forged_reports_are_refused_and_change_nothing(
     for name, history in before.items():
         assert after[name][: len(history)] == history
         assert all(r.get("metrics", {}).get("loss") != -100.0 for r in after[name])
+
+
+def test_log_line_trials_without_the_sdk(
+    control_plane: Any, namespace: str, operator: OperatorProcess, process_node_factory: Any
+) -> None:
+    """`epoch=N loss=...` lines are read from the pods' logs; a pause stops the pod."""
+    process_node_factory(gpus=2, taints=TAINTS)
+    command = ["python", str(REPO / "tests/local/trials/loglines.py")]
+    scheduler = {"name": "asha", "resource": "epoch", "minResource": 1, "maxResource": 5}
+    document = experiment("lines", command=command, max_trials=4, parallel=2, scheduler=scheduler)
+    apply(control_plane, namespace, document)
+    done = wait_for(
+        "the experiment to finish",
+        lambda: finished(control_plane, namespace, "lines"),
+        180,
+        operator.log_tail,
+    )
+    assert done["phase"] == "Succeeded", done
+    listed = {t["metadata"]["name"]: t["status"] for t in trials(control_plane, namespace)}
+    best = listed[done["bestTrial"]]
+    x = next(
+        t for t in trials(control_plane, namespace) if t["metadata"]["name"] == done["bestTrial"]
+    )
+    assert best["value"] == pytest.approx((x["spec"]["params"]["x"] - 0.3) ** 2 + 1 / best["step"])
+    paused_at_rung = [
+        s
+        for s in listed.values()
+        if s["history"]
+        and any(
+            r["type"] == "Reported" and r["verdict"]["decision"] == "pause" for r in s["history"]
+        )
+    ]
+    assert paused_at_rung, "ASHA never paused a log-line trial"
+    assert all(s["phase"] in ("Completed", "Stopped") for s in listed.values())

@@ -20,6 +20,7 @@ from typing import Any
 
 from kubetune.engine import (
     Engine,
+    EngineError,
     FinishExperiment,
     LaunchTrial,
     SampleTrial,
@@ -29,8 +30,10 @@ from kubetune.ingest import Report, ReportTarget
 from kubetune.offloop import SuggestionWorker
 from kubetune.operator import store
 from kubetune.operator.kube import Kube
+from kubetune.operator.logs import LogStreams
 from kubetune.operator.naming import (
     GROUP,
+    LABEL_ATTEMPT,
     LABEL_EXPERIMENT,
     LABEL_TRIAL,
     VERSION,
@@ -42,7 +45,7 @@ from kubetune.operator.pods import owner_reference, token_secret, trial_pod
 from kubetune.spec import ExperimentSpec
 from kubetune.tokens import TokenAuthority
 from kubetune.trialenv import AttemptContext, checkpoint_uri
-from kubetune.trials import TrialPhase, TrialRecord, Verdict
+from kubetune.trials import Decision, TrialPhase, TrialRecord, Verdict
 
 logger = logging.getLogger(__name__)
 
@@ -70,11 +73,15 @@ class ExperimentController:
         sampler: SuggestionWorker,
         body: dict[str, Any],
         spec: ExperimentSpec,
+        logs: LogStreams | None = None,
     ) -> None:
         metadata = body["metadata"]
         self.kube = kube
         self.config = config
         self.sampler = sampler
+        self.logs = logs
+        self.followers: dict[tuple[int, int], asyncio.Task[None]] = {}
+        self.sdk_reporters: set[tuple[int, int]] = set()
         self.namespace: str = metadata["namespace"]
         self.name: str = metadata["name"]
         self.uid: str = metadata["uid"]
@@ -355,10 +362,64 @@ class ExperimentController:
             verdict = self.engine.report(
                 trial.number, report.attempt, report.step, report.metrics, time.time()
             )
+            key = (trial.number, report.attempt)
+            if key not in self.sdk_reporters:
+                self.sdk_reporters.add(key)
+                follower = self.followers.pop(key, None)
+                if follower is not None:
+                    follower.cancel()  # it reports through the SDK: its log is just output
             await self._persist()
             return verdict
 
+    async def _log_report(
+        self, number: int, attempt: int, step: int, metrics: dict[str, float]
+    ) -> bool:
+        """A `name=value` line from a trial's log; False once the pod is being stopped."""
+        async with self.lock:
+            if (number, attempt) in self.sdk_reporters:
+                return False
+            try:
+                verdict = self.engine.report(number, attempt, step, metrics, time.time())
+            except EngineError:
+                return False
+            await self._persist()
+            if verdict.decision is Decision.CONTINUE:
+                return True
+            # A script without the SDK cannot hear a pause or a stop: its pod is stopped.
+            trial = self.engine.trials[number]
+            await self.kube.delete_pod(
+                self.namespace, pod_name(trial.name, attempt), self.config.pod_grace_seconds
+            )
+            return False
+
+    def _follow_logs(self, pod: dict[str, Any], number: int, attempt: int) -> None:
+        key = (number, attempt)
+        phase = (pod.get("status") or {}).get("phase")
+        if self.logs is None or phase != "Running" or key in self.followers:
+            return
+        if key in self.sdk_reporters:
+            return
+        container = pod["spec"]["containers"][0]["name"]
+
+        async def on_line(step: int, metrics: dict[str, float]) -> bool:
+            return await self._log_report(number, attempt, step, metrics)
+
+        self.followers[key] = asyncio.create_task(
+            self.logs.follow(
+                self.namespace,
+                pod["metadata"]["name"],
+                container,
+                self.spec.scheduler.resource,
+                on_line,
+            )
+        )
+
     async def pod_changed(self, pod: dict[str, Any], deleted: bool) -> None:
+        follower = self.followers.get(_attempt_key(pod))
+        if follower is not None and attempt_outcome(pod, deleted) is not None:
+            # The log stream may still hold the last metric lines: let it deliver them
+            # before the attempt is recorded as ended (outside the lock it needs).
+            await asyncio.wait({follower}, timeout=10)
         async with self.lock:
             if not self.loaded:
                 return
@@ -371,7 +432,7 @@ class ExperimentController:
         labels = pod["metadata"].get("labels", {})
         try:
             trial = self.engine.trial_by_name(labels.get(LABEL_TRIAL, ""))
-            attempt = int(labels.get("kubetune.dev/attempt", "0"))
+            attempt = int(labels.get(LABEL_ATTEMPT, "0"))
         except (KeyError, ValueError, LookupError):
             return False
         node = pod_node(pod)
@@ -380,6 +441,7 @@ class ExperimentController:
             self.dirty_trials.add(trial.number)
         outcome = attempt_outcome(pod, deleted)
         if outcome is None:
+            self._follow_logs(pod, trial.number, attempt)
             return False
         return self.engine.attempt_ended(
             trial.number, attempt, outcome.kind, outcome.exit_code, time.time(), outcome.message
@@ -400,6 +462,16 @@ class ExperimentController:
 
     def target(self) -> ReportTarget:
         return ReportTarget(self.tokens, self.report, lambda: (t.name for t in self.engine.trials))
+
+
+def _attempt_key(pod: dict[str, Any]) -> tuple[int, int]:
+    labels = pod["metadata"].get("labels", {})
+    trial = labels.get(LABEL_TRIAL, "")
+    number = trial.rpartition("-")[2]
+    attempt = labels.get(LABEL_ATTEMPT, "")
+    if not (number.isdigit() and attempt.isdigit()):
+        return (-1, -1)
+    return int(number), int(attempt)
 
 
 def _relaunch(trial: TrialRecord) -> LaunchTrial:

@@ -17,6 +17,7 @@ from kubetune.ingest import ReportServer, ReportTarget
 from kubetune.offloop import SuggestionWorker
 from kubetune.operator.controller import ExperimentController, OperatorConfig
 from kubetune.operator.kube import Kube
+from kubetune.operator.logs import LogStreams
 from kubetune.operator.naming import EXPERIMENTS, GROUP, LABEL_EXPERIMENT, VERSION
 from kubetune.spec import SchedulerName, SpecError, parse_experiment
 
@@ -33,6 +34,7 @@ class Registry:
         self.kube = kube
         self.config = config
         self.sampler = SuggestionWorker()
+        self.logs = LogStreams(kube.api)
         self.controllers: dict[tuple[str, str], ExperimentController] = {}
 
     def resolve(self, namespace: str | None, experiment: str | None) -> ReportTarget | None:
@@ -73,7 +75,7 @@ class Registry:
             return
         if controller is None:
             controller = ExperimentController(
-                self.kube, self.config, self.sampler, dict(body), experiment.spec
+                self.kube, self.config, self.sampler, dict(body), experiment.spec, self.logs
             )
             self.controllers[key] = controller
             await controller.load()
@@ -165,6 +167,7 @@ def _login(**_: Any) -> kopf.ConnectionInfo:
 @kopf.on.cleanup()
 async def _cleanup(**_: Any) -> None:
     _registry().sampler.close()
+    await _registry().logs.close()
 
 
 @kopf.on.event(GROUP, VERSION, EXPERIMENTS)
