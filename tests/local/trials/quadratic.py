@@ -15,6 +15,7 @@ import kubetune_trial as kt
 parser = argparse.ArgumentParser()
 parser.add_argument("--sleep", type=float, default=0.02)
 parser.add_argument("--fail-if-x-above", type=float, default=None)
+parser.add_argument("--checkpoint-every-step", action="store_true")
 options = parser.parse_args()
 
 params = kt.params()
@@ -33,6 +34,8 @@ for step in range(start, last + 1):
     time.sleep(options.sleep)
     loss = (x - 0.3) ** 2 + (y + 0.1) ** 2 + 1.0 / step
     decision = kt.report(step, loss=loss)
+    if options.checkpoint_every_step:
+        kt.save_checkpoint(str(step).encode(), step)
     if decision == kt.Decision.PAUSE:
         kt.save_checkpoint(str(step).encode(), step)
         sys.exit(0)
