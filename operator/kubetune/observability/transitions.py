@@ -1,0 +1,122 @@
+"""What happened to an experiment's trials since the last look: pauses, promotions, ends.
+
+The engine keeps state, not a feed of changes, and the shells call it from many places.
+A `TrialWatcher` compares the engine's trials with what it saw the previous time and
+names the changes, for the event metrics (durations, ends, promotions) and for the
+Kubernetes Events users read. The first look at an engine only remembers it: an
+operator that restarts and replays a long history must not count every old trial again.
+
+Pure: no Prometheus, no Kubernetes, so local mode without the `operator` extra uses it.
+"""
+
+from __future__ import annotations
+
+import math
+from dataclasses import dataclass
+from enum import StrEnum
+
+from kubetune.engine import Engine
+from kubetune.trials import TrialPhase, TrialRecord
+
+
+class Change(StrEnum):
+    PAUSED = "paused"
+    PROMOTED = "promoted"
+    INTERRUPTED = "interrupted"
+    ENDED = "ended"  # reached a final phase: Completed, Stopped or Failed
+
+
+@dataclass(frozen=True)
+class _Seen:
+    phase: TrialPhase
+    interruptions: int
+    attempts: int
+
+
+@dataclass(frozen=True)
+class Transition:
+    change: Change
+    trial: TrialRecord
+    objective: str = ""
+
+    @property
+    def phase(self) -> TrialPhase:
+        return self.trial.phase
+
+    @property
+    def duration_seconds(self) -> float:
+        """Time the trial ran, summed over its ended attempts (time paused excluded)."""
+        total = 0.0
+        for attempt in self.trial.attempts:
+            if attempt.started_at is not None and attempt.ended_at is not None:
+                total += max(attempt.ended_at - attempt.started_at, 0.0)
+        return total
+
+    def event(self) -> tuple[str, str, bool] | None:
+        """(reason, message, warning) of the Kubernetes Event users care about, if any.
+
+        Early stops are left out: the operator posts `TrialStopped` when it asks a pod to
+        stop, and a trial that was never promoted ends Stopped with every experiment.
+        """
+        trial = self.trial
+        match self.change:
+            case Change.PAUSED:
+                at = f" at step {trial.last_step}" if trial.last_step is not None else ""
+                why = f": {trial.reason}" if trial.reason else ""
+                return "TrialPaused", f"Trial {trial.name} paused{at}{why}", False
+            case Change.PROMOTED:
+                attempt = trial.attempt
+                target = attempt.target if attempt and trial.phase is TrialPhase.RUNNING else None
+                target = target if target is not None else trial.next_target
+                to = f" to step {target}" if target is not None else ""
+                return "TrialPromoted", f"Trial {trial.name} promoted{to}", False
+            case Change.INTERRUPTED:
+                message = f"Trial {trial.name} was interrupted ({trial.interruptions} so far)"
+                return "TrialInterrupted", f"{message}; it resumes from its checkpoint", True
+            case Change.ENDED if trial.phase is TrialPhase.FAILED:
+                return "TrialFailed", f"Trial {trial.name} failed: {trial.reason}", True
+            case Change.ENDED if trial.phase is TrialPhase.COMPLETED:
+                value = trial.value
+                shown = f"{value:.6g}" if value is not None and math.isfinite(value) else "-"
+                message = f"Trial {trial.name} completed: {self.objective}={shown}"
+                return "TrialCompleted", message, False
+        return None
+
+
+class TrialWatcher:
+    """Changes in one experiment's trials between two calls of `update`."""
+
+    def __init__(self) -> None:
+        self._engine_id: int | None = None
+        self._seen: dict[int, _Seen] = {}
+
+    def update(self, engine: Engine) -> list[Transition]:
+        first = self._engine_id != id(engine)
+        self._engine_id = id(engine)
+        changes: list[Transition] = []
+        objective = engine.spec.objective.metric
+        for trial in engine.trials:
+            now = _Seen(trial.phase, trial.interruptions, len(trial.attempts))
+            before = self._seen.get(trial.number)
+            self._seen[trial.number] = now
+            if first or before == now:
+                continue
+            before = before or _Seen(TrialPhase.SAMPLING, 0, 0)
+            for _ in range(now.interruptions - before.interruptions):
+                changes.append(Transition(Change.INTERRUPTED, trial, objective))
+            relaunched = now.attempts > before.attempts
+            if before.phase is TrialPhase.PAUSED and (
+                now.phase in (TrialPhase.PENDING, TrialPhase.RUNNING) or relaunched
+            ):
+                changes.append(Transition(Change.PROMOTED, trial, objective))
+            if before.phase.is_final:
+                continue  # a budget raised after the end: "not promoted" trials wait again
+            if now.phase is TrialPhase.PAUSED and (before.phase is not TrialPhase.PAUSED):
+                changes.append(Transition(Change.PAUSED, trial, objective))
+            if now.phase.is_final:
+                changes.append(Transition(Change.ENDED, trial, objective))
+        if first:
+            return []
+        for number in [n for n in self._seen if n >= len(engine.trials)]:
+            del self._seen[number]  # the search ran out before these were sampled
+        return changes
