@@ -11,12 +11,14 @@ import json
 import logging
 import math
 import re
+import time
 from collections.abc import Awaitable, Callable, Iterable
 from dataclasses import dataclass
 from typing import Any
 
 from aiohttp import web
 
+from kubetune import observability
 from kubetune.engine import EngineError
 from kubetune.tokens import TokenAuthority
 from kubetune.trials import Verdict
@@ -97,10 +99,14 @@ class ReportServer:
 
     def __init__(self, resolve: Resolver) -> None:
         self.resolve = resolve
-        self.app = web.Application(client_max_size=MAX_BODY_BYTES)
+        self.app = web.Application(
+            client_max_size=MAX_BODY_BYTES, middlewares=[observability.refusal_middleware]
+        )
         self.app.router.add_post("/v1/reports", self._report)
         self.app.router.add_post("/ns/{namespace}/exp/{experiment}/v1/reports", self._report)
         self.app.router.add_get("/healthz", self._health)
+        self.app.router.add_get("/metrics", observability.metrics_endpoint)
+        self.experiment = ""  # the metrics' experiment label when the path names none
         self._runner: web.AppRunner | None = None
         self.port: int | None = None
 
@@ -110,9 +116,12 @@ class ReportServer:
         tokens: TokenAuthority,
         handle: ReportHandler,
         known_trials: Callable[[], Iterable[str]],
+        experiment: str = "",
     ) -> ReportServer:
         target = ReportTarget(tokens, handle, known_trials)
-        return cls(lambda namespace, experiment: target if experiment is None else None)
+        server = cls(lambda namespace, name: target if name is None else None)
+        server.experiment = experiment
+        return server
 
     async def start(self, host: str = "127.0.0.1", port: int = 0) -> str:
         self._runner = web.AppRunner(self.app, access_log=None)
@@ -158,10 +167,16 @@ class ReportServer:
                 return _error(401, "invalid token")
             logger.warning("trial %s sent a report for trial %s", owner, report.trial)
             return _error(403, "token belongs to another trial")
+        namespace = request.match_info.get("namespace", "")
+        experiment = request.match_info.get("experiment", self.experiment)
+        observability.bind_log_context(namespace, experiment)
+        started = time.perf_counter()
         try:
             verdict = await target.handle(report)
         except EngineError as error:
             return _error(error.status, str(error))
+        seconds = time.perf_counter() - started
+        observability.report_answered(namespace, experiment, verdict.decision.value, seconds)
         return web.json_response({"decision": verdict.decision.value, "reason": verdict.reason})
 
 
