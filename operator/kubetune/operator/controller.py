@@ -18,6 +18,7 @@ from dataclasses import dataclass
 from datetime import UTC, datetime
 from typing import Any
 
+from kubetune import observability
 from kubetune.engine import (
     Engine,
     EngineError,
@@ -187,6 +188,8 @@ class ExperimentController:
             )
             self.written_phases[number] = (trial.phase.value, trial.reason)
             self.dirty_trials.discard(number)
+        for event in observability.trial_events(self.namespace, self.name, self.engine):
+            await self._event(*event)  # pauses, promotions, failures, interruptions
         await self._write_experiment_status()
 
     def _trial_object(self, trial: TrialRecord) -> dict[str, Any]:
@@ -330,7 +333,8 @@ class ExperimentController:
     async def _sample(self, number: int) -> None:
         try:
             suggestion = await self.sampler.suggest(self.engine.sampler_request(number))
-        except Exception:
+        except Exception as error:
+            observability.reconcile_error("sampling", error)
             logger.exception("sampling trial %d of %s/%s failed", number, self.namespace, self.name)
             return
         async with self.lock:
