@@ -13,6 +13,7 @@ from typing import Any
 
 import kopf
 
+from kubetune import observability
 from kubetune.ingest import ReportServer, ReportTarget
 from kubetune.offloop import SuggestionWorker
 from kubetune.operator.controller import ExperimentController, OperatorConfig
@@ -48,6 +49,7 @@ class Registry:
         key = (metadata["namespace"], metadata["name"])
         if event_type == "DELETED" or metadata.get("deletionTimestamp"):
             self.controllers.pop(key, None)
+            observability.forget(*key)
             return
         controller = self.controllers.get(key)
         if controller is not None and controller.uid != metadata["uid"]:
@@ -110,9 +112,11 @@ class Registry:
         while True:
             await asyncio.sleep(RESYNC_SECONDS)
             for controller in list(self.controllers.values()):
+                observability.bind_log_context(controller.namespace, controller.name)
                 try:
                     await controller.step()
-                except Exception:  # one broken experiment must not stop the others
+                except Exception as error:  # one broken experiment must not stop the others
+                    observability.reconcile_error("resync", error)
                     logger.exception(
                         "resync of %s/%s failed", controller.namespace, controller.name
                     )
@@ -172,15 +176,20 @@ async def _cleanup(**_: Any) -> None:
 
 @kopf.on.event(GROUP, VERSION, EXPERIMENTS)
 async def _experiment(event: dict[str, Any], body: kopf.Body, **_: Any) -> None:
+    observability.bind_log_context(body.metadata.namespace, body.metadata.name)
     try:
         await _registry().experiment_event(event.get("type") or "", dict(body))
-    except Exception:
+    except Exception as error:
+        observability.reconcile_error("experiment", error)
         logger.exception("experiment %s/%s", body.metadata.namespace, body.metadata.name)
 
 
 @kopf.on.event("", "v1", "pods", labels={LABEL_EXPERIMENT: kopf.PRESENT})
 async def _pod(event: dict[str, Any], body: kopf.Body, **_: Any) -> None:
+    experiment = body.metadata.labels.get(LABEL_EXPERIMENT)
+    observability.bind_log_context(body.metadata.namespace, experiment)
     try:
         await _registry().pod_event(event.get("type") or "", dict(body))
-    except Exception:
+    except Exception as error:
+        observability.reconcile_error("pod", error)
         logger.exception("pod %s/%s", body.metadata.namespace, body.metadata.name)
