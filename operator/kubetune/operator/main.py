@@ -12,6 +12,7 @@ import kopf
 from kubernetes import client
 from kubernetes.client.rest import ApiException
 
+from kubetune import observability
 from kubetune.operator import handlers
 from kubetune.operator.controller import OperatorConfig
 from kubetune.operator.kube import Kube, load_client_config
@@ -47,6 +48,12 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     )
     parser.add_argument("--kubeconfig", help="kubeconfig file (default: in-cluster, then ~/.kube)")
     parser.add_argument("--verbose", action="store_true")
+    parser.add_argument(
+        "--log-format",
+        choices=observability.LOG_FORMATS,
+        default="text",
+        help="json: one JSON object a line (time, level, logger, message, namespace, experiment)",
+    )
 
 
 def _parse_listen(text: str) -> tuple[str, int]:
@@ -81,10 +88,8 @@ def _token_key(api: client.ApiClient, args: argparse.Namespace) -> bytes:
 
 
 def run(args: argparse.Namespace) -> int:
-    logging.basicConfig(
-        level=logging.DEBUG if args.verbose else logging.INFO,
-        format="%(asctime)s %(levelname)s %(name)s: %(message)s",
-    )
+    level = logging.DEBUG if args.verbose else logging.INFO
+    observability.configure_logging(level, args.log_format)
     for noisy in ("kopf.objects", "aiohttp.access"):
         logging.getLogger(noisy).setLevel(logging.WARNING)
     api = load_client_config(args.kubeconfig)
@@ -95,6 +100,7 @@ def run(args: argparse.Namespace) -> int:
     )
     handlers.REGISTRY = handlers.Registry(Kube(api), config)
     handlers.LISTEN = _parse_listen(args.listen)
+    observability.watch_registry(handlers.REGISTRY)  # /metrics reads the engines at scrape
     kopf.run(
         standalone=True,
         clusterwide=bool(args.namespace_all or not args.namespace),
