@@ -168,6 +168,7 @@ class StateCollector(Collector):
             families[name].add_metric(labels, value)
 
         by_namespace: dict[str, dict[str, int]] = {}
+        costs = self.metrics.costs()
         for view in self.metrics.views():
             engine, spec = view.engine, view.engine.spec
             key = [view.namespace, view.name]
@@ -209,10 +210,14 @@ class StateCollector(Collector):
                 add("kubetune_experiment_max_duration_seconds", key, duration)
             interruptions = sum(t.interruptions for t in engine.trials)
             add("kubetune_trial_interruptions", key, interruptions)
+            # The capacity manager's latest measure (observe_cost), else what the engine
+            # recorded for its cost budget (coarser: it records 1% steps of the budget).
+            if (view.namespace, view.name) not in costs and budget.maxCostUSD is not None:
+                costs[(view.namespace, view.name)] = getattr(engine, "cost_usd", 0.0)
         for namespace, counts in sorted(by_namespace.items()):
             for phase, count in counts.items():
                 add("kubetune_experiments", [namespace, phase], count)
-        for (namespace, name), usd in sorted(self.metrics.costs().items()):
+        for (namespace, name), usd in sorted(costs.items()):
             add("kubetune_experiment_cost_usd", [namespace, name], usd)
         yield from families.values()
 
