@@ -45,6 +45,9 @@ def build_parser() -> argparse.ArgumentParser:
     view = run.add_mutually_exclusive_group()
     view.add_argument("--live", dest="live", action="store_true", default=None)
     view.add_argument("--no-live", dest="live", action="store_false")
+    run.add_argument(
+        "--metrics-port", type=_positive, help="serve Prometheus /metrics on 127.0.0.1:PORT"
+    )
 
     validate = commands.add_parser("validate", help="check an experiment YAML and exit")
     validate.add_argument("file", type=Path)
@@ -73,6 +76,7 @@ def main(argv: list[str] | None = None) -> int:
         return 0
     from kubetune.local.runner import RunOptions, default_state_dir, run_experiment
     from kubetune.local.state import StateError
+    from kubetune.observability import MetricsUnavailable
 
     options = RunOptions(
         state_dir=args.state_dir or default_state_dir(args.file, experiment),
@@ -80,10 +84,11 @@ def main(argv: list[str] | None = None) -> int:
         parallel=args.parallel,
         fresh=args.fresh,
         live=args.live,
+        metrics_port=args.metrics_port,
     )
     try:
         result = run_experiment(experiment, args.file, options)
-    except StateError as error:
+    except (StateError, MetricsUnavailable) as error:
         print(f"kubetune: {error}", file=sys.stderr)
         return EXIT_USAGE
     if result.succeeded is False:

@@ -140,3 +140,26 @@ def wait_for(
 
 def as_json(result: subprocess.CompletedProcess[str]) -> Any:
     return json.loads(result.stdout)
+
+
+def apply(control_plane: Any, namespace: str, document: dict[str, Any]) -> None:
+    # JSON, not YAML: kubectl's YAML 1.1 would read a parameter named `y` as a boolean.
+    control_plane.kubectl("apply", "-n", namespace, "-f", "-", input=json.dumps(document))
+
+
+def get(control_plane: Any, namespace: str, kind: str, name: str = "") -> Any:
+    args = ["get", kind, "-n", namespace, "-o", "json"] + ([name] if name else [])
+    return json.loads(control_plane.kubectl(*args).stdout)
+
+
+def status(control_plane: Any, namespace: str, name: str) -> dict[str, Any]:
+    return get(control_plane, namespace, "hpoexperiment", name).get("status") or {}
+
+
+def finished(control_plane: Any, namespace: str, name: str) -> dict[str, Any] | None:
+    found = status(control_plane, namespace, name)
+    return found if found.get("phase") in ("Succeeded", "Failed") else None
+
+
+def trials(control_plane: Any, namespace: str) -> list[dict[str, Any]]:
+    return get(control_plane, namespace, "hpotrials")["items"]

@@ -10,7 +10,6 @@ import json
 import time
 import urllib.error
 import urllib.request
-from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
@@ -18,56 +17,21 @@ import pytest
 
 from kubetune.tokens import TokenAuthority
 from tests.cluster.process_node import Taint
-from tests.operator.harness import GPU_TAINT, REPO, OperatorProcess, experiment, wait_for
+from tests.operator.harness import (
+    GPU_TAINT,
+    REPO,
+    OperatorProcess,
+    apply,
+    experiment,
+    finished,
+    get,
+    trials,
+    wait_for,
+)
 
 pytestmark = [pytest.mark.cluster, pytest.mark.slow]
 
 TAINTS = [Taint(GPU_TAINT["key"], "true")]
-
-
-@pytest.fixture(scope="module")
-def installed(control_plane: Any) -> Path:
-    """The project's manifests applied; a kubeconfig of the operator's ServiceAccount."""
-    control_plane.kubectl("apply", "-k", str(REPO / "manifests"), timeout=120)
-    # The tests run the operator as a local process with the manifests' ServiceAccount;
-    # the Deployment's own pod must not land on a process node and start a second one.
-    control_plane.kubectl("delete", "deployment", "kubetune-operator", "-n", "kubetune-system")
-    for crd in ("hpoexperiments.kubetune.dev", "hpotrials.kubetune.dev"):
-        control_plane.kubectl("wait", "--for=condition=Established", f"crd/{crd}", "--timeout=60s")
-    return control_plane.service_account_kubeconfig("kubetune-system", "kubetune-operator")
-
-
-@pytest.fixture
-def operator(installed: Path, tmp_path: Path) -> Iterator[OperatorProcess]:
-    process = OperatorProcess(installed, tmp_path).start()
-    try:
-        yield process
-    finally:
-        process.stop()
-        print(f"--- operator log tail ---\n{process.log_tail()}")
-
-
-def apply(control_plane: Any, namespace: str, document: dict[str, Any]) -> None:
-    # JSON, not YAML: kubectl's YAML 1.1 would read a parameter named `y` as a boolean.
-    control_plane.kubectl("apply", "-n", namespace, "-f", "-", input=json.dumps(document))
-
-
-def get(control_plane: Any, namespace: str, kind: str, name: str = "") -> Any:
-    args = ["get", kind, "-n", namespace, "-o", "json"] + ([name] if name else [])
-    return json.loads(control_plane.kubectl(*args).stdout)
-
-
-def status(control_plane: Any, namespace: str, name: str) -> dict[str, Any]:
-    return get(control_plane, namespace, "hpoexperiment", name).get("status") or {}
-
-
-def finished(control_plane: Any, namespace: str, name: str) -> dict[str, Any] | None:
-    found = status(control_plane, namespace, name)
-    return found if found.get("phase") in ("Succeeded", "Failed") else None
-
-
-def trials(control_plane: Any, namespace: str) -> list[dict[str, Any]]:
-    return get(control_plane, namespace, "hpotrials")["items"]
 
 
 def test_an_experiment_runs_to_completion(

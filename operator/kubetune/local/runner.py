@@ -19,6 +19,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
+from kubetune import observability
 from kubetune.engine import (
     Engine,
     EngineError,
@@ -50,6 +51,7 @@ class RunOptions:
     fresh: bool = False
     grace_seconds: float = 10.0
     live: bool | None = None  # None: a live view when stdout is a terminal
+    metrics_port: int | None = None  # serve Prometheus /metrics on 127.0.0.1:PORT
 
 
 @dataclass(frozen=True)
@@ -93,6 +95,7 @@ class LocalRun:
 
     def _persist(self) -> None:
         self.state.append(self.engine.history)
+        observability.track("", self.name, self.engine)  # trial metrics
         self.view.refresh(self.engine)
         self.changed.set()
 
@@ -152,9 +155,13 @@ class LocalRun:
             self.view.note(
                 f"resuming {self.name} from {self.state.directory} ({len(history)} events)"
             )
+        port = self.options.metrics_port
+        metrics = await observability.serve_local(self.name, lambda: self.engine, port)
+        if metrics.url:
+            self.view.note(f"Prometheus metrics on {metrics.url}")
         self.tokens = self.state.tokens(self.name)
         server = ReportServer.single(
-            self.tokens, self._on_report, lambda: (t.name for t in self.engine.trials)
+            self.tokens, self._on_report, lambda: (t.name for t in self.engine.trials), self.name
         )
         self.endpoint = await server.start()
         self.executor = LocalExecutor(
@@ -183,6 +190,7 @@ class LocalRun:
                 self.sampling.cancel()
             worker.close()
             await server.stop()
+            await metrics.stop()
             self._mark_interrupted()
             self.state.close()
         return self._result(interrupted.is_set())
