@@ -1,0 +1,222 @@
+"""How big a node pool should be, and which empty instances may go (pure).
+
+`plan()` takes what the shell observed — the pool's configuration, its group's desired
+size and instances, the pool's Nodes (with what runs on them) and the trial pods waiting
+for the pool — and answers with a `Plan`: the desired size to set when the pool must
+grow, the specific instances to remove when it may shrink, and nodes to uncordon.
+
+The rules:
+
+* **Demand.** Waiting trial pods (not yet bound to a node) are packed, largest first,
+  into the free GPUs of the pool's schedulable nodes, then into instances that are still
+  joining, then into instances the group is launching; what is left needs new nodes.
+  Nodes that run anything are needed as they are.
+* **Grow** at once to `needed` (busy nodes + nodes that take waiting pods + new nodes),
+  never above `maxNodes` (nor the group's own maximum) and never below `minNodes`.
+* **Shrink** only by removing specific instances whose node has run nothing for
+  `scaleDownGraceSeconds` (oldest idle first), never below `max(needed, minNodes)`. The
+  shell cordons each node, checks again that it is empty, and terminates that instance
+  with `ShouldDecrementDesiredCapacity=True`; a node that runs a trial is never chosen.
+  Instances that never joined as Nodes within `join_timeout` are removed the same way.
+  A group still launching more instances than needed is lowered to what it needs, but
+  never below its live instances (lowering desired capacity below them would let the
+  group pick which instance to terminate).
+* A node the operator cordoned for removal but that is needed again is uncordoned.
+
+Time is a parameter (`now`) and the idle timers are state passed in and handed back
+(`idle_since`), so the same inputs always give the same plan.
+"""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Mapping, Sequence
+from dataclasses import dataclass, field
+
+from kubetune.capacity.pools import NodePool
+
+LIVE_STATES = ("Pending", "Pending:Wait", "Pending:Proceed", "InService", "Running", "Unknown")
+JOIN_TIMEOUT_SECONDS = 900.0
+
+
+@dataclass(frozen=True)
+class PoolNode:
+    """A Node of the pool, as the shell saw it."""
+
+    name: str
+    instance_id: str | None  # from spec.providerID (aws:///zone/i-...)
+    gpus: int  # allocatable nvidia.com/gpu
+    used_gpus: int = 0  # GPUs asked for by the pods bound to it
+    busy: bool = False  # runs a pod that is not a DaemonSet's (a trial or anything else)
+    ready: bool = True
+    unschedulable: bool = False
+    cordoned_by_us: bool = False  # cordoned by the operator for removal
+
+
+@dataclass(frozen=True)
+class PendingPod:
+    """A trial pod of the pool that no node has taken yet."""
+
+    namespace: str
+    name: str
+    gpus: int
+
+
+@dataclass(frozen=True)
+class Instance:
+    id: str
+    state: str = "InService"  # the Auto Scaling group's lifecycle state
+    launched_at: float | None = None
+
+    @property
+    def live(self) -> bool:
+        return self.state in LIVE_STATES
+
+
+@dataclass(frozen=True)
+class GroupState:
+    """The scaled group: its desired size, its own bounds and its instances."""
+
+    desired: int
+    min_size: int = 0
+    max_size: int = 1_000_000
+    instances: Sequence[Instance] = ()
+    # Whether one specific instance can be removed (an ASG, or an EKS node group whose ASG
+    # is known). When False, the pool only shrinks when all its nodes are idle.
+    can_remove_specific: bool = True
+
+
+@dataclass(frozen=True)
+class Removal:
+    instance_id: str
+    node: str | None  # None: the instance never joined as a Node
+
+
+@dataclass(frozen=True)
+class Plan:
+    desired: int | None  # a new desired size to set (None: leave it)
+    remove: tuple[Removal, ...] = ()
+    uncordon: tuple[str, ...] = ()
+    idle_since: Mapping[str, float] = field(default_factory=dict)
+    needed: int = 0
+    unfit: tuple[str, ...] = ()  # pods no node of the pool can ever hold
+    reason: str = ""
+
+
+def plan(
+    pool: NodePool,
+    group: GroupState,
+    nodes: Sequence[PoolNode],
+    pending: Sequence[PendingPod],
+    now: float,
+    idle_since: Mapping[str, float] | None = None,
+    join_timeout: float = JOIN_TIMEOUT_SECONDS,
+) -> Plan:
+    per_node = pool.gpusPerNode
+    ceiling = min(pool.maxNodes, group.max_size)
+    floor = min(pool.minNodes, ceiling)
+    live = [i for i in group.instances if i.live]
+    node_of = {n.instance_id: n for n in nodes if n.instance_id}
+    joining = [i for i in live if i.id not in node_of]
+    launching = max(group.desired - len(live), 0)
+
+    # Bins that waiting pods can go to, in the order they are preferred.
+    busy = [n for n in nodes if n.busy]
+    schedulable = [n for n in nodes if not n.unschedulable and n.ready]
+    bins: list[tuple[str, int]] = []  # (key, free GPUs)
+    bins += [(f"node:{n.name}", max(n.gpus - n.used_gpus, 0)) for n in schedulable if n.busy]
+    bins += [(f"node:{n.name}", n.gpus) for n in schedulable if not n.busy]
+    bins += [(f"node:{n.name}", n.gpus) for n in nodes if n.cordoned_by_us and not n.busy]
+    bins += [(f"joining:{i.id}", per_node) for i in joining]
+    bins += [(f"launching:{k}", per_node) for k in range(launching)]
+    free = dict(bins)
+    order = [key for key, _ in bins]
+    used: set[str] = set()
+    new_bins: list[int] = []
+    unfit: list[str] = []
+    for pod in sorted(pending, key=lambda p: (-p.gpus, p.namespace, p.name)):
+        if pod.gpus > per_node:
+            unfit.append(f"{pod.namespace}/{pod.name}")
+            continue
+        for key in order:
+            if free[key] >= pod.gpus:
+                free[key] -= pod.gpus
+                used.add(key)
+                break
+        else:
+            for index, room in enumerate(new_bins):
+                if room >= pod.gpus:
+                    new_bins[index] -= pod.gpus
+                    break
+            else:
+                new_bins.append(per_node - pod.gpus)
+
+    needed_nodes = {n.name for n in busy} | {
+        key.removeprefix("node:") for key in used if key.startswith("node:")
+    }
+    needed_joining = {key.removeprefix("joining:") for key in used if key.startswith("joining:")}
+    needed_launching = sum(key.startswith("launching:") for key in used)
+    needed = len(needed_nodes) + len(needed_joining) + needed_launching + len(new_bins)
+    target = min(max(needed, floor), ceiling)
+
+    # Idle timers: a node is idle while it runs nothing and takes no waiting pod.
+    previous = dict(idle_since or {})
+    timers: dict[str, float] = {}
+    for node in nodes:
+        if node.name not in needed_nodes:
+            timers[node.name] = previous.get(node.name, now)
+
+    uncordon = tuple(sorted(n.name for n in nodes if n.cordoned_by_us and n.name in needed_nodes))
+    reasons: list[str] = []
+    if unfit:
+        reasons.append(f"{len(unfit)} pod(s) ask for more than {per_node} GPUs per node")
+
+    if target > group.desired:
+        reasons.append(
+            f"{len(pending)} trial pod(s) waiting: {group.desired} -> {target} nodes"
+            + (f" (maxNodes {ceiling})" if needed > ceiling else "")
+        )
+        return Plan(target, (), uncordon, timers, needed, tuple(unfit), "; ".join(reasons))
+
+    desired: int | None = None
+    if group.desired > target and launching:
+        # Launches not needed any more: lower the desired size, not below what runs.
+        lowered = max(target, len(live))
+        if lowered < group.desired:
+            desired = lowered
+    surplus = max(len(live), group.desired if desired is None else desired) - target
+    removals: list[Removal] = []
+    if surplus > 0:
+        candidates: list[tuple[float, str, Removal]] = []
+        for node in nodes:
+            if node.busy or node.name in needed_nodes or node.instance_id is None:
+                continue
+            idle_from = timers.get(node.name, now)
+            if node.cordoned_by_us or now - idle_from >= pool.scaleDownGraceSeconds:
+                candidates.append((idle_from, node.name, Removal(node.instance_id, node.name)))
+        for instance in joining:
+            if instance.id in needed_joining or instance.launched_at is None:
+                continue
+            if now - instance.launched_at >= join_timeout:
+                candidates.append((instance.launched_at, instance.id, Removal(instance.id, None)))
+        candidates.sort(key=lambda c: (c[0], c[1]))
+        chosen = [removal for _, _, removal in candidates[:surplus]]
+        if not group.can_remove_specific:
+            # Only the group picks which instance goes: safe only when none runs anything.
+            removable = {r.instance_id for _, _, r in candidates}
+            if all(i.id in removable for i in live):
+                desired = target
+                removals = [r for _, _, r in candidates]  # cordoned, all of them, first
+            chosen = []
+        removals = removals or chosen
+        if removals:
+            reasons.append(f"{len(removals)} idle node(s) past the grace period: -> {target}")
+    if desired is not None and not removals:
+        reasons.append(f"launches not needed any more: {group.desired} -> {desired}")
+    return Plan(
+        desired, tuple(removals), uncordon, timers, needed, tuple(unfit), "; ".join(reasons)
+    )
+
+
+def nodes_for(gpus: int, per_node: int) -> int:
+    return math.ceil(gpus / per_node) if gpus > 0 else 0

@@ -1,0 +1,131 @@
+"""Prices and attribution of cost to experiments (pure), against hand computation."""
+
+from __future__ import annotations
+
+from typing import Any
+
+import pytest
+
+from kubetune.capacity.cost import (
+    INSTANCE_TYPE_LABEL,
+    ZONE_LABEL,
+    Ledger,
+    NodeSpan,
+    SpotPrice,
+    UsageSpan,
+    attribute_window,
+    latest_spot_prices,
+    node_price,
+    trial_usd_per_hour,
+)
+from kubetune.capacity.pools import NodePool
+
+A, B = ("ns", "a"), ("ns", "b")
+
+
+def pool(**overrides: Any) -> NodePool:
+    fields: dict[str, Any] = {
+        "name": "gpu",
+        "provider": {"type": "none"},
+        "instanceTypes": ["g5.xlarge", "g5.2xlarge"],
+        "gpusPerNode": 1,
+        "maxNodes": 4,
+        "nodeLabels": {"pool": "gpu"},
+        "onDemandPriceUSDPerHour": {"g5.xlarge": 1.0, "g5.2xlarge": 1.2},
+        **overrides,
+    }
+    return NodePool.model_validate(fields)
+
+
+def test_latest_spot_price_per_type_and_zone() -> None:
+    history = [
+        SpotPrice("g5.xlarge", "us-east-1a", 0.40, at=10),
+        SpotPrice("g5.xlarge", "us-east-1a", 0.35, at=20),
+        SpotPrice("g5.xlarge", "us-east-1b", 0.50, at=5),
+    ]
+    assert latest_spot_prices(history) == {
+        ("g5.xlarge", "us-east-1a"): 0.35,
+        ("g5.xlarge", "us-east-1b"): 0.50,
+    }
+
+
+def test_node_price_spot_on_demand_and_unknown() -> None:
+    spot = {("g5.xlarge", "us-east-1a"): 0.35, ("g5.xlarge", "us-east-1b"): 0.50}
+    labels = {INSTANCE_TYPE_LABEL: "g5.xlarge", ZONE_LABEL: "us-east-1a"}
+    assert node_price(pool(), labels, spot) == 0.35
+    # No zone: the dearest zone (budgets err on the safe side).
+    assert node_price(pool(), {INSTANCE_TYPE_LABEL: "g5.xlarge"}, spot) == 0.50
+    # No spot price for the type: the on-demand price is the fallback.
+    assert node_price(pool(), {INSTANCE_TYPE_LABEL: "g5.2xlarge"}, spot) == 1.2
+    # A node labelled on-demand in a spot pool pays on-demand.
+    on_demand = {**labels, "karpenter.sh/capacity-type": "on-demand"}
+    assert node_price(pool(), on_demand, spot) == 1.0
+    assert node_price(pool(), {}, spot) is None  # two types, no label: unknown
+    one_type = pool(instanceTypes=["g5.xlarge"], onDemandPriceUSDPerHour={"g5.xlarge": 1.0})
+    assert node_price(one_type, {}, {}) == 1.0
+
+
+def test_a_window_is_split_by_gpu_seconds() -> None:
+    # Window [0, 100]. Node n1 ($3.60/h = $0.001/s) runs all of it: $0.10. Node n2
+    # ($7.20/h) starts at 50: 50 s * $0.002 = $0.10. Pool: $0.20.
+    # A: 1 GPU for 0..100 = 100 GPU-s; B: 2 GPUs for 50..100 = 100 GPU-s -> $0.10 each.
+    nodes = [NodeSpan("n1", "gpu", 0, None, 3.6), NodeSpan("n2", "gpu", 50, None, 7.2)]
+    usage = [UsageSpan(A, "gpu", 1, -20, None), UsageSpan(B, "gpu", 2, 50, 120)]
+    window = attribute_window(0, 100, nodes, usage)
+    assert window.pool_usd["gpu"] == pytest.approx(0.20)
+    assert window.experiment_usd == pytest.approx({A: 0.10, B: 0.10})
+    assert window.unattributed_usd == {}
+
+
+def test_an_idle_window_goes_to_waiting_pods_then_recent_users_then_nobody() -> None:
+    nodes = [NodeSpan("n1", "gpu", 0, 60, 3.6)]  # 60 s at $0.001/s = $0.06
+    waiting = {"gpu": {A: 1, B: 3}}
+    assert attribute_window(0, 100, nodes, [], waiting).experiment_usd == pytest.approx(
+        {A: 0.015, B: 0.045}
+    )
+    recent = {"gpu": {B: 5.0}}
+    assert attribute_window(0, 100, nodes, [], None, recent).experiment_usd == pytest.approx(
+        {B: 0.06}
+    )
+    assert attribute_window(0, 100, nodes, []).unattributed_usd == pytest.approx({"gpu": 0.06})
+
+
+def test_ledger_scripted_scenario() -> None:
+    """Node n1 at $36/h ($0.01/s) joins at t=0 for A's waiting pod; A's trial runs 10..70;
+    B's 1-GPU trial runs 40..70 on n2 ($0.01/s) which joined at 30; both nodes idle to
+    t=100 (grace 60 s), n2 leaves at 100, n1 stays (minNodes 1) until 200.
+
+    Windows of 10 s each. By hand:
+    * 0..10: n1 $0.10, nobody runs, A waits -> A $0.10.
+    * 10..30: n1 $0.20, A runs -> A $0.20.
+    * 30..40: n1+n2 $0.20, A runs alone -> A $0.20.
+    * 40..70: $0.60, A and B 1 GPU each -> A $0.30, B $0.30.
+    * 70..100: $0.60, idle: last users A and B (equal weights) within grace -> $0.30 each.
+    * 100..130: n1 $0.30, idle, still within 60 s of t=70 until 130 -> $0.15 each.
+    * 130..200: n1 $0.70, past the grace: nobody's.
+    A = 0.10 + 0.20 + 0.20 + 0.30 + 0.30 + 0.15 = $1.25; B = 0.30 + 0.30 + 0.15 = $0.75.
+    """
+    ledger = Ledger()
+    ledger.seed(A, 0.0)
+    nodes = [NodeSpan("n1", "gpu", 0, None, 36.0), NodeSpan("n2", "gpu", 30, 100, 36.0)]
+    usage = [UsageSpan(A, "gpu", 1, 10, 70), UsageSpan(B, "gpu", 1, 40, 70)]
+    for t0 in range(0, 200, 10):
+        waiting = {"gpu": {A: 1}} if t0 < 10 else {}
+        ledger.advance(t0, t0 + 10, nodes, usage, waiting, {"gpu": 60.0})
+    assert ledger.experiments == pytest.approx({A: 1.25, B: 0.75})
+    assert ledger.pools["gpu"] == pytest.approx(2.0 + 0.7)  # n1 200 s + n2 70 s
+    assert ledger.unattributed["gpu"] == pytest.approx(0.70)
+
+
+def test_ledger_starts_from_the_stored_cost() -> None:
+    ledger = Ledger()
+    ledger.seed(A, 2.5)
+    ledger.seed(A, 9.9)  # seeded once: later seeds do not reset the running total
+    ledger.advance(0, 10, [NodeSpan("n", "gpu", 0, None, 36.0)], [], {"gpu": {A: 1}}, {})
+    assert ledger.experiments[A] == pytest.approx(2.6)
+
+
+def test_trial_price_is_its_gpu_share_of_a_node() -> None:
+    assert trial_usd_per_hour(4.0, 4, 1) == 1.0
+    assert trial_usd_per_hour(4.0, 4, 4) == 4.0
+    assert trial_usd_per_hour(4.0, 4, 0) == 1.0
