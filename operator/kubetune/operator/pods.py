@@ -6,6 +6,7 @@ import copy
 from collections.abc import Mapping
 from typing import Any
 
+from kubetune.capacity.pools import Placement, apply_placement
 from kubetune.operator.naming import (
     GROUP,
     LABEL_ATTEMPT,
@@ -55,6 +56,7 @@ def trial_pod(
     context: AttemptContext,
     trial_uid: str,
     extra_labels: Mapping[str, str] | None = None,
+    placement: Placement | None = None,
 ) -> dict[str, Any]:
     """The Pod of one attempt: the experiment's template, parameters substituted and injected.
 
@@ -104,7 +106,7 @@ def trial_pod(
     for other in pod_spec["containers"]:
         _quantities_as_strings(other.get("resources") or {})
     pod_spec["restartPolicy"] = "Never"
-    return {
+    pod = {
         "apiVersion": "v1",
         "kind": "Pod",
         "metadata": {
@@ -117,6 +119,8 @@ def trial_pod(
         },
         "spec": pod_spec,
     }
+    # spec.capacity.nodePool: the pool's node selector, tolerations and label.
+    return apply_placement(pod, placement) if placement is not None else pod
 
 
 def _quantities_as_strings(resources: dict[str, Any]) -> None:
