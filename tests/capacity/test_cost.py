@@ -77,7 +77,7 @@ def test_a_window_is_split_by_gpu_seconds() -> None:
     assert window.unattributed_usd == {}
 
 
-def test_an_idle_window_goes_to_waiting_pods_then_recent_users_then_nobody() -> None:
+def test_an_idle_window_goes_to_waiting_pods_then_to_the_last_users_above_the_floor() -> None:
     nodes = [NodeSpan("n1", "gpu", 0, 60, 3.6)]  # 60 s at $0.001/s = $0.06
     waiting = {"gpu": {A: 1, B: 3}}
     assert attribute_window(0, 100, nodes, [], waiting).experiment_usd == pytest.approx(
@@ -87,23 +87,26 @@ def test_an_idle_window_goes_to_waiting_pods_then_recent_users_then_nobody() -> 
     assert attribute_window(0, 100, nodes, [], None, recent).experiment_usd == pytest.approx(
         {B: 0.06}
     )
+    # minNodes 1: the one idle node is the pool's floor, nobody's.
+    floor = attribute_window(0, 100, nodes, [], None, recent, {"gpu": 1})
+    assert floor.experiment_usd == {} and floor.unattributed_usd == pytest.approx({"gpu": 0.06})
     assert attribute_window(0, 100, nodes, []).unattributed_usd == pytest.approx({"gpu": 0.06})
 
 
 def test_ledger_scripted_scenario() -> None:
     """Node n1 at $36/h ($0.01/s) joins at t=0 for A's waiting pod; A's trial runs 10..70;
-    B's 1-GPU trial runs 40..70 on n2 ($0.01/s) which joined at 30; both nodes idle to
-    t=100 (grace 60 s), n2 leaves at 100, n1 stays (minNodes 1) until 200.
+    B's 1-GPU trial runs 40..70 on n2 ($0.01/s), which joined at 30; both nodes idle from
+    70; n2 is removed at 100; n1 stays (minNodes 1) until 200.
 
     Windows of 10 s each. By hand:
     * 0..10: n1 $0.10, nobody runs, A waits -> A $0.10.
     * 10..30: n1 $0.20, A runs -> A $0.20.
     * 30..40: n1+n2 $0.20, A runs alone -> A $0.20.
     * 40..70: $0.60, A and B 1 GPU each -> A $0.30, B $0.30.
-    * 70..100: $0.60, idle: last users A and B (equal weights) within grace -> $0.30 each.
-    * 100..130: n1 $0.30, idle, still within 60 s of t=70 until 130 -> $0.15 each.
-    * 130..200: n1 $0.70, past the grace: nobody's.
-    A = 0.10 + 0.20 + 0.20 + 0.30 + 0.30 + 0.15 = $1.25; B = 0.30 + 0.30 + 0.15 = $0.75.
+    * 70..100: $0.60, idle, two nodes above a floor of one: half ($0.30) to the last users
+      A and B (equal GPU-seconds), $0.15 each; $0.30 nobody's.
+    * 100..200: n1 alone, the floor: $1.00 nobody's.
+    A = 0.10 + 0.20 + 0.20 + 0.30 + 0.15 = $0.95; B = 0.30 + 0.15 = $0.45.
     """
     ledger = Ledger()
     ledger.seed(A, 0.0)
@@ -111,17 +114,17 @@ def test_ledger_scripted_scenario() -> None:
     usage = [UsageSpan(A, "gpu", 1, 10, 70), UsageSpan(B, "gpu", 1, 40, 70)]
     for t0 in range(0, 200, 10):
         waiting = {"gpu": {A: 1}} if t0 < 10 else {}
-        ledger.advance(t0, t0 + 10, nodes, usage, waiting, {"gpu": 60.0})
-    assert ledger.experiments == pytest.approx({A: 1.25, B: 0.75})
+        ledger.advance(t0, t0 + 10, nodes, usage, waiting, {"gpu": 1})
+    assert ledger.experiments == pytest.approx({A: 0.95, B: 0.45})
     assert ledger.pools["gpu"] == pytest.approx(2.0 + 0.7)  # n1 200 s + n2 70 s
-    assert ledger.unattributed["gpu"] == pytest.approx(0.70)
+    assert ledger.unattributed["gpu"] == pytest.approx(1.30)
 
 
 def test_ledger_starts_from_the_stored_cost() -> None:
     ledger = Ledger()
     ledger.seed(A, 2.5)
     ledger.seed(A, 9.9)  # seeded once: later seeds do not reset the running total
-    ledger.advance(0, 10, [NodeSpan("n", "gpu", 0, None, 36.0)], [], {"gpu": {A: 1}}, {})
+    ledger.advance(0, 10, [NodeSpan("n", "gpu", 0, None, 36.0)], [], {"gpu": {A: 1}})
     assert ledger.experiments[A] == pytest.approx(2.6)
 
 

@@ -12,9 +12,10 @@ cost â€” the sum over its nodes of price times the part of the window they ran â
 between experiments in proportion to the GPU-seconds their trial pods ran on the pool's
 nodes in that window. A window with no trial running on the pool goes to the
 experiments whose trial pods wait for it (they made it grow), in proportion to the GPUs
-they wait for; a window with neither goes to the pool's last users while they are within
-the pool's scale-down grace period (the idle tail they leave behind), and after that to
-nobody: an idle pool kept at `minNodes` is the platform's cost, not an experiment's.
+they wait for; a window with neither is the idle tail the pool's last users left behind
+(the grace period, then the removal of the nodes): the nodes above `minNodes` go to those
+users, in proportion to their last GPU-seconds, and the `minNodes` floor to nobody (an
+idle pool kept warm is the platform's cost, not an experiment's).
 
 `Ledger` keeps the running totals; `attribute_window` is the arithmetic, tested by hand.
 """
@@ -129,16 +130,19 @@ def attribute_window(
     usage: Iterable[UsageSpan],
     waiting: Mapping[str, Mapping[ExperimentKey, int]] | None = None,
     recent: Mapping[str, Mapping[ExperimentKey, float]] | None = None,
+    floors: Mapping[str, int] | None = None,
 ) -> WindowCost:
     """The cost of the window [t0, t1], by pool and by experiment (see the module doc).
 
     `waiting`: GPUs the experiments' pending pods wait for, by pool. `recent`: weights of
-    the pools' last users, for pools still within their grace period.
+    the pools' last users. `floors`: the pools' `minNodes`.
     """
     pool_usd: dict[str, float] = {}
+    alive: dict[str, int] = {}
     for node in nodes:
         seconds = overlap(node.start, node.end, t0, t1)
         pool_usd[node.pool] = pool_usd.get(node.pool, 0.0) + seconds * node.usd_per_hour / 3600
+        alive[node.pool] = alive.get(node.pool, 0) + (seconds > 0)
     used: dict[str, dict[ExperimentKey, float]] = {}
     for span in usage:
         seconds = overlap(span.start, span.end, t0, t1)
@@ -150,16 +154,23 @@ def attribute_window(
     experiment_usd: dict[ExperimentKey, float] = {}
     unattributed: dict[str, float] = {}
     for pool, usd in pool_usd.items():
+        share = 1.0
         weights = used.get(pool) or {
             key: float(gpus) for key, gpus in ((waiting or {}).get(pool) or {}).items() if gpus
         }
-        weights = weights or dict((recent or {}).get(pool) or {})
+        if not weights:  # the idle tail: the nodes above the floor
+            weights = dict((recent or {}).get(pool) or {})
+            count = alive.get(pool, 0)
+            floor = (floors or {}).get(pool, 0)
+            share = max(count - floor, 0) / count if count else 0.0
         total = sum(weights.values())
-        if total <= 0:
+        if total <= 0 or share <= 0:
             unattributed[pool] = usd
             continue
+        if share < 1.0:
+            unattributed[pool] = usd * (1.0 - share)
         for key, weight in weights.items():
-            experiment_usd[key] = experiment_usd.get(key, 0.0) + usd * weight / total
+            experiment_usd[key] = experiment_usd.get(key, 0.0) + usd * share * weight / total
     return WindowCost(pool_usd, experiment_usd, unattributed, used)
 
 
@@ -170,7 +181,7 @@ class Ledger:
     experiments: dict[ExperimentKey, float] = field(default_factory=dict)
     pools: dict[str, float] = field(default_factory=dict)
     unattributed: dict[str, float] = field(default_factory=dict)
-    last_users: dict[str, tuple[float, dict[ExperimentKey, float]]] = field(default_factory=dict)
+    last_users: dict[str, dict[ExperimentKey, float]] = field(default_factory=dict)
 
     def seed(self, key: ExperimentKey, usd: float | None) -> None:
         if key not in self.experiments:
@@ -183,18 +194,13 @@ class Ledger:
         nodes: Iterable[NodeSpan],
         usage: Iterable[UsageSpan],
         waiting: Mapping[str, Mapping[ExperimentKey, int]],
-        grace: Mapping[str, float],
+        floors: Mapping[str, int] | None = None,
     ) -> WindowCost:
         """Account the window [t0, t1]; the pools' last users carry the idle tail."""
-        recent = {
-            pool: weights
-            for pool, (last, weights) in self.last_users.items()
-            if t0 - last < grace.get(pool, 0.0)
-        }
-        window = attribute_window(t0, t1, nodes, usage, waiting, recent)
+        window = attribute_window(t0, t1, nodes, usage, waiting, self.last_users, floors)
         for pool, weights in window.weights.items():
             if weights:
-                self.last_users[pool] = (t1, dict(weights))
+                self.last_users[pool] = dict(weights)
         for key, usd in window.experiment_usd.items():
             self.experiments[key] = self.experiments.get(key, 0.0) + usd
         for pool, usd in window.pool_usd.items():

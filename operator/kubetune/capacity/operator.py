@@ -1,0 +1,92 @@
+"""The capacity loop inside `kubetune operator`: its flags, and a kopf startup handler.
+
+Importing this module registers the startup handler; `kubetune.operator.main` calls
+`add_arguments`, then `build` (which reads the node pools once, before kopf starts, so
+that the first experiments already find their pool) and `attach` (the registry's live
+controllers, which the loop hands costs and conditions to).
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import logging
+import os
+from collections.abc import Mapping
+from typing import Any
+
+import kopf
+
+from kubetune.capacity.aws import Aws
+from kubetune.capacity.manager import CapacityManager
+from kubetune.capacity.pools import CONFIGMAP_NAME, CONFIGMAP_NAMESPACE
+
+logger = logging.getLogger(__name__)
+
+MANAGER: CapacityManager | None = None
+
+
+def add_arguments(parser: argparse.ArgumentParser) -> None:
+    group = parser.add_argument_group("node pools and cost")
+    group.add_argument(
+        "--node-pools-configmap",
+        default=f"{CONFIGMAP_NAMESPACE}/{CONFIGMAP_NAME}",
+        help="NAMESPACE/NAME of the ConfigMap whose key pools.yaml lists the node pools",
+    )
+    group.add_argument(
+        "--capacity-interval",
+        type=float,
+        default=float(os.environ.get("KUBETUNE_CAPACITY_INTERVAL", "15")),
+        help="seconds between scaling and cost ticks (default 15; $KUBETUNE_CAPACITY_INTERVAL)",
+    )
+    group.add_argument(
+        "--aws-endpoint-url",
+        default=None,
+        help="AWS endpoint override, e.g. a moto server (boto3 also reads $AWS_ENDPOINT_URL)",
+    )
+    group.add_argument(
+        "--aws-calls-per-second",
+        type=float,
+        default=5.0,
+        help="rate limit of the operator's AWS API calls, all pools together",
+    )
+
+
+def build(args: argparse.Namespace, api: Any) -> CapacityManager:
+    """The capacity manager, with the node pools read once."""
+    from kubernetes import client
+
+    global MANAGER
+    namespace, _, name = args.node_pools_configmap.partition("/")
+    if not name:
+        raise SystemExit("--node-pools-configmap: expected NAMESPACE/NAME")
+    aws = Aws(endpoint_url=args.aws_endpoint_url, rate=args.aws_calls_per_second)
+    manager = CapacityManager(
+        client.CoreV1Api(api),
+        dict,
+        aws,
+        configmap=(namespace, name),
+        interval=args.capacity_interval,
+    )
+    try:
+        manager.load()
+    except Exception as error:  # the loop reads it again every tick
+        logger.warning("could not read the node pools yet: %s", error)
+    MANAGER = manager
+    return manager
+
+
+def attach(manager: CapacityManager, registry: Any) -> None:
+    """The loop reads the registry's controllers, by (namespace, name), every tick."""
+
+    def controllers() -> Mapping[tuple[str, str], Any]:
+        return {k: c for k, c in registry.controllers.items() if getattr(c, "loaded", True)}
+
+    manager.controllers = controllers
+
+
+@kopf.on.startup()
+async def _start_capacity(**_: Any) -> None:
+    if MANAGER is not None:
+        asyncio.get_running_loop().create_task(MANAGER.run_forever())
+        logger.info("capacity loop started (every %ss)", MANAGER.interval)
