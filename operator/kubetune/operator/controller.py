@@ -58,6 +58,8 @@ class OperatorConfig:
     pod_grace_seconds: int = 30
     # Where trials checkpoint when their experiment names no `spec.checkpoints`.
     default_checkpoint_uri: str | None = None
+    # kubetune.capacity.manager.CapacityManager: node pool placement of trial pods.
+    capacity: Any = None
 
 
 def _timestamp(seconds: float | None) -> str | None:
@@ -104,6 +106,9 @@ class ExperimentController:
         self.sampling: asyncio.Task[None] | None = None
         self.last_status: dict[str, Any] | None = None
         self.loaded = False
+        # Written by the capacity loop (capacity_update); the stored cost seeds it.
+        self.cost_usd: float | None = (body.get("status") or {}).get("costUSD")
+        self.capacity_conditions: list[dict[str, Any]] = []
 
     # ----- rebuilding ---------------------------------------------------------------
 
@@ -273,10 +278,11 @@ class ExperimentController:
             "bestValue": best.value if best else None,
             "bestParams": dict(best.params) if best else None,
             "interruptions": sum(t.interruptions for t in engine.trials),
+            "costUSD": self.cost_usd,
             "seq": self.next_seq,
             "history": self.experiment_history,
             "studyAttrs": engine.study_attrs,
-            "conditions": self._conditions(phase, reason, message),
+            "conditions": self._conditions(phase, reason, message) + self.capacity_conditions,
         }
 
     def _conditions(self, phase: str, reason: str, message: str) -> list[dict[str, Any]]:
@@ -356,7 +362,9 @@ class ExperimentController:
         await self.kube.create(
             token_secret(self.namespace, self.name, action.name, uid, context.token)
         )
-        await self.kube.create(trial_pod(self.spec, self.namespace, context, uid))
+        capacity = self.config.capacity
+        placement = capacity.placement_for(self.spec) if capacity is not None else None
+        await self.kube.create(trial_pod(self.spec, self.namespace, context, uid, None, placement))
         how = f"resumed (attempt {action.attempt})" if action.resume else "started"
         await self._event(f"Trial {action.name} {how}", "TrialStarted")
 
@@ -460,6 +468,21 @@ class ExperimentController:
             if self.engine.reopen(time.time()):
                 await self._event("Budget raised: the experiment continues", "ExperimentReopened")
             await self._step_locked()
+
+    async def capacity_update(
+        self, usd: float, trial_usd_per_hour: float, condition: dict[str, Any] | None
+    ) -> None:
+        """The capacity loop's hook: cost so far (status.costUSD, and a CostObserved event
+        for the engine's maxCostUSD decisions) and the node pool's condition."""
+        async with self.lock:
+            if not self.loaded:
+                return
+            self.cost_usd = usd
+            self.capacity_conditions = [condition] if condition else []
+            if self.engine.observe_cost(usd, trial_usd_per_hour, time.time()):
+                await self._step_locked()  # the budget may refuse work now
+            else:
+                await self._write_experiment_status()
 
     async def _event(self, message: str, reason: str, warning: bool = False) -> None:
         await self.kube.post_event(self.body, "HPOExperiment", reason, message, warning)
