@@ -75,6 +75,11 @@ class Registry:
             )
             await self._mark_invalid(body, SpecError([("spec.checkpoints.uri", reason)]))
             return
+        capacity = self.config.capacity  # spec.capacity.nodePool must name a known pool
+        unknown = capacity.check(experiment.spec) if capacity is not None else None
+        if controller is None and unknown is not None:
+            await self._mark_invalid(body, SpecError([("spec.capacity.nodePool", unknown)]))
+            return
         if controller is None:
             controller = ExperimentController(
                 self.kube, self.config, self.sampler, dict(body), experiment.spec, self.logs
