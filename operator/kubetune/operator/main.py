@@ -13,6 +13,7 @@ from kubernetes import client
 from kubernetes.client.rest import ApiException
 
 from kubetune import observability
+from kubetune.capacity import operator as capacity  # registers the capacity loop's startup
 from kubetune.operator import handlers
 from kubetune.operator.controller import OperatorConfig
 from kubetune.operator.kube import Kube, load_client_config
@@ -48,6 +49,7 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     )
     parser.add_argument("--kubeconfig", help="kubeconfig file (default: in-cluster, then ~/.kube)")
     parser.add_argument("--verbose", action="store_true")
+    capacity.add_arguments(parser)  # node pools, AWS, cost
     parser.add_argument(
         "--log-format",
         choices=observability.LOG_FORMATS,
@@ -97,8 +99,10 @@ def run(args: argparse.Namespace) -> int:
         endpoint_url=args.endpoint_url,
         token_key=_token_key(api, args),
         default_checkpoint_uri=args.default_checkpoint_uri,
+        capacity=capacity.build(args, api),
     )
     handlers.REGISTRY = handlers.Registry(Kube(api), config)
+    capacity.attach(config.capacity, handlers.REGISTRY)
     handlers.LISTEN = _parse_listen(args.listen)
     observability.watch_registry(handlers.REGISTRY)  # /metrics reads the engines at scrape
     kopf.run(
