@@ -212,3 +212,17 @@ def test_node_template_tags_for_scale_from_zero() -> None:
         f"{prefix}/taint/nvidia.com/gpu": "true:NoSchedule",
         f"{prefix}/taint/spot": ":NoExecute",
     }
+
+
+def test_the_example_configmap_is_valid() -> None:
+    from pathlib import Path
+
+    path = Path(__file__).resolve().parents[2] / "manifests" / "examples" / "node-pools.yaml"
+    document = yaml.safe_load(path.read_text())
+    assert (document["metadata"]["namespace"], document["metadata"]["name"]) == (
+        "kubetune-system",
+        "kubetune-node-pools",
+    )
+    pools = parse_node_pools(document["data"]["pools.yaml"]).by_name()
+    assert pools["gpu-spot"].provider.type == "aws-asg"
+    assert pools["a100-on-demand"].provider.type == "aws-eks-nodegroup"

@@ -423,7 +423,10 @@ CAN_I: list[tuple[str, bool]] = [
     ("update pods -n NS", False),
     ("create pods --subresource=exec -n NS", False),
     ("delete nodes", False),
-    ("patch nodes", False),
+    ("patch nodes", True),  # cordon an empty pool node before its instance goes
+    ("get configmaps/kubetune-node-pools -n kubetune-system", True),
+    ("get configmaps/another -n kubetune-system", False),
+    ("list configmaps -n kubetune-system", False),
     ("create deployments.apps -n NS", False),
     ("create hpoexperiments.kubetune.dev -n NS", False),
     ("update hpoexperiments.kubetune.dev -n NS", False),

@@ -31,7 +31,7 @@ CLUSTER_RULES = {
     ("", "secrets"): {"create"},
     ("", "events"): {"create", "patch"},
     ("events.k8s.io", "events"): {"create", "patch"},
-    ("", "nodes"): {"get", "list", "watch"},
+    ("", "nodes"): {"get", "list", "watch", "patch"},  # cordon before scale-down
     ("", "namespaces"): {"list", "watch"},
     ("apiextensions.k8s.io", "customresourcedefinitions"): {"list", "watch"},
 }
@@ -124,7 +124,13 @@ def test_role_reads_only_the_token_key(rendered: list[dict[str, Any]]) -> None:
             "resources": ["secrets"],
             "resourceNames": ["kubetune-token-key"],
             "verbs": ["get"],
-        }
+        },
+        {
+            "apiGroups": [""],
+            "resources": ["configmaps"],
+            "resourceNames": ["kubetune-node-pools"],
+            "verbs": ["get"],
+        },
     ]
     binding = one(rendered, "RoleBinding", "kubetune-operator")
     assert binding["subjects"][0]["name"] == "kubetune-operator"
