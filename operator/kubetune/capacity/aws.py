@@ -20,6 +20,7 @@ from __future__ import annotations
 
 import asyncio
 import logging
+import os
 import random
 import time
 from collections.abc import Awaitable, Callable, Iterable, Sequence
@@ -116,7 +117,7 @@ class Aws:
         endpoint_url: str | None = None,
         rate: float = 5.0,
         burst: int = 10,
-        max_attempts: int = 5,
+        max_attempts: int | None = None,
         throttle_retries: int = 1,
         throttle_pause: float = 2.0,
         sleep: Callable[[float], Awaitable[Any]] = asyncio.sleep,
@@ -125,7 +126,8 @@ class Aws:
         import boto3
 
         self.endpoint_url = endpoint_url
-        self.max_attempts = max_attempts
+        # botocore's own variable, which an explicit retry config would otherwise override.
+        self.max_attempts = max_attempts or int(os.environ.get("AWS_MAX_ATTEMPTS") or 5)
         self.throttle_retries = throttle_retries
         self.throttle_pause = throttle_pause
         self.sleep = sleep
@@ -141,7 +143,7 @@ class Aws:
         if key not in self.clients:
             config = Config(
                 region_name=region,
-                retries={"mode": "standard", "max_attempts": self.max_attempts},
+                retries={"mode": "standard", "total_max_attempts": self.max_attempts},
                 connect_timeout=5,
                 read_timeout=30,
                 user_agent_extra="kubetune-operator",
@@ -213,12 +215,29 @@ class AutoScalingGroup:
                 "DescribeAutoScalingGroups", "NotFound", f"no Auto Scaling group {self.name!r}"
             )
         self.tags = {t["Key"]: t.get("Value", "") for t in group.get("Tags") or []}
+        instances = _instances(group)
+        joined = set(node_instances)
+        joining = [i.id for i in instances if i.id not in joined and i.live]
+        if joining:  # when they were launched (the join timeout): EC2 knows, the group not
+            launched = await self.launch_times(joining)
+            instances = [
+                Instance(i.id, i.state, launched.get(i.id, i.launched_at)) for i in instances
+            ]
         return GroupState(
             desired=int(group["DesiredCapacity"]),
             min_size=int(group["MinSize"]),
             max_size=int(group["MaxSize"]),
-            instances=_instances(group),
+            instances=instances,
         )
+
+    async def launch_times(self, ids: Sequence[str]) -> dict[str, float]:
+        found = await self.aws.call("ec2", self.region, "describe_instances", InstanceIds=list(ids))
+        return {
+            instance["InstanceId"]: instance["LaunchTime"].timestamp()
+            for reservation in found.get("Reservations") or []
+            for instance in reservation.get("Instances") or []
+            if isinstance(instance.get("LaunchTime"), datetime)
+        }
 
     async def set_desired(self, desired: int) -> None:
         await self._call(

@@ -149,6 +149,7 @@ class CapacityManager:
         configmap: tuple[str, str] = (CONFIGMAP_NAMESPACE, CONFIGMAP_NAME),
         interval: float = 15.0,
         clock: Callable[[], float] = time.time,
+        backoff_seconds: float = 5.0,
     ) -> None:
         """`core`: a kubernetes CoreV1Api. `controllers`: the live experiment controllers
         by (namespace, name); each has `cost_usd`, `spec`, `body` and `capacity_update`."""
@@ -158,6 +159,7 @@ class CapacityManager:
         self.configmap = configmap
         self.interval = interval
         self.clock = clock
+        self.backoff_seconds = backoff_seconds
         self.pools: dict[str, NodePool] = {}
         self.config_text: str | None = None
         self.config_error: str | None = None
@@ -270,7 +272,9 @@ class CapacityManager:
         nodes = await self._list("list_node")
         pods = await self._list("list_pod_for_all_namespaces", label_selector=LABEL_EXPERIMENT)
         for pool in self.pools.values():
-            runtime = self.runtime.setdefault(pool.name, PoolRuntime())
+            runtime = self.runtime.setdefault(
+                pool.name, PoolRuntime(backoff=Backoff(base=self.backoff_seconds))
+            )
             pool_nodes = [n for n in nodes if node_in_pool(pool, n["metadata"].get("labels") or {})]
             observed = await self._observe_nodes(pool_nodes)
             pending = [

@@ -45,6 +45,12 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
         help="AWS endpoint override, e.g. a moto server (boto3 also reads $AWS_ENDPOINT_URL)",
     )
     group.add_argument(
+        "--aws-backoff-seconds",
+        type=float,
+        default=float(os.environ.get("KUBETUNE_AWS_BACKOFF_SECONDS", "5")),
+        help="first pause of a pool after an AWS failure, doubling up to 5 minutes",
+    )
+    group.add_argument(
         "--aws-calls-per-second",
         type=float,
         default=5.0,
@@ -67,6 +73,7 @@ def build(args: argparse.Namespace, api: Any) -> CapacityManager:
         aws,
         configmap=(namespace, name),
         interval=args.capacity_interval,
+        backoff_seconds=args.aws_backoff_seconds,
     )
     try:
         manager.load()
