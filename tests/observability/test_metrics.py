@@ -382,3 +382,23 @@ def test_finite_best_only() -> None:
     metrics.add_source(lambda: [ExperimentView("ml", "sweep", driver.engine)])
     found = scrape(metrics)
     assert matching(found, "kubetune_experiment_best_objective_value") == {}
+
+
+def test_a_pause_and_a_promotion_between_two_looks_are_both_seen() -> None:
+    driver = asha_driver()
+    watcher = TrialWatcher()
+    watcher.update(driver.engine)
+    for number, loss in ((0, 0.9), (1, 0.1), (2, 0.8)):
+        driver.report(number, 1, loss)
+        driver.exit(number, 0)
+        driver.decide()
+    # sweep-1 paused, was promoted and runs again (attempt 2): one look sees it all.
+    assert driver.engine.trials[1].phase is TrialPhase.RUNNING
+    changes = watcher.update(driver.engine)
+    assert [(c.change.value, c.trial.name) for c in changes] == [
+        ("paused", "sweep-0"),
+        ("paused", "sweep-1"),
+        ("promoted", "sweep-1"),
+        ("paused", "sweep-2"),
+    ]
+    assert watcher.update(driver.engine) == []

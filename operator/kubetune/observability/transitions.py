@@ -15,8 +15,9 @@ import math
 from dataclasses import dataclass
 from enum import StrEnum
 
-from kubetune.engine import Engine
-from kubetune.trials import TrialPhase, TrialRecord
+from kubetune.engine import NOT_PROMOTED, Engine
+from kubetune.events import TrialPromoted
+from kubetune.trials import Decision, TrialPhase, TrialRecord
 
 
 class Change(StrEnum):
@@ -30,7 +31,7 @@ class Change(StrEnum):
 class _Seen:
     phase: TrialPhase
     interruptions: int
-    attempts: int
+    ended_attempts: int
 
 
 @dataclass(frozen=True)
@@ -84,39 +85,65 @@ class Transition:
 
 
 class TrialWatcher:
-    """Changes in one experiment's trials between two calls of `update`."""
+    """Changes in one experiment's trials between two calls of `update`.
+
+    Between two calls a trial may pause and be promoted and relaunched, so phases alone
+    do not tell: pauses are read from the attempts that ended (their last decision),
+    promotions from the `TrialPromoted` events appended to the history, interruptions
+    from the trial's count, and ends from the phase.
+    """
 
     def __init__(self) -> None:
         self._engine_id: int | None = None
+        self._history = 0
         self._seen: dict[int, _Seen] = {}
 
     def update(self, engine: Engine) -> list[Transition]:
         first = self._engine_id != id(engine)
         self._engine_id = id(engine)
+        promoted: dict[int, int] = {}
+        if not first:
+            for event in engine.history[self._history :]:
+                if isinstance(event, TrialPromoted):
+                    promoted[event.number] = promoted.get(event.number, 0) + 1
+        self._history = len(engine.history)
         changes: list[Transition] = []
         objective = engine.spec.objective.metric
         for trial in engine.trials:
-            now = _Seen(trial.phase, trial.interruptions, len(trial.attempts))
+            ended = sum(a.ended_at is not None for a in trial.attempts)
+            now = _Seen(trial.phase, trial.interruptions, ended)
             before = self._seen.get(trial.number)
             self._seen[trial.number] = now
-            if first or before == now:
+            if first or (before == now and trial.number not in promoted):
                 continue
             before = before or _Seen(TrialPhase.SAMPLING, 0, 0)
+
+            def change(kind: Change, trial: TrialRecord = trial) -> None:
+                changes.append(Transition(kind, trial, objective))
+
+            for index in range(before.ended_attempts, ended):
+                if _paused(trial, index):
+                    change(Change.PAUSED)
+            for _ in range(promoted.get(trial.number, 0)):
+                change(Change.PROMOTED)
             for _ in range(now.interruptions - before.interruptions):
-                changes.append(Transition(Change.INTERRUPTED, trial, objective))
-            relaunched = now.attempts > before.attempts
-            if before.phase is TrialPhase.PAUSED and (
-                now.phase in (TrialPhase.PENDING, TrialPhase.RUNNING) or relaunched
-            ):
-                changes.append(Transition(Change.PROMOTED, trial, objective))
-            if before.phase.is_final:
-                continue  # a budget raised after the end: "not promoted" trials wait again
-            if now.phase is TrialPhase.PAUSED and (before.phase is not TrialPhase.PAUSED):
-                changes.append(Transition(Change.PAUSED, trial, objective))
-            if now.phase.is_final:
-                changes.append(Transition(Change.ENDED, trial, objective))
+                change(Change.INTERRUPTED)
+            if now.phase.is_final and not before.phase.is_final:
+                change(Change.ENDED)
         if first:
             return []
         for number in [n for n in self._seen if n >= len(engine.trials)]:
             del self._seen[number]  # the search ran out before these were sampled
         return changes
+
+
+def _paused(trial: TrialRecord, index: int) -> bool:
+    """Whether attempt `index` of the trial ended with a pause (a checkpoint at a rung)."""
+    verdict = trial.attempts[index].decision
+    if verdict is None or verdict.decision is not Decision.PAUSE:
+        return False
+    if index < len(trial.attempts) - 1:
+        return True  # relaunched afterwards: only a paused trial is promoted and relaunched
+    # The last attempt: a stop the experiment asked for wins over the pause, but a trial
+    # paused and then left behind when the experiment ended did pause.
+    return not trial.phase.is_final or trial.reason == NOT_PROMOTED
