@@ -60,12 +60,13 @@ class ReportError(RuntimeError):
 class RetryPolicy:
     """How hard to try before giving up on one report.
 
-    Defaults ride out an operator restart (tens of seconds) without letting a trial
-    hang on a runner that is gone for good.
+    Defaults ride out an operator restart (its pod rescheduled, its image pulled: a
+    minute or more) without letting a trial hang for ever on a runner gone for good.
+    A trial that gives up fails, and counts against maxFailedTrials, so err long.
     """
 
-    total_timeout: float = 60.0
-    max_tries: int = 8
+    total_timeout: float = 300.0
+    max_tries: int = 100
     initial_backoff: float = 0.5
     max_backoff: float = 10.0
     max_try_timeout: float = 10.0
