@@ -1,0 +1,310 @@
+"""Node pools end to end: the real operator (a process, as the manifests' ServiceAccount)
+on the real control plane, an Auto Scaling group on moto's server behind `FaultProxy`,
+and `CloudNodes` turning the group's instances into process nodes that run the trials.
+"""
+
+from __future__ import annotations
+
+import json
+import time
+import uuid
+from collections.abc import Iterator
+from pathlib import Path
+from typing import Any
+
+import pytest
+import yaml
+
+from tests.capacity.cloud import CloudNodes
+from tests.capacity.conftest import INSTANCE_TYPE, REGION, AsgWorld, make_asg
+from tests.capacity.faults import Fault, FaultProxy
+from tests.cluster.process_node import Taint
+from tests.operator.conftest import installed  # noqa: F401  (a fixture)
+from tests.operator.harness import GPU_TAINT, OperatorProcess, experiment, wait_for
+
+pytestmark = [pytest.mark.cluster, pytest.mark.slow]
+
+PRICE = 36.0  # USD per node-hour: one cent a second
+TICK = 1.0  # the operator's capacity interval here
+GRACE = 3.0
+
+
+@pytest.fixture
+def proxy(aws_env: str, monkeypatch: pytest.MonkeyPatch) -> Iterator[FaultProxy]:
+    """moto behind the fault proxy; the operator's AWS_ENDPOINT_URL is the proxy."""
+    front = FaultProxy(aws_env).start()
+    monkeypatch.setenv("AWS_ENDPOINT_URL", front.url)
+    monkeypatch.setenv("AWS_MAX_ATTEMPTS", "2")
+    monkeypatch.setenv("KUBETUNE_CAPACITY_INTERVAL", str(TICK))
+    monkeypatch.setenv("KUBETUNE_AWS_BACKOFF_SECONDS", "1")
+    try:
+        yield front
+    finally:
+        front.stop()
+
+
+class Pool:
+    """One node pool: its Auto Scaling group, its ConfigMap entry, its cloud."""
+
+    def __init__(self, control_plane: Any, url: str, max_nodes: int, make_node: Any) -> None:
+        self.name = f"spot-{uuid.uuid4().hex[:6]}"
+        self.asg: AsgWorld = make_asg(url, max_size=4)
+        self.max_nodes = max_nodes
+        self.labels = {"kubetune.dev/node-pool": self.name}
+        self.control_plane = control_plane
+        pools = {
+            "pools": [
+                {
+                    "name": self.name,
+                    "provider": {"type": "aws-asg", "autoScalingGroupName": self.asg.name},
+                    "region": REGION,
+                    "instanceTypes": [INSTANCE_TYPE],
+                    "gpusPerNode": 1,
+                    "minNodes": 0,
+                    "maxNodes": max_nodes,
+                    "capacityType": "on-demand",
+                    "nodeLabels": self.labels,
+                    "taints": [{"key": "nvidia.com/gpu", "value": "true"}],
+                    "scaleDownGraceSeconds": GRACE,
+                    "onDemandPriceUSDPerHour": {INSTANCE_TYPE: PRICE},
+                }
+            ]
+        }
+        configmap = {
+            "apiVersion": "v1",
+            "kind": "ConfigMap",
+            "metadata": {"name": "kubetune-node-pools", "namespace": "kubetune-system"},
+            "data": {"pools.yaml": yaml.safe_dump(pools)},
+        }
+        control_plane.kubectl("apply", "-f", "-", input=json.dumps(configmap))
+        self.api = control_plane.api_client()
+        from kubernetes import client
+
+        self.core = client.CoreV1Api(self.api)
+        self.cloud = CloudNodes(
+            self.asg,
+            make_node,
+            self.core,
+            labels=self.labels,
+            taints=[Taint(GPU_TAINT["key"], "true")],
+        ).start()
+
+    def close(self) -> None:
+        self.cloud.stop()
+        self.api.close()
+
+    def nodes(self) -> list[str]:
+        selector = ",".join(f"{k}={v}" for k, v in self.labels.items())
+        return [n.metadata.name for n in self.core.list_node(label_selector=selector).items]
+
+
+@pytest.fixture
+def make_pool(control_plane: Any, aws_env: str, process_node_factory: Any) -> Iterator[Any]:
+    made: list[Pool] = []
+
+    def make(max_nodes: int = 2) -> Pool:
+        pool = Pool(control_plane, aws_env, max_nodes, process_node_factory)
+        made.append(pool)
+        return pool
+
+    try:
+        yield make
+    finally:
+        for pool in made:
+            pool.close()
+
+
+@pytest.fixture
+def operator(installed: Path, tmp_path: Path, proxy: FaultProxy) -> Iterator[OperatorProcess]:  # noqa: F811
+    process = OperatorProcess(installed, tmp_path)
+    yield process
+    process.stop()
+    print(f"--- operator log tail ---\n{process.log_tail(120)}")
+
+
+def apply(control_plane: Any, namespace: str, document: dict[str, Any]) -> None:
+    control_plane.kubectl("apply", "-n", namespace, "-f", "-", input=json.dumps(document))
+
+
+def get(control_plane: Any, namespace: str, kind: str, name: str = "") -> Any:
+    args = ["get", kind, "-n", namespace, "-o", "json"] + ([name] if name else [])
+    return json.loads(control_plane.kubectl(*args).stdout)
+
+
+def status(control_plane: Any, namespace: str, name: str) -> dict[str, Any]:
+    return get(control_plane, namespace, "hpoexperiment", name).get("status") or {}
+
+
+def finished(control_plane: Any, namespace: str, name: str) -> dict[str, Any] | None:
+    found = status(control_plane, namespace, name)
+    return found if found.get("phase") in ("Succeeded", "Failed") else None
+
+
+def on_pool(document: dict[str, Any], pool: Pool) -> dict[str, Any]:
+    document["spec"]["capacity"] = {"nodePool": pool.name}
+    return document
+
+
+def condition(found: dict[str, Any], kind: str = "NodePoolReady") -> dict[str, Any]:
+    return next((c for c in found.get("conditions") or [] if c["type"] == kind), {})
+
+
+def test_a_pool_at_zero_grows_runs_the_experiment_and_returns_to_zero_at_a_known_cost(
+    control_plane: Any,
+    namespace: str,
+    make_pool: Any,
+    operator: OperatorProcess,
+    proxy: FaultProxy,
+) -> None:
+    pool = make_pool(max_nodes=2)
+    operator.start()
+    # Three trials at once want three nodes; the pool may have two.
+    document = on_pool(experiment("grow", max_trials=5, parallel=3, sleep=0.3), pool)
+    apply(control_plane, namespace, document)
+    diagnostics = operator.log_tail
+    wait_for("the pool to grow", lambda: pool.cloud.count() == 2, 90, diagnostics)
+    done = wait_for(
+        "the experiment to finish",
+        lambda: finished(control_plane, namespace, "grow"),
+        240,
+        diagnostics,
+    )
+    assert done["phase"] == "Succeeded", done
+    assert done["interruptions"] == 0 and done["trialsFailed"] == 0  # no busy node taken
+    wait_for("the pool to return to zero", lambda: not pool.nodes(), 60, diagnostics)
+    wait_for("desired capacity 0", lambda: pool.asg.group()["DesiredCapacity"] == 0, 30)
+    asked = [int(c["DesiredCapacity"]) for c in proxy.calls("SetDesiredCapacity")]
+    assert asked and max(asked) == 2, asked
+    assert pool.cloud.max_desired == 2 and pool.cloud.max_nodes == 2
+    terminated = proxy.calls("TerminateInstanceInAutoScalingGroup")
+    assert len(terminated) == 2
+    assert all(c["ShouldDecrementDesiredCapacity"] == "true" for c in terminated)
+    # Trial pods were placed on the pool.
+    pods = get(control_plane, namespace, "pods")["items"]
+    assert pods and all(
+        p["spec"]["nodeSelector"] == pool.labels and p["spec"]["nodeName"].startswith("n-i-")
+        for p in pods
+    )
+    # Scale-from-zero tags on the group.
+    tags = {t["Key"]: t["Value"] for t in pool.asg.group()["Tags"]}
+    assert tags["k8s.io/cluster-autoscaler/node-template/resources/nvidia.com/gpu"] == "1"
+
+    # The cost, by hand: the pool ran two nodes at $36/h, from their Nodes' creation to
+    # their deletion; one experiment used the pool, so all of it is the experiment's.
+    # The operator notices a deleted Node at its next tick: up to TICK (+ a tick's work)
+    # more per node.
+    lives = list(pool.cloud.lives.values())
+    assert len(lives) == 2 and all(life.deleted for life in lives)
+    by_hand = sum((life.deleted - life.created) * PRICE / 3600 for life in lives)  # type: ignore[operator]
+    time.sleep(2 * TICK)
+    cost = status(control_plane, namespace, "grow")["costUSD"]
+    assert by_hand - 0.01 <= cost <= by_hand + len(lives) * 2.5 * TICK * PRICE / 3600, (
+        cost,
+        by_hand,
+    )
+    wide = control_plane.kubectl("get", "hpoexperiments", "-n", namespace, "-o", "wide").stdout
+    print(wide)
+    header, row = (line.split() for line in wide.splitlines()[:2])
+    assert float(row[header.index("COST")]) == pytest.approx(cost, rel=1e-3)
+    assert condition(status(control_plane, namespace, "grow"))["status"] == "True"
+
+
+def test_a_spot_reclaim_moves_its_trial_to_new_capacity(
+    control_plane: Any,
+    namespace: str,
+    make_pool: Any,
+    operator: OperatorProcess,
+    tmp_path: Path,
+) -> None:
+    pool = make_pool(max_nodes=2)
+    operator.start()
+    document = experiment(
+        "reclaim",
+        max_trials=2,
+        parallel=2,
+        checkpoints=(tmp_path / "ckpt").as_uri(),
+        scheduler={"name": "none", "maxResource": 30},
+        sleep=0.25,
+    )
+    document["spec"]["trialTemplate"]["spec"]["containers"][0]["command"].append(
+        "--checkpoint-every-step"
+    )
+    apply(control_plane, namespace, on_pool(document, pool))
+
+    def trial(name: str) -> dict[str, Any]:
+        for item in get(control_plane, namespace, "hpotrials")["items"]:
+            if item["metadata"]["name"] == name:
+                return item.get("status") or {}
+        return {}
+
+    wait_for(
+        "both trials a few steps in",
+        lambda: all((trial(f"reclaim-{n}").get("step") or 0) >= 4 for n in range(2)),
+        120,
+        operator.log_tail,
+    )
+    victim = trial("reclaim-0")["node"]
+    pool.cloud.interrupt(victim)
+    done = wait_for(
+        "the experiment to finish",
+        lambda: finished(control_plane, namespace, "reclaim"),
+        180,
+        operator.log_tail,
+    )
+    assert done["phase"] == "Succeeded", done
+    assert done["interruptions"] == 1 and done["trialsFailed"] == 0
+    state = trial("reclaim-0")
+    assert state["phase"] == "Completed" and state["interruptions"] == 1 and state["attempt"] == 2
+    assert state["node"] != victim  # a replacement instance, or the other node
+    second = [r["step"] for r in state["history"] if r["type"] == "Reported" and r["attempt"] == 2]
+    assert min(second) > 1  # resumed from its checkpoint
+    assert pool.cloud.max_nodes <= 2
+
+
+def test_aws_throttling_and_errors_are_survived(
+    control_plane: Any,
+    namespace: str,
+    make_pool: Any,
+    operator: OperatorProcess,
+    proxy: FaultProxy,
+) -> None:
+    pool = make_pool(max_nodes=1)
+    proxy.arm(Fault("DescribeAutoScalingGroups", "Throttling"))
+    operator.start()
+    apply(control_plane, namespace, on_pool(experiment("storm", max_trials=2, parallel=1), pool))
+
+    def ready() -> dict[str, Any]:
+        return condition(status(control_plane, namespace, "storm"))
+
+    throttled = wait_for(
+        "a condition about the throttling",
+        lambda: ready() if ready().get("status") == "False" else None,
+        60,
+        operator.log_tail,
+    )
+    assert throttled["reason"] == "ScalingFailed" and "Throttling" in throttled["message"]
+    proxy.arm(Fault("SetDesiredCapacity", "InternalFailure", status=500))
+    failed = wait_for(
+        "a condition about the server error",
+        lambda: ready() if "InternalFailure" in ready().get("message", "") else None,
+        60,
+        operator.log_tail,
+    )
+    assert failed["status"] == "False"
+    events = get(control_plane, namespace, "events")["items"]
+    messages = [e["message"] for e in events if e["reason"] == "NodePoolScalingFailed"]
+    assert any("Throttling" in m for m in messages) and any(
+        "InternalFailure" in m for m in messages
+    )
+    assert pool.cloud.count() == 0 and operator.process.poll() is None  # nothing scaled, alive
+    proxy.disarm()
+    done = wait_for(
+        "the experiment to finish",
+        lambda: finished(control_plane, namespace, "storm"),
+        180,
+        operator.log_tail,
+    )
+    assert done["phase"] == "Succeeded", done
+    assert condition(done)["status"] == "True" or ready()["status"] == "True"
+    assert ("DescribeAutoScalingGroups", "Throttling") in proxy.answered
+    assert operator.process.poll() is None
