@@ -46,7 +46,9 @@ FINAL_TRIAL_PHASES = tuple(p.value for p in TrialPhase if p.is_final)
 DECISIONS = ("continue", "pause", "stop")
 
 LATENCY_BUCKETS = (0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0)
-DURATION_BUCKETS = (1, 5, 15, 30, 60, 120, 300, 600, 1200, 1800, 3600, 7200, 14400, 28800, 86400)
+DURATION_BUCKETS = (
+    0.5, 1, 2.5, 5, 10, 30, 60, 120, 300, 600, 1200, 1800, 3600, 7200, 14400, 28800, 86400,
+)  # fmt: skip
 # Powers of the default reduction factor (rungs 1, 3, 9, 27, ...) and of ten.
 RESOURCE_BUCKETS = (1, 3, 9, 10, 27, 81, 100, 243, 729, 1000, 2187, 6561, 10000, 100000)
 
