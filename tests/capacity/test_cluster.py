@@ -308,3 +308,30 @@ def test_aws_throttling_and_errors_are_survived(
     assert condition(done)["status"] == "True" or ready()["status"] == "True"
     assert ("DescribeAutoScalingGroups", "Throttling") in proxy.answered
     assert operator.process.poll() is None
+
+
+def test_max_cost_ends_the_experiment_with_budget_exhausted(
+    control_plane: Any,
+    namespace: str,
+    make_pool: Any,
+    operator: OperatorProcess,
+) -> None:
+    pool = make_pool(max_nodes=1)
+    operator.start()
+    document = experiment("thrifty", max_trials=20, parallel=1, sleep=0.3)
+    document["spec"]["budget"]["maxCostUSD"] = 0.15  # 15 node-seconds at $36/h
+    apply(control_plane, namespace, on_pool(document, pool))
+    done = wait_for(
+        "the experiment to finish",
+        lambda: finished(control_plane, namespace, "thrifty"),
+        240,
+        operator.log_tail,
+    )
+    assert done["phase"] == "Succeeded" and done["reason"] == "BudgetExhausted", done
+    assert 0 < done["trialsTotal"] < 20
+    recorded = [e for e in done["history"] if e["type"] == "CostObserved"]
+    assert recorded and all(e["trial_usd_per_hour"] == pytest.approx(PRICE) for e in recorded)
+    # The last cost the engine saw, plus what it projected for one more trial, passed the
+    # budget; the node's tail after the end may take the total a little over it.
+    assert recorded[-1]["usd"] <= done["costUSD"]
+    wait_for("the pool to return to zero", lambda: not pool.nodes(), 60, operator.log_tail)
