@@ -23,12 +23,14 @@ logger = logging.getLogger(__name__)
 
 
 def load_client_config(kubeconfig: str | None = None) -> client.ApiClient:
-    try:
-        config.load_incluster_config()
-        if kubeconfig:
-            raise config.ConfigException("an explicit kubeconfig wins")
-    except config.ConfigException:
+    """An explicit kubeconfig, else the pod's ServiceAccount, else ~/.kube/config."""
+    if kubeconfig:
         config.load_kube_config(config_file=kubeconfig)
+    else:
+        try:
+            config.load_incluster_config()
+        except config.ConfigException:
+            config.load_kube_config()
     api = client.ApiClient()
     api.configuration.connection_pool_maxsize = 32
     return api
