@@ -13,7 +13,7 @@ from concurrent.futures.process import BrokenProcessPool
 from typing import Any
 
 from kubetune.processes import die_with_parent
-from kubetune.samplers import Suggestion, suggest
+from kubetune.samplers import Suggestion, suggest, suggest_many
 
 
 class SuggestionWorker:
@@ -36,6 +36,14 @@ class SuggestionWorker:
         except BrokenProcessPool:
             self._pool = None  # the worker died (OOM, say): one fresh try
             return await loop.run_in_executor(self._executor(), suggest, *request)
+
+    async def suggest_many(self, request: tuple[Any, ...]) -> list[Suggestion | None]:
+        loop = asyncio.get_running_loop()
+        try:
+            return await loop.run_in_executor(self._executor(), suggest_many, *request)
+        except BrokenProcessPool:
+            self._pool = None
+            return await loop.run_in_executor(self._executor(), suggest_many, *request)
 
     def close(self) -> None:
         if self._pool is not None:

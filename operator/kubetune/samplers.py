@@ -164,28 +164,50 @@ def suggest(
     Pure: the same spec, trials and study attributes give the same suggestion. Slow for
     the GP sampler (up to seconds), so shells call it off their event loop.
     """
+    return suggest_many(spec, trials, study_attrs, [number])[0]
+
+
+def suggest_many(
+    spec: ExperimentSpec,
+    trials: Sequence[SamplerTrial],
+    study_attrs: Mapping[str, Any],
+    numbers: Sequence[int],
+) -> list[Suggestion | None]:
+    """Suggestions for several new trials, in order, each seeing the ones before it as
+    running: exactly what `suggest` would give called once per number, with each
+    suggestion recorded before the next, but the study is built once.
+    """
     finished = sum(t.state is SamplerState.COMPLETE for t in trials)
     direction = "minimize" if spec.objective.goal is Goal.MINIMIZE else "maximize"
-    study = optuna.create_study(direction=direction, sampler=make_sampler(spec, number, finished))
+    study = optuna.create_study(direction=direction, sampler=RandomSampler())
     for trial in sorted(trials, key=lambda t: t.number):
         study.add_trial(_frozen(spec, trial))
     storage, study_id = study._storage, study._study_id
     for key, value in study_attrs.items():
         storage.set_study_system_attr(study_id, key, value)
-    if spec.algorithm.name is AlgorithmName.GRID:
-        point = _next_grid_point(spec, trials)
-        if point is None:
-            return None
-        study.enqueue_trial(point)
-    asked = study.ask()
-    params = suggest_params(asked, spec.parameters)
-    system_attrs = {
-        k: v
-        for k, v in storage.get_trial_system_attrs(asked._trial_id).items()
-        if not k.startswith("fixed_params")  # enqueue bookkeeping, not sampler memory
-    }
-    return Suggestion(
-        params=params,
-        system_attrs=system_attrs,
-        study_attrs=dict(storage.get_study_system_attrs(study_id)),
-    )
+    known = list(trials)
+    suggestions: list[Suggestion | None] = []
+    for number in numbers:
+        study.sampler = make_sampler(spec, number, finished)
+        if spec.algorithm.name is AlgorithmName.GRID:
+            point = _next_grid_point(spec, known)
+            if point is None:
+                suggestions += [None] * (len(numbers) - len(suggestions))
+                break
+            study.enqueue_trial(point)
+        asked = study.ask()
+        params = suggest_params(asked, spec.parameters)
+        system_attrs = {
+            k: v
+            for k, v in storage.get_trial_system_attrs(asked._trial_id).items()
+            if not k.startswith("fixed_params")  # enqueue bookkeeping, not sampler memory
+        }
+        suggestions.append(
+            Suggestion(
+                params=params,
+                system_attrs=system_attrs,
+                study_attrs=dict(storage.get_study_system_attrs(study_id)),
+            )
+        )
+        known.append(SamplerTrial(number, params, SamplerState.RUNNING, system_attrs=system_attrs))
+    return suggestions

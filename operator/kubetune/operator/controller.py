@@ -104,6 +104,10 @@ class ExperimentController:
         self.dirty_trials: set[int] = set()
         self.written_phases: dict[int, tuple[str, str]] = {}
         self.sampling: asyncio.Task[None] | None = None
+        self.background: set[asyncio.Task[Any]] = set()
+        self.flush: asyncio.Task[None] | None = None
+        self.lazy_trials: set[int] = set()
+        self.written_experiment_history = 0
         self.last_status: dict[str, Any] | None = None
         self.loaded = False
         # Written by the capacity loop (capacity_update); the stored cost seeds it.
@@ -171,31 +175,60 @@ class ExperimentController:
                 self.dirty_trials.add(number)
 
     async def _persist(self) -> None:
+        """Write what changed. Trial histories and experiment-level events are written
+        now (decisions wait for them); derived summaries may wait for a flush."""
         self._note_new_events()
         for trial in self.engine.trials:
             # Experiment-level events (the end, say) change trials' phases too.
             if self.written_phases.get(trial.number) != (trial.phase.value, trial.reason):
                 self.dirty_trials.add(trial.number)
+        ready = []
         for number in sorted(self.dirty_trials):
             if number >= len(self.engine.trials):
                 self.dirty_trials.discard(number)  # search exhausted before it was sampled
-                continue
-            trial = self.engine.trials[number]
-            if trial.phase is TrialPhase.SAMPLING:
-                continue  # written with its parameters, once sampled
-            if number not in self.trial_uids:
-                created = await self.kube.create_trial(self.namespace, self._trial_object(trial))
-                self.trial_uids[number] = created["metadata"]["uid"]
-            history = store.compact(self.trial_history[number])
-            self.trial_history[number] = history
-            await self.kube.patch_trial_status(
-                self.namespace, trial.name, self._trial_status(trial, history)
-            )
-            self.written_phases[number] = (trial.phase.value, trial.reason)
-            self.dirty_trials.discard(number)
+            elif self.engine.trials[number].phase is not TrialPhase.SAMPLING:
+                ready.append(number)  # a sampling trial is written with its parameters
+        await asyncio.gather(*(self._write_trial(n) for n in ready))
         for event in observability.trial_events(self.namespace, self.name, self.engine):
             await self._event(*event)  # pauses, promotions, failures, interruptions
-        await self._write_experiment_status()
+        ended = self.engine.ended
+        phase = "Running" if ended is None else ("Succeeded" if ended.succeeded else "Failed")
+        urgent = (
+            len(self.experiment_history) != self.written_experiment_history
+            or self.last_status is None
+            or phase != self.last_status.get("phase")
+        )
+        if urgent:
+            await self._write_experiment_status()
+        else:
+            self._flush_soon()
+
+    async def _write_trial(self, number: int) -> None:
+        trial = self.engine.trials[number]
+        if number not in self.trial_uids:
+            created = await self.kube.create_trial(self.namespace, self._trial_object(trial))
+            self.trial_uids[number] = created["metadata"]["uid"]
+        history = store.compact(self.trial_history[number])
+        self.trial_history[number] = history
+        await self.kube.patch_trial_status(
+            self.namespace, trial.name, self._trial_status(trial, history)
+        )
+        self.written_phases[number] = (trial.phase.value, trial.reason)
+        self.dirty_trials.discard(number)
+        self.lazy_trials.discard(number)
+
+    def _flush_soon(self, delay: float = 1.0) -> None:
+        """Write the summaries (counts, best, nodes) within `delay`, once for many changes."""
+        if self.flush is not None and not self.flush.done():
+            return
+
+        async def flush() -> None:
+            await asyncio.sleep(delay)
+            async with self.lock:
+                await asyncio.gather(*(self._write_trial(n) for n in sorted(self.lazy_trials)))
+                await self._write_experiment_status()
+
+        self.flush = asyncio.create_task(flush())
 
     def _trial_object(self, trial: TrialRecord) -> dict[str, Any]:
         return {
@@ -244,6 +277,7 @@ class ExperimentController:
             return
         await self.kube.patch_experiment_status(self.namespace, self.name, status)
         self.last_status = status
+        self.written_experiment_history = len(self.experiment_history)
 
     def _experiment_status(self) -> dict[str, Any]:
         engine = self.engine
@@ -279,7 +313,6 @@ class ExperimentController:
             "bestParams": dict(best.params) if best else None,
             "interruptions": sum(t.interruptions for t in engine.trials),
             "costUSD": self.cost_usd,
-            "seq": self.next_seq,
             "history": self.experiment_history,
             "studyAttrs": engine.study_attrs,
             "conditions": self._conditions(phase, reason, message) + self.capacity_conditions,
@@ -328,7 +361,7 @@ class ExperimentController:
                     await self._event(f"Trial {trial.name} stopped: {reason}", "TrialStopped")
                 case SampleTrial(number=number):
                     if self.sampling is None or self.sampling.done():
-                        self.sampling = asyncio.create_task(self._sample(number))
+                        self.sampling = asyncio.create_task(self._sample())
                 case FinishExperiment(succeeded=ok, reason=reason, message=message):
                     await self._event(
                         f"{reason}: {message}",
@@ -336,15 +369,23 @@ class ExperimentController:
                         not ok,
                     )
 
-    async def _sample(self, number: int) -> None:
+    async def _sample(self) -> None:
+        """Every trial waiting for parameters, in one call to the sampler worker."""
+        numbers = [t.number for t in self.engine.trials if t.phase is TrialPhase.SAMPLING]
+        if not numbers:
+            return
+        spec, trials, attrs, _ = self.engine.sampler_request(numbers[0])
         try:
-            suggestion = await self.sampler.suggest(self.engine.sampler_request(number))
+            suggestions = await self.sampler.suggest_many((spec, trials, attrs, numbers))
         except Exception as error:
             observability.reconcile_error("sampling", error)
-            logger.exception("sampling trial %d of %s/%s failed", number, self.namespace, self.name)
+            logger.exception(
+                "sampling trials %s of %s/%s failed", numbers, self.namespace, self.name
+            )
             return
         async with self.lock:
-            self.engine.record_suggestion(number, suggestion)
+            for number, suggestion in zip(numbers, suggestions, strict=True):
+                self.engine.record_suggestion(number, suggestion)
             await self._step_locked()
 
     async def _launch(self, action: LaunchTrial) -> None:
@@ -432,13 +473,15 @@ class ExperimentController:
             # The log stream may still hold the last metric lines: let it deliver them
             # before the attempt is recorded as ended (outside the lock it needs).
             await asyncio.wait({follower}, timeout=10)
+        if not self.loaded:
+            return
+        if attempt_outcome(pod, deleted) is None:
+            # Nothing ended: note the node and follow the log; no lock, no write now.
+            self._end_attempt_from_pod(pod, deleted)
+            return
         async with self.lock:
-            if not self.loaded:
-                return
             if self._end_attempt_from_pod(pod, deleted):
                 await self._step_locked()
-            else:
-                await self._persist()
 
     def _end_attempt_from_pod(self, pod: dict[str, Any], deleted: bool) -> bool:
         labels = pod["metadata"].get("labels", {})
@@ -450,7 +493,8 @@ class ExperimentController:
         node = pod_node(pod)
         if node and self.nodes.get(trial.number) != node:
             self.nodes[trial.number] = node
-            self.dirty_trials.add(trial.number)
+            self.lazy_trials.add(trial.number)
+            self._flush_soon()
         outcome = attempt_outcome(pod, deleted)
         if outcome is None:
             self._follow_logs(pod, trial.number, attempt)
@@ -485,7 +529,12 @@ class ExperimentController:
                 await self._write_experiment_status()
 
     async def _event(self, message: str, reason: str, warning: bool = False) -> None:
-        await self.kube.post_event(self.body, "HPOExperiment", reason, message, warning)
+        # Events are for people: posted in the background, never holding up a decision.
+        task = asyncio.create_task(
+            self.kube.post_event(self.body, "HPOExperiment", reason, message, warning)
+        )
+        self.background.add(task)
+        task.add_done_callback(self.background.discard)
 
     def target(self) -> ReportTarget:
         return ReportTarget(self.tokens, self.report, lambda: (t.name for t in self.engine.trials))

@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import asyncio
 import logging
+from concurrent.futures import ThreadPoolExecutor
 from typing import Any
 
 import kopf
@@ -55,6 +56,8 @@ class Registry:
         if controller is not None and controller.uid != metadata["uid"]:
             self.controllers.pop(key)  # deleted and created again under the same name
             controller = None
+        if controller is not None and metadata.get("generation", 0) == controller.generation:
+            return  # our own status write coming back: the resync loop keeps us level
         try:
             experiment = parse_experiment(
                 {k: body.get(k) for k in ("apiVersion", "kind", "metadata", "spec")}
@@ -138,6 +141,8 @@ def _registry() -> Registry:
 
 @kopf.on.startup()
 async def _startup(settings: kopf.OperatorSettings, **_: Any) -> None:
+    # API calls run in threads (the client is synchronous): allow many in flight.
+    asyncio.get_running_loop().set_default_executor(ThreadPoolExecutor(max_workers=32))
     settings.persistence.progress_storage = kopf.AnnotationsProgressStorage(prefix=GROUP)
     settings.persistence.diffbase_storage = kopf.AnnotationsDiffBaseStorage(prefix=GROUP)
     settings.watching.server_timeout = 300
