@@ -106,8 +106,11 @@ class CloudNodes:
 
     def _leave(self, instance: str) -> None:
         node = self.nodes.pop(instance)
-        node.stop()  # its processes end, its pods Failed, its Node deleted
+        # The Node goes with its instance (its deletion time is the end of its cost); then
+        # the agent stops (its processes end, its pods are marked Failed).
+        self.core.delete_node(node.name)
         self.lives[instance].deleted = time.time()
+        node.stop(delete_node=False)
 
     def node_of(self, name: str) -> Any:
         with self.lock:

@@ -177,7 +177,8 @@ def test_a_pool_at_zero_grows_runs_the_experiment_and_returns_to_zero_at_a_known
     assert asked and max(asked) == 2, asked
     assert pool.cloud.max_desired == 2 and pool.cloud.max_nodes == 2
     terminated = proxy.calls("TerminateInstanceInAutoScalingGroup")
-    assert len(terminated) == 2
+    # Two nodes at least (a node idle for the 3 s grace between trials may go and come back).
+    assert len(terminated) >= 2
     assert all(c["ShouldDecrementDesiredCapacity"] == "true" for c in terminated)
     # Trial pods were placed on the pool.
     pods = get(control_plane, namespace, "pods")["items"]
@@ -189,16 +190,16 @@ def test_a_pool_at_zero_grows_runs_the_experiment_and_returns_to_zero_at_a_known
     tags = {t["Key"]: t["Value"] for t in pool.asg.group()["Tags"]}
     assert tags["k8s.io/cluster-autoscaler/node-template/resources/nvidia.com/gpu"] == "1"
 
-    # The cost, by hand: the pool ran two nodes at $36/h, from their Nodes' creation to
-    # their deletion; one experiment used the pool, so all of it is the experiment's.
-    # The operator notices a deleted Node at its next tick: up to TICK (+ a tick's work)
-    # more per node.
+    # The cost, by hand: the pool's nodes at $36/h, from their Nodes' creation to their
+    # deletion; one experiment used the pool, so all of it is the experiment's. The
+    # operator notices a deleted Node at its next tick: up to TICK (and a tick's work, a
+    # loaded machine's second or two) more per node.
     lives = list(pool.cloud.lives.values())
-    assert len(lives) == 2 and all(life.deleted for life in lives)
+    assert len(lives) == len(terminated) and all(life.deleted for life in lives)
     by_hand = sum((life.deleted - life.created) * PRICE / 3600 for life in lives)  # type: ignore[operator]
     time.sleep(2 * TICK)
     cost = status(control_plane, namespace, "grow")["costUSD"]
-    assert by_hand - 0.01 <= cost <= by_hand + len(lives) * 2.5 * TICK * PRICE / 3600, (
+    assert by_hand - 0.01 <= cost <= by_hand + len(lives) * 4 * TICK * PRICE / 3600, (
         cost,
         by_hand,
     )
