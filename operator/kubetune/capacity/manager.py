@@ -172,6 +172,7 @@ class CapacityManager:
         self.last_tick: float | None = None
         self.events_sent: dict[tuple[str, str, str], float] = {}
         self.bases: dict[costs.ExperimentKey, tuple[str | None, float]] = {}
+        self.terminated: set[str] = set()  # nodes whose instance the operator terminated
         self.prices: dict[str, dict[tuple[str, str], float]] = {}
         self.ticks = 0
 
@@ -420,6 +421,8 @@ class CapacityManager:
             if removal.node is not None and not await self._cordon_all_empty([removal.node]):
                 continue
             await group.terminate(removal.instance_id)
+            if removal.node is not None:
+                self.terminated.add(removal.node)
             runtime.desired = max(runtime.desired - 1, 0)
             logger.info(
                 "node pool %s: terminated %s (node %s, empty)",
@@ -488,6 +491,14 @@ class CapacityManager:
             spans.append(costs.NodeSpan(name, pool_name, start, end, price))
             if end is not None:
                 del self.nodes[name]  # accounted up to now, this once more
+                if name in self.terminated:
+                    self.terminated.discard(name)
+                elif pool_name in self.pools and self.pools[pool_name].capacityType is (
+                    CapacityType.SPOT
+                ):
+                    # Gone without the operator removing it: a spot reclaim (or a person).
+                    logger.info("node pool %s: node %s is gone (spot reclaim?)", pool_name, name)
+                    _observe("observe_spot_interruption", pool_name)
         live: dict[str, costs.UsageSpan] = {}
         for pod in pods:
             node = (pod.get("spec") or {}).get("nodeName")
