@@ -551,7 +551,9 @@ def _sampler_view(trial: TrialRecord) -> SamplerTrial:
         state = SamplerState.COMPLETE
     elif trial.phase is TrialPhase.FAILED:
         state = SamplerState.FAILED
-    elif trial.phase in (TrialPhase.STOPPED, TrialPhase.PAUSED):
+    elif trial.phase in (TrialPhase.STOPPED, TrialPhase.PAUSED) or trial.rung_values:
+        # A promoted trial training on to its next rung is known by its rung
+        # values: as RUNNING, constant liar would count the best trials as bad.
         state = SamplerState.PRUNED
     else:
         state = SamplerState.RUNNING

@@ -8,12 +8,25 @@ from __future__ import annotations
 
 import asyncio
 import multiprocessing
+import os
 from concurrent.futures import ProcessPoolExecutor
 from concurrent.futures.process import BrokenProcessPool
 from typing import Any
 
 from kubetune.processes import die_with_parent
 from kubetune.samplers import Suggestion, suggest, suggest_many
+
+
+def _worker_start() -> None:
+    die_with_parent()
+    # One thread for torch (Optuna's GP sampler): on a busy machine its default of one
+    # thread per core made suggestions 3-4 times slower (bench/search_quality.py).
+    os.environ["OMP_NUM_THREADS"] = "1"
+    try:
+        import torch
+    except ImportError:
+        return
+    torch.set_num_threads(1)
 
 
 class SuggestionWorker:
@@ -25,7 +38,7 @@ class SuggestionWorker:
             # spawn, not fork: forking a process with an event loop and threads is unsafe.
             context = multiprocessing.get_context("spawn")
             self._pool = ProcessPoolExecutor(
-                max_workers=1, mp_context=context, initializer=die_with_parent
+                max_workers=1, mp_context=context, initializer=_worker_start
             )
         return self._pool
 

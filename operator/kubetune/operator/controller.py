@@ -30,6 +30,7 @@ from kubetune.engine import (
 from kubetune.ingest import Report, ReportTarget
 from kubetune.offloop import SuggestionWorker
 from kubetune.operator import store
+from kubetune.operator.coalesce import CoalescedWriter
 from kubetune.operator.kube import Kube
 from kubetune.operator.logs import LogStreams
 from kubetune.operator.naming import (
@@ -107,6 +108,7 @@ class ExperimentController:
         self.background: set[asyncio.Task[Any]] = set()
         self.flush: asyncio.Task[None] | None = None
         self.lazy_trials: set[int] = set()
+        self.writers: dict[int, CoalescedWriter] = {}
         self.written_experiment_history = 0
         self.last_status: dict[str, Any] | None = None
         self.loaded = False
@@ -188,7 +190,7 @@ class ExperimentController:
                 self.dirty_trials.discard(number)  # search exhausted before it was sampled
             elif self.engine.trials[number].phase is not TrialPhase.SAMPLING:
                 ready.append(number)  # a sampling trial is written with its parameters
-        await asyncio.gather(*(self._write_trial(n) for n in ready))
+        await asyncio.gather(*(self._writer(n).flush() for n in ready))
         for event in observability.trial_events(self.namespace, self.name, self.engine):
             await self._event(*event)  # pauses, promotions, failures, interruptions
         ended = self.engine.ended
@@ -203,19 +205,30 @@ class ExperimentController:
         else:
             self._flush_soon()
 
+    def _writer(self, number: int) -> CoalescedWriter:
+        writer = self.writers.get(number)
+        if writer is None:
+            writer = self.writers[number] = CoalescedWriter(lambda: self._write_trial(number))
+        return writer
+
     async def _write_trial(self, number: int) -> None:
+        """Write one trial's status as it is now (only ever through its CoalescedWriter)."""
         trial = self.engine.trials[number]
         if number not in self.trial_uids:
             created = await self.kube.create_trial(self.namespace, self._trial_object(trial))
             self.trial_uids[number] = created["metadata"]["uid"]
         history = store.compact(self.trial_history[number])
         self.trial_history[number] = history
-        await self.kube.patch_trial_status(
-            self.namespace, trial.name, self._trial_status(trial, history)
-        )
-        self.written_phases[number] = (trial.phase.value, trial.reason)
-        self.dirty_trials.discard(number)
-        self.lazy_trials.discard(number)
+        phase = (trial.phase.value, trial.reason)
+        written = len(history)
+        # A copy: the client serializes in a thread while new events may be appended.
+        status = self._trial_status(trial, list(history))
+        await self.kube.patch_trial_status(self.namespace, trial.name, status)
+        self.written_phases[number] = phase
+        if self.trial_history[number] is history and len(history) == written:
+            # Nothing new arrived during the write.
+            self.dirty_trials.discard(number)
+            self.lazy_trials.discard(number)
 
     def _flush_soon(self, delay: float = 1.0) -> None:
         """Write the summaries (counts, best, nodes) within `delay`, once for many changes."""
@@ -225,7 +238,7 @@ class ExperimentController:
         async def flush() -> None:
             await asyncio.sleep(delay)
             async with self.lock:
-                await asyncio.gather(*(self._write_trial(n) for n in sorted(self.lazy_trials)))
+                await asyncio.gather(*(self._writer(n).flush() for n in sorted(self.lazy_trials)))
                 await self._write_experiment_status()
 
         self.flush = asyncio.create_task(flush())
@@ -421,8 +434,12 @@ class ExperimentController:
                 follower = self.followers.pop(key, None)
                 if follower is not None:
                     follower.cancel()  # it reports through the SDK: its log is just output
-            await self._persist()
-            return verdict
+            self._note_new_events()
+        # Durable before it is answered, but outside the lock: reports of many trials are
+        # written at once, and those of one trial share writes.
+        await self._writer(trial.number).flush()
+        self._flush_soon()
+        return verdict
 
     async def _log_report(
         self, number: int, attempt: int, step: int, metrics: dict[str, float]

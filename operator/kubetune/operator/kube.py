@@ -31,9 +31,10 @@ def load_client_config(kubeconfig: str | None = None) -> client.ApiClient:
             config.load_incluster_config()
         except config.ConfigException:
             config.load_kube_config()
-    api = client.ApiClient()
-    api.configuration.connection_pool_maxsize = 32
-    return api
+    configuration = client.Configuration.get_default_copy()
+    # As many connections as API threads (handlers.py), or urllib3 discards them.
+    configuration.connection_pool_maxsize = 32
+    return client.ApiClient(configuration)
 
 
 class Kube:

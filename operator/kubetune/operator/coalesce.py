@@ -1,0 +1,32 @@
+"""Coalesced writes: many callers, one write in flight per object, none acknowledged early.
+
+`flush()` returns once a write that *started after the call* has completed, so the
+caller's change is durable; callers that arrive while a write is in flight share the
+next one. Writes of one object never overlap, so an older snapshot can never land
+after a newer one.
+"""
+
+from __future__ import annotations
+
+import asyncio
+from collections.abc import Awaitable, Callable
+
+
+class CoalescedWriter:
+    def __init__(self, write: Callable[[], Awaitable[None]]) -> None:
+        self._write = write
+        self._requested = 0
+        self._completed = 0
+        self._running: asyncio.Task[None] | None = None
+
+    async def flush(self) -> None:
+        self._requested += 1
+        wanted = self._requested
+        while self._completed < wanted:
+            if self._running is None or self._running.done():
+                self._running = asyncio.create_task(self._run(self._requested))
+            await asyncio.shield(self._running)
+
+    async def _run(self, generation: int) -> None:
+        await self._write()
+        self._completed = max(self._completed, generation)

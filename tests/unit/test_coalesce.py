@@ -1,0 +1,46 @@
+from __future__ import annotations
+
+import asyncio
+
+from kubetune.operator.coalesce import CoalescedWriter
+
+
+async def test_each_flush_waits_for_a_write_that_saw_its_change() -> None:
+    state = {"value": 0}
+    durable: list[int] = []
+    active = 0
+    peak = 0
+
+    async def write() -> None:
+        nonlocal active, peak
+        active += 1
+        peak = max(peak, active)
+        snapshot = state["value"]
+        await asyncio.sleep(0.01)
+        durable.append(snapshot)
+        active -= 1
+
+    writer = CoalescedWriter(write)
+
+    async def change(value: int) -> None:
+        state["value"] = value
+        await writer.flush()
+        assert durable and durable[-1] >= value  # acknowledged only once durable
+
+    await asyncio.gather(*(change(v) for v in range(1, 51)))
+    assert peak == 1  # never two writes of one object at once
+    assert durable == sorted(durable) and durable[-1] == 50
+    assert len(durable) < 10  # fifty changes, a handful of writes
+
+
+async def test_a_failed_write_raises_to_its_callers() -> None:
+    async def write() -> None:
+        raise RuntimeError("API server said no")
+
+    writer = CoalescedWriter(write)
+    try:
+        await writer.flush()
+    except RuntimeError as error:
+        assert "said no" in str(error)
+    else:
+        raise AssertionError("the failure was swallowed")
