@@ -19,14 +19,10 @@ from kubetune.samplers import Suggestion, suggest, suggest_many
 
 def _worker_start() -> None:
     die_with_parent()
-    # One thread for torch (Optuna's GP sampler): on a busy machine its default of one
-    # thread per core made suggestions 3-4 times slower (bench/search_quality.py).
+    # One thread for torch (Optuna's GP sampler), read when torch is first imported: on a
+    # busy machine its default of one thread per core made suggestions 3-4 times slower
+    # (bench/search_quality.py). Not imported here: most samplers never need it.
     os.environ["OMP_NUM_THREADS"] = "1"
-    try:
-        import torch
-    except ImportError:
-        return
-    torch.set_num_threads(1)
 
 
 class SuggestionWorker:

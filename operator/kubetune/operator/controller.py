@@ -362,17 +362,17 @@ class ExperimentController:
             return
         actions = self.engine.decide(time.time())
         await self._persist()  # write ahead: decisions are stored before they are acted on
+        # Launches are independent of each other: their API calls go out together.
+        await asyncio.gather(*(self._launch(a) for a in actions if isinstance(a, LaunchTrial)))
         for action in actions:
             match action:
-                case LaunchTrial():
-                    await self._launch(action)
                 case StopTrial(number=number, attempt=attempt, reason=reason):
                     trial = self.engine.trials[number]
                     await self.kube.delete_pod(
                         self.namespace, pod_name(trial.name, attempt), self.config.pod_grace_seconds
                     )
                     await self._event(f"Trial {trial.name} stopped: {reason}", "TrialStopped")
-                case SampleTrial(number=number):
+                case SampleTrial():
                     if self.sampling is None or self.sampling.done():
                         self.sampling = asyncio.create_task(self._sample())
                 case FinishExperiment(succeeded=ok, reason=reason, message=message):
