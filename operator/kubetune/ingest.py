@@ -20,6 +20,7 @@ from aiohttp import web
 
 from kubetune import observability
 from kubetune.engine import EngineError
+from kubetune.httpserver import AppServer
 from kubetune.tokens import TokenAuthority
 from kubetune.trials import Verdict
 
@@ -94,21 +95,20 @@ class ReportTarget:
 Resolver = Callable[[str | None, str | None], ReportTarget | None]
 
 
-class ReportServer:
-    """aiohttp application serving the trial protocol and `/healthz`."""
+class ReportServer(AppServer):
+    """aiohttp application serving the trial protocol, `/metrics` and `/healthz`."""
 
     def __init__(self, resolve: Resolver) -> None:
-        self.resolve = resolve
-        self.app = web.Application(
-            client_max_size=MAX_BODY_BYTES, middlewares=[observability.refusal_middleware]
+        super().__init__(
+            web.Application(
+                client_max_size=MAX_BODY_BYTES, middlewares=[observability.refusal_middleware]
+            )
         )
+        self.resolve = resolve
         self.app.router.add_post("/v1/reports", self._report)
         self.app.router.add_post("/ns/{namespace}/exp/{experiment}/v1/reports", self._report)
-        self.app.router.add_get("/healthz", self._health)
         self.app.router.add_get("/metrics", observability.metrics_endpoint)
         self.experiment = ""  # the metrics' experiment label when the path names none
-        self._runner: web.AppRunner | None = None
-        self.port: int | None = None
 
     @classmethod
     def single(
@@ -122,23 +122,6 @@ class ReportServer:
         server = cls(lambda namespace, name: target if name is None else None)
         server.experiment = experiment
         return server
-
-    async def start(self, host: str = "127.0.0.1", port: int = 0) -> str:
-        self._runner = web.AppRunner(self.app, access_log=None)
-        await self._runner.setup()
-        site = web.TCPSite(self._runner, host, port)
-        await site.start()
-        server = site._server
-        assert server is not None and server.sockets
-        self.port = server.sockets[0].getsockname()[1]
-        return f"http://{host}:{self.port}"
-
-    async def stop(self) -> None:
-        if self._runner is not None:
-            await self._runner.cleanup()
-
-    async def _health(self, request: web.Request) -> web.Response:
-        return web.json_response({"ok": True})
 
     async def _report(self, request: web.Request) -> web.Response:
         header = request.headers.get("Authorization", "")

@@ -614,7 +614,7 @@ class CapacityManager:
         key: str,
     ) -> None:
         """An Event, not repeated for the same object and cause within EVENT_REPEAT_SECONDS."""
-        from kubernetes import client
+        from kubetune.operator.kube import event_body  # the Kubernetes client, only when used
 
         metadata = involved["metadata"]
         ident = (f"{metadata.get('namespace')}/{metadata['name']}", reason, key)
@@ -622,26 +622,7 @@ class CapacityManager:
         if now - self.events_sent.get(ident, -1e18) < EVENT_REPEAT_SECONDS:
             return
         self.events_sent[ident] = now
-        stamp = datetime.now(UTC)
-        event = client.CoreV1Event(
-            metadata=client.V1ObjectMeta(
-                generate_name=f"{metadata['name']}.", namespace=metadata["namespace"]
-            ),
-            involved_object=client.V1ObjectReference(
-                api_version=involved.get("apiVersion", "v1"),
-                kind=kind,
-                name=metadata["name"],
-                namespace=metadata["namespace"],
-                uid=metadata.get("uid"),
-            ),
-            reason=reason,
-            message=message[:1024],
-            type="Warning" if warning else "Normal",
-            first_timestamp=stamp,
-            last_timestamp=stamp,
-            count=1,
-            source=client.V1EventSource(component="kubetune-operator"),
-        )
+        event = event_body({"apiVersion": "v1", **involved}, kind, reason, message, warning)
         try:
             await asyncio.to_thread(self.core.create_namespaced_event, metadata["namespace"], event)
         except Exception as error:

@@ -11,6 +11,7 @@ from collections.abc import Awaitable, Callable
 from aiohttp import hdrs, web
 from prometheus_client.exposition import choose_encoder
 
+from kubetune.httpserver import AppServer
 from kubetune.observability.metrics import Metrics
 
 
@@ -24,30 +25,12 @@ def metrics_handler(metrics: Metrics) -> Callable[[web.Request], Awaitable[web.R
     return handle
 
 
-class MetricsServer:
+class MetricsServer(AppServer):
     """Serves `/metrics` (and `/healthz`) on its own port: `kubetune run --metrics-port`."""
 
     def __init__(self, metrics: Metrics) -> None:
-        self.app = web.Application()
+        super().__init__(web.Application())
         self.app.router.add_get("/metrics", metrics_handler(metrics))
-        self.app.router.add_get("/healthz", self._health)
-        self._runner: web.AppRunner | None = None
-        self.port: int | None = None
 
     async def start(self, host: str = "127.0.0.1", port: int = 0) -> str:
-        self._runner = web.AppRunner(self.app, access_log=None)
-        await self._runner.setup()
-        site = web.TCPSite(self._runner, host, port)
-        await site.start()
-        server = site._server
-        assert server is not None and server.sockets
-        self.port = server.sockets[0].getsockname()[1]
-        return f"http://{host}:{self.port}/metrics"
-
-    async def stop(self) -> None:
-        if self._runner is not None:
-            await self._runner.cleanup()
-            self._runner = None
-
-    async def _health(self, request: web.Request) -> web.Response:
-        return web.json_response({"ok": True})
+        return f"{await super().start(host, port)}/metrics"

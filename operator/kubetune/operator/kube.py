@@ -153,30 +153,41 @@ class Kube:
         self, involved: dict[str, Any], kind: str, reason: str, message: str, warning: bool = False
     ) -> None:
         """A Kubernetes Event about an experiment or trial; failures are only logged."""
-        metadata = involved["metadata"]
-        now = datetime.now(UTC)
-        event = client.CoreV1Event(
-            metadata=client.V1ObjectMeta(
-                generate_name=f"{metadata['name']}.", namespace=metadata["namespace"]
-            ),
-            involved_object=client.V1ObjectReference(
-                api_version=involved.get("apiVersion", f"{GROUP}/{VERSION}"),
-                kind=kind,
-                name=metadata["name"],
-                namespace=metadata["namespace"],
-                uid=metadata.get("uid"),
-            ),
-            reason=reason,
-            message=message[:1024],
-            type="Warning" if warning else "Normal",
-            first_timestamp=now,
-            last_timestamp=now,
-            count=1,
-            source=client.V1EventSource(component="kubetune-operator"),
-        )
+        event = event_body(involved, kind, reason, message, warning)
+        namespace = involved["metadata"]["namespace"]
         try:
-            await self._call(self.core.create_namespaced_event, metadata["namespace"], event)
+            await self._call(self.core.create_namespaced_event, namespace, event)
         except ApiException as error:
             logger.warning(
-                "could not post event %s for %s: %s", reason, metadata["name"], error.reason
+                "could not post event %s for %s: %s",
+                reason,
+                involved["metadata"]["name"],
+                error.reason,
             )
+
+
+def event_body(
+    involved: dict[str, Any], kind: str, reason: str, message: str, warning: bool = False
+) -> client.CoreV1Event:
+    """A Kubernetes Event from kubetune-operator about the object `involved`."""
+    metadata = involved["metadata"]
+    now = datetime.now(UTC)
+    return client.CoreV1Event(
+        metadata=client.V1ObjectMeta(
+            generate_name=f"{metadata['name']}.", namespace=metadata["namespace"]
+        ),
+        involved_object=client.V1ObjectReference(
+            api_version=involved.get("apiVersion", f"{GROUP}/{VERSION}"),
+            kind=kind,
+            name=metadata["name"],
+            namespace=metadata["namespace"],
+            uid=metadata.get("uid"),
+        ),
+        reason=reason,
+        message=message[:1024],
+        type="Warning" if warning else "Normal",
+        first_timestamp=now,
+        last_timestamp=now,
+        count=1,
+        source=client.V1EventSource(component="kubetune-operator"),
+    )
