@@ -92,7 +92,13 @@ class ReportTarget:
 
 # Local mode serves one experiment at /v1/reports; the operator serves many, each under
 # /ns/<namespace>/exp/<name>, which is the KUBETUNE_ENDPOINT its trials get.
-Resolver = Callable[[str | None, str | None], ReportTarget | None]
+class NotReady:
+    """The resolver's answer while it cannot tell yet (an operator rebuilding its state)."""
+
+
+NOT_READY = NotReady()
+Resolver = Callable[[str | None, str | None], ReportTarget | NotReady | None]
+RETRY_AFTER_SECONDS = 2
 
 
 class ReportServer(AppServer):
@@ -134,6 +140,11 @@ class ReportServer(AppServer):
         )
         if target is None:
             return _error(401, "invalid token")  # no experiment there: nothing to reveal
+        if isinstance(target, NotReady):
+            # Retryable: the SDK backs off and tries again, the trial does not fail.
+            response = _error(503, "not ready: the experiment's state is being rebuilt")
+            response.headers["Retry-After"] = str(RETRY_AFTER_SECONDS)
+            return response
         try:
             body = json.loads(await request.read())
         except (json.JSONDecodeError, UnicodeDecodeError):

@@ -135,3 +135,25 @@ def test_tokens_are_derived_and_scoped() -> None:
     assert again.owner(one.token_for("exp-1"), ["exp-0", "exp-1"]) == "exp-1"
     with pytest.raises(ValueError, match="16 bytes"):
         TokenAuthority(b"short", "x")
+
+
+async def test_an_experiment_being_rebuilt_answers_retry_later() -> None:
+    from kubetune.ingest import NOT_READY
+
+    server = ReportServer(lambda namespace, experiment: NOT_READY if experiment == "x" else None)
+    url = await server.start()
+    try:
+        async with (
+            aiohttp.ClientSession() as session,
+            session.post(
+                f"{url}/ns/team/exp/x/v1/reports",
+                data=json.dumps(body()).encode(),
+                headers={"Authorization": "Bearer t"},
+            ) as response,
+        ):
+            assert response.status == 503  # the SDK retries 5xx: the trial does not fail
+            assert response.headers["Retry-After"] == "2"
+        status, _ = await post(f"{url}/ns/team/exp/y", body(), "t")
+        assert status == 401
+    finally:
+        await server.stop()

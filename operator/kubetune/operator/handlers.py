@@ -9,13 +9,14 @@ from __future__ import annotations
 
 import asyncio
 import logging
+import time
 from concurrent.futures import ThreadPoolExecutor
 from typing import Any
 
 import kopf
 
 from kubetune import observability
-from kubetune.ingest import ReportServer, ReportTarget
+from kubetune.ingest import NOT_READY, NotReady, ReportServer, ReportTarget
 from kubetune.offloop import SuggestionWorker
 from kubetune.operator.controller import ExperimentController, OperatorConfig
 from kubetune.operator.kube import Kube
@@ -26,6 +27,9 @@ from kubetune.spec import SchedulerName, SpecError, parse_experiment
 logger = logging.getLogger(__name__)
 
 RESYNC_SECONDS = 5.0
+# When experiments cannot be listed at start-up: how long an unknown one may still be
+# one the watch has not delivered yet.
+WARM_UP_SECONDS = 60.0
 PAUSING_SCHEDULERS = (SchedulerName.SHA, SchedulerName.ASHA, SchedulerName.HYPERBAND)
 
 
@@ -38,12 +42,29 @@ class Registry:
         self.sampler = SuggestionWorker()
         self.logs = LogStreams(kube.api)
         self.controllers: dict[tuple[str, str], ExperimentController] = {}
+        self.started = time.monotonic()
+        self.expected: set[tuple[str, str]] | None = None
 
-    def resolve(self, namespace: str | None, experiment: str | None) -> ReportTarget | None:
+    def resolve(
+        self, namespace: str | None, experiment: str | None
+    ) -> ReportTarget | NotReady | None:
         controller = self.controllers.get((namespace or "", experiment or ""))
-        if controller is None or not controller.loaded:
-            return None
-        return controller.target()
+        if controller is not None and controller.loaded:
+            return controller.target()
+        key = (namespace or "", experiment or "")
+        warming_up = self.expected is None and time.monotonic() - self.started < WARM_UP_SECONDS
+        if controller is not None or key in (self.expected or ()) or warming_up:
+            # Being rebuilt after a restart: its trials must retry, not fail.
+            return NOT_READY
+        return None
+
+    async def list_expected(self) -> None:
+        """The experiments that exist at start-up, so that their trials' reports are told
+        to retry (not refused) until their controllers are rebuilt."""
+        try:
+            self.expected = await self.kube.list_experiment_keys()
+        except Exception as error:  # e.g. a namespaced install: fall back to a warm-up time
+            logger.warning("could not list experiments at start-up: %s", error)
 
     async def experiment_event(self, event_type: str, body: dict[str, Any]) -> None:
         metadata = body["metadata"]
@@ -152,6 +173,7 @@ async def _startup(settings: kopf.OperatorSettings, **_: Any) -> None:
     settings.posting.enabled = False  # our own Events, with reasons users can filter on
     registry = _registry()
     server = ReportServer(registry.resolve)
+    await registry.list_expected()
     await server.start(*LISTEN)
     asyncio.get_running_loop().create_task(registry.resync_forever())
     logger.info("report endpoint listening on %s:%s", LISTEN[0], server.port)

@@ -63,6 +63,12 @@ class Kube:
                 return None
             raise
 
+    async def list_experiment_keys(self) -> set[tuple[str, str]]:
+        found = await self._call(
+            self.custom.list_cluster_custom_object, GROUP, VERSION, EXPERIMENTS
+        )
+        return {(i["metadata"]["namespace"], i["metadata"]["name"]) for i in found["items"]}
+
     async def patch_experiment_status(self, namespace: str, name: str, status: dict) -> None:
         await self._call(
             self.custom.patch_namespaced_custom_object_status,
