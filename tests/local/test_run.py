@@ -228,3 +228,38 @@ def _alive(pid: int) -> bool:
         return False
     status = Path(f"/proc/{pid}/stat")
     return status.exists() and status.read_text().split()[2] != "Z"
+
+
+def test_ctrl_c_stops_trials_keeps_state_and_the_next_run_continues(tmp_path: Path) -> None:
+    command = ["python", str(TRIALS / "quadratic.py"), "--sleep=0.2"]
+    path = write(
+        tmp_path, experiment("ctrlc", command, budget={"maxTrials": 6, "parallelTrials": 2})
+    )
+    state = tmp_path / ".kubetune" / "ctrlc"
+    runner = subprocess.Popen(
+        [*KUBETUNE, "run", str(path), "--no-live"],
+        cwd=tmp_path,
+        stdout=subprocess.PIPE,
+        stderr=subprocess.STDOUT,
+        text=True,
+    )
+    deadline = time.monotonic() + 120
+    while time.monotonic() < deadline:
+        time.sleep(0.2)
+        if (state / "events.jsonl").exists() and any(
+            e["type"] == "AttemptEnded" for e in events(state)
+        ):
+            break
+    children = _children(runner.pid)
+    runner.send_signal(signal.SIGINT)
+    output, _ = runner.communicate(timeout=30)
+    assert runner.returncode == 130, output
+    assert "run the same command again" in output
+    assert not [pid for pid in children if _alive(pid) and "quadratic" in _cmdline(pid)]
+    ended = [e for e in events(state) if e["type"] == "AttemptEnded"]
+    assert any(e["kind"] == "interrupted" for e in ended)  # saved as interrupted, not failed
+    result = run(path, "--output", str(tmp_path / "out.json"))
+    assert result.returncode == 0, result.stdout + result.stderr
+    results = json.loads((tmp_path / "out.json").read_text())
+    assert len(results["trials"]) == 6
+    assert all(t["state"] == "Completed" for t in results["trials"])

@@ -90,6 +90,7 @@ class LocalRun:
         self.sampling: asyncio.Task[None] | None = None
         self.sdk_reporters: set[tuple[int, int]] = set()
         self.finished: FinishExperiment | None = None
+        self.stopping = False
 
     # ----- engine access, always followed by a durable write ---------------------------
 
@@ -122,7 +123,12 @@ class LocalRun:
         return verdict.decision is Decision.CONTINUE
 
     def _on_exit(self, number: int, attempt: int, code: int, message: str) -> None:
-        if self.engine.attempt_ended(number, attempt, ExitKind.EXITED, code, time.time(), message):
+        if self.stopping:
+            # Stopped by us on Ctrl-C: the trial did nothing wrong and resumes next run.
+            kind, message = ExitKind.INTERRUPTED, "kubetune run stopped"
+        else:
+            kind = ExitKind.EXITED
+        if self.engine.attempt_ended(number, attempt, kind, code, time.time(), message):
             self._persist()
 
     def _context(self, action: LaunchTrial) -> AttemptContext:
@@ -185,6 +191,7 @@ class LocalRun:
         finally:
             for signum in (signal.SIGINT, signal.SIGTERM):
                 loop.remove_signal_handler(signum)
+            self.stopping = self.finished is None
             await self.executor.shutdown()
             if self.sampling is not None:
                 self.sampling.cancel()
