@@ -9,6 +9,8 @@ from __future__ import annotations
 import asyncio
 import multiprocessing
 import os
+import threading
+import time
 from concurrent.futures import ProcessPoolExecutor
 from concurrent.futures.process import BrokenProcessPool
 from typing import Any
@@ -19,6 +21,16 @@ from kubetune.samplers import Suggestion, suggest, suggest_many
 
 def _worker_start() -> None:
     die_with_parent()
+    # Belt and braces: a parent-death signal is tied to the thread that forked, so also
+    # leave as soon as this process is orphaned (its parent id changes).
+    parent = os.getppid()
+
+    def watch_parent() -> None:
+        while os.getppid() == parent:
+            time.sleep(1.0)
+        os._exit(0)
+
+    threading.Thread(target=watch_parent, name="watch-parent", daemon=True).start()
     # One thread for torch (Optuna's GP sampler), read when torch is first imported: on a
     # busy machine its default of one thread per core made suggestions 3-4 times slower
     # (bench/search_quality.py). Not imported here: most samplers never need it.
