@@ -20,7 +20,16 @@ from tests.capacity.conftest import INSTANCE_TYPE, REGION, AsgWorld, make_asg
 from tests.capacity.faults import Fault, FaultProxy
 from tests.cluster.process_node import Taint
 from tests.operator.conftest import installed  # noqa: F401  (a fixture)
-from tests.operator.harness import GPU_TAINT, OperatorProcess, experiment, wait_for
+from tests.operator.harness import (
+    GPU_TAINT,
+    OperatorProcess,
+    apply,
+    experiment,
+    finished,
+    get,
+    status,
+    wait_for,
+)
 
 pytestmark = [pytest.mark.cluster, pytest.mark.slow]
 
@@ -120,24 +129,6 @@ def operator(installed: Path, tmp_path: Path, proxy: FaultProxy) -> Iterator[Ope
     yield process
     process.stop()
     print(f"--- operator log tail ---\n{process.log_tail(120)}")
-
-
-def apply(control_plane: Any, namespace: str, document: dict[str, Any]) -> None:
-    control_plane.kubectl("apply", "-n", namespace, "-f", "-", input=json.dumps(document))
-
-
-def get(control_plane: Any, namespace: str, kind: str, name: str = "") -> Any:
-    args = ["get", kind, "-n", namespace, "-o", "json"] + ([name] if name else [])
-    return json.loads(control_plane.kubectl(*args).stdout)
-
-
-def status(control_plane: Any, namespace: str, name: str) -> dict[str, Any]:
-    return get(control_plane, namespace, "hpoexperiment", name).get("status") or {}
-
-
-def finished(control_plane: Any, namespace: str, name: str) -> dict[str, Any] | None:
-    found = status(control_plane, namespace, name)
-    return found if found.get("phase") in ("Succeeded", "Failed") else None
 
 
 def on_pool(document: dict[str, Any], pool: Pool) -> dict[str, Any]:
