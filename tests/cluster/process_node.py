@@ -356,9 +356,17 @@ class ProcessNode:
         self._terminate_runs([run], msg, reason="Evicted", grace_seconds=0, timeout=timeout)
 
     def interrupt(self, message: str | None = None, timeout: float = 30.0) -> None:
-        """A spot interruption: every pod's process is killed, every pod marked Failed
-        (``Evicted``, ``DisruptionTarget``), then the Node is deleted and the agent stops."""
+        """A spot interruption: the Node is cordoned, every pod's process is killed, every
+        pod marked Failed (``Evicted``, ``DisruptionTarget``), then the Node is deleted and
+        the agent stops.
+
+        The cordon comes first as on EKS, where the node termination handler cordons on the
+        two-minute notice; without it the scheduler could bind a replacement pod to the
+        dying node in the instant between the evictions and the Node's deletion."""
         msg = message or f"Node {self.name} was reclaimed (simulated spot interruption)"
+        if self._v1 is not None:
+            with contextlib.suppress(ApiException):
+                self._v1.patch_node(self.name, {"spec": {"unschedulable": True}})
         with self._lock:
             runs = [r for r in self._runs.values() if not r.done.is_set()]
         self._terminate_runs(runs, msg, reason="Evicted", grace_seconds=0, timeout=timeout)
