@@ -185,17 +185,21 @@ def play_asha(driver: Driver, base: list[float]) -> list:
 
 def test_raising_max_trials_reopens_a_finished_experiment() -> None:
     """ASHA η=3, rungs 1, 3, 9, one worker. With 3 trials (losses 5, 3, 8): t1 is promoted
-    to 3 and the experiment ends; t0, t1, t2 are Stopped, not promoted. Raised to 6 trials,
-    they are paused again and it goes on as if it had never stopped (hand-worked, as in
-    test_asha_scripted_sequence_one_worker): new t3 (1) -> promote t3 to 3 -> new t4 (6)
-    -> new t5 (2) -> promote t5 to 3 -> rung 1 {t3 t5 t1}: promote t3 to 9 -> end."""
+    to 3; all trials exist and rung 1 holds t1 alone, so t1 goes on to 9 (at least one
+    per rung at the close) and the experiment ends; t0 and t2 are Stopped, not promoted.
+    Raised to 6 trials, they are paused again and it goes on as if it had never stopped
+    (hand-worked, as in test_asha_scripted_sequence_one_worker): new t3 (1) -> promote t3
+    to 3 -> new t4 (6) -> new t5 (2) -> promote t5 to 3 -> rung 1 {t3 t5 t1}: promote t3 to
+    9 -> end."""
     base = [5.0, 3.0, 8.0, 1.0, 6.0, 2.0]
     small = Driver(asha_one_worker(3))
     assert play_asha(small, base) == [
         (0, 1, False, 1), (1, 1, False, 1), (2, 1, False, 1), (1, 2, True, 3),
+        (1, 3, True, 9),
     ]  # fmt: skip
     ended = small.engine.ended
-    assert ended is not None and [t.reason for t in small.engine.trials] == ["not promoted"] * 3
+    reasons = [t.reason for t in small.engine.trials]
+    assert ended is not None and reasons == ["not promoted", "reached maxResource", "not promoted"]
 
     # The same budget: nothing to reopen, a replay stays finished and launches nothing.
     same = Engine.replay(asha_one_worker(3), "exp", json_round_trip(small.engine.history))
@@ -205,7 +209,9 @@ def test_raising_max_trials_reopens_a_finished_experiment() -> None:
     history = json_round_trip(small.engine.history)
     replayed = Driver(bigger, engine=Engine.replay(bigger, "exp", history), now=small.now)
     assert replayed.engine.reopen(replayed.now)
-    assert [t.phase for t in replayed.engine.trials] == [TrialPhase.PAUSED] * 3
+    assert [t.phase for t in replayed.engine.trials] == [
+        TrialPhase.PAUSED, TrialPhase.COMPLETED, TrialPhase.PAUSED,
+    ]  # fmt: skip
     # The operator's way: the live engine takes the new spec and reopens.
     live = Driver(bigger, engine=small.engine, now=small.now)
     live.engine.update_spec(bigger)
@@ -220,7 +226,8 @@ def test_raising_max_trials_reopens_a_finished_experiment() -> None:
     assert records(replayed.engine) == records(live.engine)
     assert replayed.finished is not None and replayed.finished.succeeded
     phases = [t.phase for t in replayed.engine.trials]
-    assert phases == [TrialPhase.STOPPED] * 3 + [TrialPhase.COMPLETED] + [TrialPhase.STOPPED] * 2
+    stopped, completed = TrialPhase.STOPPED, TrialPhase.COMPLETED
+    assert phases == [stopped, completed, stopped, completed, stopped, stopped]
     # And the whole story, reopening included, replays to the same engine.
     again = Engine.replay(bigger, "exp", json_round_trip(replayed.engine.history))
     assert snapshot(again) == snapshot(replayed.engine)

@@ -5,6 +5,12 @@ A trial trains to rung 0 and pauses there. Whenever a slot frees up, the highest
 with a trial in its top 1/η that was not promoted yet gives that trial up for promotion:
 it resumes from its checkpoint and trains to the next rung. Only when nothing is
 promotable does a new trial start. No one waits for a rung to fill.
+
+The paper's ASHA runs until a deadline; ours also ends after `maxTrials`. Once every
+trial exists and nothing is promotable by the rule above, a rung that no training trial
+can still join promotes its best trial even when it holds fewer than η (⌊n/η⌋ = 0), as
+SHA's brackets promote at least one: otherwise an experiment of, say, 24 trials with
+rungs 1, 3, 9, 27 would train no one to 27.
 """
 
 from __future__ import annotations
@@ -16,10 +22,17 @@ from kubetune.trials import Decision, TrialPhase, TrialRecord, Verdict
 
 
 class ASHA:
-    def __init__(self, rungs: Sequence[int], reduction_factor: int, sign: float) -> None:
+    def __init__(
+        self,
+        rungs: Sequence[int],
+        reduction_factor: int,
+        sign: float,
+        max_trials: int | None = None,
+    ) -> None:
         self.rungs = list(rungs)
         self.eta = reduction_factor
         self.sign = sign
+        self.max_trials = max_trials
         self.max_resource: int | None = self.rungs[-1]
 
     def bracket(self, number: int) -> int:
@@ -58,6 +71,14 @@ class ASHA:
     def _next_promotion(
         self, trials: Sequence[TrialRecord], taken: set[int]
     ) -> tuple[TrialRecord, int] | None:
+        found = self._scan(trials, taken, closing=False)
+        if found is None and self.max_trials is not None and len(trials) >= self.max_trials:
+            found = self._scan(trials, taken, closing=True)
+        return found
+
+    def _scan(
+        self, trials: Sequence[TrialRecord], taken: set[int], closing: bool
+    ) -> tuple[TrialRecord, int] | None:
         for rung in range(len(self.rungs) - 2, -1, -1):
             members = [
                 (t, t.rung_values[rung])
@@ -65,7 +86,12 @@ class ASHA:
                 if rung in t.rung_values and t.phase is not TrialPhase.FAILED
             ]
             members.sort(key=ranking_key(self.sign))
-            for trial, _ in members[: len(members) // self.eta]:
+            quota = len(members) // self.eta
+            if closing and not any(
+                t.phase.holds_slot and max(t.rung_values, default=-1) < rung for t in trials
+            ):
+                quota = max(quota, 1)  # no one else will join this rung
+            for trial, _ in members[:quota]:
                 if trial.phase is TrialPhase.PAUSED and trial.number not in taken:
                     paused_here = max(trial.rung_values) == rung
                     if paused_here:

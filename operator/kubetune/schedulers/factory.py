@@ -23,7 +23,7 @@ def make_scheduler(spec: ExperimentSpec, max_trials: int | None = None) -> Sched
     eta = config.reductionFactor
     max_trials = spec.budget.maxTrials if max_trials is None else max_trials
     if config.name is SchedulerName.ASHA:
-        return ASHA(rungs, eta, sign)
+        return ASHA(rungs, eta, sign, max_trials)
     if config.name is SchedulerName.SHA:
         return SuccessiveHalving(rungs, eta, sign, [Bracket(0, max_trials, 0, eta)])
     return SuccessiveHalving(rungs, eta, sign, hyperband_brackets(len(rungs), eta, max_trials))
