@@ -5,6 +5,7 @@ from __future__ import annotations
 import json
 import math
 
+from kubetune.engine import Engine
 from kubetune.events import ExitKind, Reported, TrialLaunched, to_record
 from kubetune.operator import store
 from kubetune.operator.outcomes import attempt_outcome
@@ -12,6 +13,7 @@ from kubetune.operator.pods import token_secret, trial_pod
 from kubetune.spec import parse_experiment
 from kubetune.trialenv import AttemptContext
 from kubetune.trials import Decision, Verdict
+from tests.engine.helpers import Driver, make_spec
 from tests.unit.test_spec import valid
 
 TOKEN = "s3cr3t-token-value"
@@ -94,19 +96,72 @@ def reported(step: int, attempt: int = 1, decision: Decision = Decision.CONTINUE
     return Reported(3, attempt, step, {"loss": 1 / step}, Verdict(decision), rung, 0.0)
 
 
-def test_compact_keeps_decisions_rungs_and_attempt_bounds() -> None:
+def test_compact_keeps_decisions_rungs_milestones_and_attempt_bounds() -> None:
     events = [TrialLaunched(3, 1, False, 27, 0.0)]
     events += [reported(s, rung=0 if s == 1 else None) for s in range(1, 301)]
     events += [reported(301, decision=Decision.PAUSE, rung=1)]
     events += [TrialLaunched(3, 2, True, 900, 0.0)]
     events += [reported(s, attempt=2) for s in range(302, 601)]
     records = [store.encode(seq, e) for seq, e in enumerate(events)]
-    kept = store.compact(records, limit=100)
-    assert len(kept) == 100
+    kept = store.compact(records, limit=200)
+    assert len(kept) == 200
     steps = {(r["attempt"], r["step"]) for r in kept if r["type"] == "Reported"}
     assert {(1, 1), (1, 301), (2, 302), (2, 600)} <= steps
+    milestones = [s for s in range(1, 601) if s < 100 or s % 10 == 0]
+    assert {s for _, s in steps} >= set(milestones)
     assert sum(r["type"] == "TrialLaunched" for r in kept) == 2
     assert [r["seq"] for r in kept] == sorted(r["seq"] for r in kept)
+    # More essential records than the limit: all of them are kept (the milestones, the
+    # pause at 301, attempt 2's first report at 302, the two launches), nothing else.
+    assert len(store.compact(records, limit=100)) == len(milestones) + 2 + 2
+
+
+def test_median_decides_the_same_after_a_restart_from_compacted_histories() -> None:
+    """Three trials complete 1200 steps (losses 1, 2, 3 + 100/s); a fourth (1.99 + 100/s,
+    then 0.6 worse from step 651) is at step 640 when the operator restarts from the stored,
+    compacted histories. The restarted engine decides the rest of its reports exactly as the
+    one that never stopped: it stops the trial at the same step, for the same reason."""
+    spec = make_spec(
+        scheduler={"name": "median", "resource": "step", "maxResource": 1200, "minTrials": 3},
+        budget={"maxTrials": 4, "parallelTrials": 1},
+    )
+    live = Driver(spec)
+    for number in range(3):
+        live.decide()
+        for step in range(1, 1201):
+            live.report(number, step, 1.0 + number + 100 / step)
+        assert live.exit(number)
+    live.decide()
+
+    def loss(step: int) -> float:
+        return 1.99 + 100 / step + (0.6 if step > 650 else 0.0)
+
+    for step in range(1, 641):
+        assert live.report(3, step, loss(step)).decision is Decision.CONTINUE
+
+    by_owner: dict[int | None, list] = {}
+    for seq, event in enumerate(live.engine.history):
+        by_owner.setdefault(store.trial_number_of(event), []).append(store.encode(seq, event))
+    stored = [
+        records if owner is None else store.compact(records)
+        for owner, records in by_owner.items()
+    ]
+    assert sum(map(len, stored)) < len(live.engine.history) / 2  # it was compacted
+    events = [event for _, event in store.merge_histories(json.loads(json.dumps(stored)))]
+    restarted = Driver(spec, engine=Engine.replay(spec, "exp", events), now=live.now)
+
+    def rest(driver: Driver) -> list[tuple[int, str]]:
+        answers = []
+        for step in range(641, 1201):
+            verdict = driver.report(3, step, loss(step))
+            answers.append((step, verdict.reason))
+            if verdict.decision is not Decision.CONTINUE:
+                return answers
+        return answers
+
+    ours, theirs = rest(live), rest(restarted)
+    assert ours == theirs
+    assert ours[-1][0] < 1200 and "worse than median" in ours[-1][1]
 
 
 def test_histories_merge_in_sequence_order_and_round_trip() -> None:

@@ -5,8 +5,9 @@ trial's `HPOTrial.status.history`; the rest (start, end, exhaustion) in the expe
 `status.history`. Rebuilding merges them by sequence number and replays them.
 
 Objects stay far below etcd's size limit: a trial's history keeps every event that
-carries a decision or a rung, the first and last report of each attempt, and an evenly
-thinned subset of the other reports (`compact`).
+carries a decision or a rung, the first and last report of each attempt, the reports at
+milestone steps (what median stopping looks at), and an evenly thinned subset of the
+other reports (`compact`).
 """
 
 from __future__ import annotations
@@ -23,6 +24,7 @@ from kubetune.events import (
     from_record,
     to_record,
 )
+from kubetune.schedulers.base import is_milestone
 from kubetune.trials import Decision
 
 MAX_TRIAL_HISTORY = 400
@@ -72,6 +74,7 @@ def compact(records: list[dict[str, Any]], limit: int = MAX_TRIAL_HISTORY) -> li
         return (
             decided
             or record.get("rung") is not None
+            or is_milestone(record["step"])
             or index
             in (
                 firsts[record["attempt"]],

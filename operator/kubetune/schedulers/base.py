@@ -53,3 +53,15 @@ def stop_at_max(step: int, max_resource: int | None) -> Verdict | None:
     if max_resource is not None and step >= max_resource:
         return Verdict(Decision.STOP, "reached maxResource", TrialPhase.COMPLETED)
     return None
+
+
+def is_milestone(step: int) -> bool:
+    """Every step below 100, then steps with at most two significant digits (100, 110, …,
+    990, 1000, 1100, …): about 90 a decade.
+
+    Median stopping decides at these steps only, and the operator's stored history always
+    keeps their reports, so a restarted operator sees every value a decision looked at.
+    """
+    if step < 100:
+        return True
+    return step % 10 ** (len(str(step)) - 2) == 0

@@ -1,6 +1,12 @@
 """Median stopping (Golovin et al., "Google Vizier", KDD 2017), with Optuna's
 MedianPruner semantics: at step t, a trial whose best value so far is worse than the
 median of the completed trials' values at step t is stopped. Nothing is paused.
+
+Past step 100 it decides at milestone steps only (110, 120, …, 1000, 1100, …; see
+`is_milestone`) and takes its best value so far over those: the operator thins long
+histories but always keeps milestone reports, so a restarted operator decides from the
+same values as the one before it. Below 100 every step is a milestone and the semantics
+are exactly Optuna's.
 """
 
 from __future__ import annotations
@@ -8,7 +14,7 @@ from __future__ import annotations
 import statistics
 from collections.abc import Sequence
 
-from kubetune.schedulers.base import stop_at_max
+from kubetune.schedulers.base import is_milestone, stop_at_max
 from kubetune.trials import Decision, TrialPhase, TrialRecord, Verdict
 
 
@@ -36,11 +42,14 @@ class MedianStopping:
         completed = [t for t in trials if t.phase is TrialPhase.COMPLETED]
         if step < self.warmup_steps or len(completed) < self.min_trials:
             return Verdict.go_on(), None
+        if not is_milestone(step):
+            return Verdict.go_on(), None
         at_step = [self.sign * t.values[step] for t in completed if step in t.values]
         if not at_step:
             return Verdict.go_on(), None
         median = statistics.median(at_step)
-        own = [self.sign * v for s, v in trial.values.items() if s <= step] + [self.sign * value]
+        own = [self.sign * v for s, v in trial.values.items() if s <= step and is_milestone(s)]
+        own.append(self.sign * value)
         best = min(own)
         if best > median:
             reason = (
