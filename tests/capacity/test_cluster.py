@@ -18,10 +18,9 @@ import yaml
 from tests.capacity.cloud import CloudNodes
 from tests.capacity.conftest import INSTANCE_TYPE, REGION, AsgWorld, make_asg
 from tests.capacity.faults import Fault, FaultProxy
-from tests.cluster.process_node import Taint
 from tests.operator.conftest import installed  # noqa: F401  (a fixture)
 from tests.operator.harness import (
-    GPU_TAINT,
+    GPU_NODE_TAINTS,
     OperatorProcess,
     apply,
     experiment,
@@ -95,7 +94,7 @@ class Pool:
             make_node,
             self.core,
             labels=self.labels,
-            taints=[Taint(GPU_TAINT["key"], "true")],
+            taints=GPU_NODE_TAINTS,
         ).start()
 
     def close(self) -> None:

@@ -9,8 +9,6 @@ HPOExperiment and HPOTrials.
 from __future__ import annotations
 
 import json
-import subprocess
-import sys
 import urllib.error
 import urllib.request
 from collections import Counter
@@ -20,11 +18,10 @@ from typing import Any
 
 import pytest
 
-from tests.cluster.process_node import Taint
 from tests.observability.scrape import check_metrics, fetch, matching, samples, value
 from tests.operator.conftest import installed  # noqa: F401  (the fixture)
 from tests.operator.harness import (
-    GPU_TAINT,
+    GPU_NODE_TAINTS,
     TRIALS,
     OperatorProcess,
     apply,
@@ -37,39 +34,13 @@ from tests.operator.harness import (
 
 pytestmark = [pytest.mark.cluster, pytest.mark.slow]
 
-TAINTS = [Taint(GPU_TAINT["key"], "true")]
 FINAL = ("Completed", "Stopped", "Failed")
 
 
-class JsonLoggingOperator(OperatorProcess):
-    """The harness's operator process, started with `--log-format json`."""
-
-    def start(self) -> JsonLoggingOperator:
-        log = self.log_path.open("ab")
-        self.starts += 1
-        self.process = subprocess.Popen(
-            [
-                sys.executable,
-                "-m",
-                "kubetune.cli",
-                "operator",
-                "--namespace-all",
-                "--log-format=json",
-                f"--kubeconfig={self.kubeconfig}",
-                f"--listen=127.0.0.1:{self.port}",
-                f"--endpoint-url={self.endpoint}",
-                f"--token-key-file={self.key_file}",
-                f"--default-checkpoint-uri={self.checkpoints}",
-            ],
-            stdout=log,
-            stderr=subprocess.STDOUT,
-        )
-        return self
-
-
 @pytest.fixture
-def json_operator(installed: Path, tmp_path: Path) -> Iterator[JsonLoggingOperator]:  # noqa: F811
-    process = JsonLoggingOperator(installed, tmp_path).start()
+def json_operator(installed: Path, tmp_path: Path) -> Iterator[OperatorProcess]:  # noqa: F811
+    # No banner: every line of its log must be one JSON object.
+    process = OperatorProcess(installed, tmp_path, ["--log-format=json"], banner=False).start()
     try:
         yield process
     finally:
@@ -86,12 +57,12 @@ def scrape(operator: OperatorProcess) -> tuple[str, dict]:
 def test_metrics_match_the_experiment_and_pass_promtool(
     control_plane: Any,
     namespace: str,
-    json_operator: JsonLoggingOperator,
+    json_operator: OperatorProcess,
     process_node_factory: Any,
     promtool: str,
 ) -> None:
     operator = json_operator
-    process_node_factory(gpus=2, taints=TAINTS)
+    process_node_factory(gpus=2, taints=GPU_NODE_TAINTS)
     command = ["python", str(TRIALS / "quadratic.py"), "--sleep=0.3", "--fail-if-x-above=0.5"]
     apply(control_plane, namespace, experiment("metered", command=command, max_trials=8))
     key = {"namespace": namespace, "experiment": "metered"}

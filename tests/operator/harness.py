@@ -14,13 +14,17 @@ import socket
 import subprocess
 import sys
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from pathlib import Path
 from typing import Any
+
+from tests.cluster.process_node import Taint
 
 REPO = Path(__file__).resolve().parents[2]
 TRIALS = REPO / "tests" / "local" / "trials"
 GPU_TAINT = {"key": "nvidia.com/gpu", "operator": "Exists", "effect": "NoSchedule"}
+# What process nodes that stand in for GPU nodes carry (the example tolerates GPU_TAINT).
+GPU_NODE_TAINTS = [Taint(GPU_TAINT["key"], "true")]
 
 
 def free_port() -> int:
@@ -30,8 +34,17 @@ def free_port() -> int:
 
 
 class OperatorProcess:
-    def __init__(self, kubeconfig: Path, workdir: Path) -> None:
+    def __init__(
+        self,
+        kubeconfig: Path,
+        workdir: Path,
+        extra_args: Sequence[str] = (),
+        banner: bool = True,
+    ) -> None:
+        """`banner`: a line in the log at each start (off when every line must be JSON)."""
         self.kubeconfig = kubeconfig
+        self.extra_args = list(extra_args)
+        self.banner = banner
         self.checkpoints = (workdir / "checkpoints").as_uri()
         self.port = free_port()
         self.key_file = workdir / "token.key"
@@ -47,7 +60,8 @@ class OperatorProcess:
     def start(self) -> OperatorProcess:
         log = self.log_path.open("ab")
         self.starts += 1
-        log.write(f"\n===== operator start {self.starts} =====\n".encode())
+        if self.banner:
+            log.write(f"\n===== operator start {self.starts} =====\n".encode())
         self.process = subprocess.Popen(
             [
                 sys.executable,
@@ -55,6 +69,7 @@ class OperatorProcess:
                 "kubetune.cli",
                 "operator",
                 "--namespace-all",
+                *self.extra_args,
                 f"--kubeconfig={self.kubeconfig}",
                 f"--listen=127.0.0.1:{self.port}",
                 f"--endpoint-url={self.endpoint}",

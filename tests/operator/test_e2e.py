@@ -16,9 +16,8 @@ from typing import Any
 import pytest
 
 from kubetune.tokens import TokenAuthority
-from tests.cluster.process_node import Taint
 from tests.operator.harness import (
-    GPU_TAINT,
+    GPU_NODE_TAINTS,
     REPO,
     OperatorProcess,
     apply,
@@ -31,13 +30,12 @@ from tests.operator.harness import (
 
 pytestmark = [pytest.mark.cluster, pytest.mark.slow]
 
-TAINTS = [Taint(GPU_TAINT["key"], "true")]
 
 
 def test_an_experiment_runs_to_completion(
     control_plane: Any, namespace: str, operator: OperatorProcess, process_node_factory: Any
 ) -> None:
-    process_node_factory(gpus=2, taints=TAINTS)
+    process_node_factory(gpus=2, taints=GPU_NODE_TAINTS)
     apply(control_plane, namespace, experiment("quad", max_trials=6, parallel=2))
     done = wait_for(
         "the experiment to finish",
@@ -70,7 +68,7 @@ def test_operator_killed_three_times_loses_nothing(
     process_node_factory: Any,
     tmp_path: Path,
 ) -> None:
-    process_node_factory(gpus=3, taints=TAINTS)
+    process_node_factory(gpus=3, taints=GPU_NODE_TAINTS)
     checkpoints = (tmp_path / "ckpt").as_uri()
     document = experiment("crashy", max_trials=9, parallel=3, checkpoints=checkpoints, sleep=0.3)
     apply(control_plane, namespace, document)
@@ -120,7 +118,7 @@ def test_an_evicted_trial_resumes_from_its_checkpoint(
     process_node_factory: Any,
     tmp_path: Path,
 ) -> None:
-    node = process_node_factory(gpus=1, taints=TAINTS)
+    node = process_node_factory(gpus=1, taints=GPU_NODE_TAINTS)
     checkpoints = (tmp_path / "ckpt").as_uri()
     document = experiment(
         "evict",
@@ -171,7 +169,7 @@ def post(url: str, body: Any, token: str | None) -> tuple[int, str]:
 def test_forged_reports_are_refused_and_change_nothing(
     control_plane: Any, namespace: str, operator: OperatorProcess, process_node_factory: Any
 ) -> None:
-    process_node_factory(gpus=2, taints=TAINTS)
+    process_node_factory(gpus=2, taints=GPU_NODE_TAINTS)
     apply(control_plane, namespace, experiment("guarded", max_trials=2, parallel=2, sleep=2.0))
     wait_for(
         "two running trials",
@@ -207,7 +205,7 @@ def test_log_line_trials_without_the_sdk(
     control_plane: Any, namespace: str, operator: OperatorProcess, process_node_factory: Any
 ) -> None:
     """`epoch=N loss=...` lines are read from the pods' logs; a pause stops the pod."""
-    process_node_factory(gpus=2, taints=TAINTS)
+    process_node_factory(gpus=2, taints=GPU_NODE_TAINTS)
     command = ["python", str(REPO / "tests/local/trials/loglines.py")]
     scheduler = {"name": "asha", "resource": "epoch", "minResource": 1, "maxResource": 5}
     document = experiment("lines", command=command, max_trials=4, parallel=2, scheduler=scheduler)

@@ -6,9 +6,8 @@ from typing import Any
 
 import pytest
 
-from tests.cluster.process_node import Taint
 from tests.operator.harness import (
-    GPU_TAINT,
+    GPU_NODE_TAINTS,
     OperatorProcess,
     apply,
     experiment,
@@ -21,7 +20,6 @@ from tests.operator.harness import (
 
 pytestmark = [pytest.mark.cluster, pytest.mark.slow]
 
-TAINTS = [Taint(GPU_TAINT["key"], "true")]
 
 
 @pytest.fixture
@@ -39,7 +37,7 @@ def test_experiments_in_several_namespaces_and_a_broken_one(
     operator: OperatorProcess,
     process_node_factory: Any,
 ) -> None:
-    process_node_factory(gpus=4, taints=TAINTS)
+    process_node_factory(gpus=4, taints=GPU_NODE_TAINTS)
     # Same name in two namespaces: independent experiments.
     apply(control_plane, namespace, experiment("twin", max_trials=4, parallel=2))
     apply(control_plane, second_namespace, experiment("twin", max_trials=3, parallel=2))
@@ -66,7 +64,7 @@ def test_experiments_in_several_namespaces_and_a_broken_one(
 def test_raising_the_budget_continues_a_finished_experiment(
     control_plane: Any, namespace: str, operator: OperatorProcess, process_node_factory: Any
 ) -> None:
-    process_node_factory(gpus=2, taints=TAINTS)
+    process_node_factory(gpus=2, taints=GPU_NODE_TAINTS)
     scheduler = {"name": "none", "maxResource": 3}
     apply(control_plane, namespace, experiment("grow", max_trials=2, scheduler=scheduler))
     first = wait_for("the first budget", lambda: finished(control_plane, namespace, "grow"), 180)
@@ -99,7 +97,7 @@ def test_raising_the_budget_continues_a_finished_experiment(
 def test_deleting_an_experiment_stops_its_pods_and_removes_its_trials(
     control_plane: Any, namespace: str, operator: OperatorProcess, process_node_factory: Any
 ) -> None:
-    node = process_node_factory(gpus=2, taints=TAINTS)
+    node = process_node_factory(gpus=2, taints=GPU_NODE_TAINTS)
     apply(control_plane, namespace, experiment("doomed", max_trials=4, parallel=2, sleep=1.0))
     wait_for(
         "running trial pods",
