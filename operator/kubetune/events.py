@@ -187,4 +187,9 @@ def from_record(record: dict[str, Any]) -> Event:
         data["metrics"] = {k: float(v) for k, v in data["metrics"].items()}
     if "kind" in data:
         data["kind"] = ExitKind(data["kind"])
+    # The API server drops null fields inside the history lists (a merge patch prunes
+    # them): a field that may be None and is missing was None.
+    for item in dataclasses.fields(cls):
+        if item.name not in data and "None" in str(item.type):
+            data[item.name] = None
     return cls(**data)
