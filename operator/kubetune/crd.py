@@ -620,6 +620,7 @@ def _experiment_status() -> Schema:
             "bestValue": _number("The best objective value so far."),
             "bestParams": _free_object("The best trial's parameters."),
             "costUSD": _number("Estimated cost of the trials' nodes so far, in US dollars."),
+            "costAccountedAt": _time("The moment costUSD is accounted up to."),
             "interruptions": _int("Trial pods lost to spot interruptions or node loss."),
             "seq": _int("Sequence number of the operator's last status write."),
             "history": _history(1000, "The experiment's recent events, oldest first (bounded)."),

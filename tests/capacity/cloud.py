@@ -21,7 +21,7 @@ from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Any
 
-from kubetune.capacity.manager import parse_time
+from kubetune.timestamps import parse_rfc3339
 from tests.capacity.conftest import INSTANCE_TYPE, ZONE, AsgWorld
 
 
@@ -100,7 +100,7 @@ class CloudNodes:
         }
         node = self.make_node(name=name, gpus=self.gpus, labels=labels, taints=self.taints)
         created = self.core.patch_node(name, {"spec": {"providerID": f"aws:///{ZONE}/{instance}"}})
-        stamp = parse_time(created.metadata.creation_timestamp.isoformat()) or time.time()
+        stamp = parse_rfc3339(created.metadata.creation_timestamp.isoformat()) or time.time()
         self.nodes[instance] = node
         self.lives[instance] = NodeLife(name, instance, stamp)
 

@@ -139,6 +139,23 @@ def condition(found: dict[str, Any], kind: str = "NodePoolReady") -> dict[str, A
     return next((c for c in found.get("conditions") or [] if c["type"] == kind), {})
 
 
+def assert_cost_by_hand(control_plane: Any, namespace: str, name: str, pool: Pool) -> float:
+    """The cost, by hand: the pool's nodes at $36/h, from their Nodes' creation to their
+    deletion; one experiment used the pool, so all of it is the experiment's. The operator
+    notices a deleted Node at its next tick: up to TICK (and a tick's work, a loaded
+    machine's second or two) more per node. Returns the cost in status."""
+    lives = list(pool.cloud.lives.values())
+    assert lives and all(life.deleted for life in lives)
+    by_hand = sum((life.deleted - life.created) * PRICE / 3600 for life in lives)  # type: ignore[operator]
+    time.sleep(2 * TICK)
+    cost = status(control_plane, namespace, name)["costUSD"]
+    assert by_hand - 0.01 <= cost <= by_hand + len(lives) * 4 * TICK * PRICE / 3600, (
+        cost,
+        by_hand,
+    )
+    return cost
+
+
 def test_a_pool_at_zero_grows_runs_the_experiment_and_returns_to_zero_at_a_known_cost(
     control_plane: Any,
     namespace: str,
@@ -180,24 +197,55 @@ def test_a_pool_at_zero_grows_runs_the_experiment_and_returns_to_zero_at_a_known
     tags = {t["Key"]: t["Value"] for t in pool.asg.group()["Tags"]}
     assert tags["k8s.io/cluster-autoscaler/node-template/resources/nvidia.com/gpu"] == "1"
 
-    # The cost, by hand: the pool's nodes at $36/h, from their Nodes' creation to their
-    # deletion; one experiment used the pool, so all of it is the experiment's. The
-    # operator notices a deleted Node at its next tick: up to TICK (and a tick's work, a
-    # loaded machine's second or two) more per node.
-    lives = list(pool.cloud.lives.values())
-    assert len(lives) == len(terminated) and all(life.deleted for life in lives)
-    by_hand = sum((life.deleted - life.created) * PRICE / 3600 for life in lives)  # type: ignore[operator]
-    time.sleep(2 * TICK)
-    cost = status(control_plane, namespace, "grow")["costUSD"]
-    assert by_hand - 0.01 <= cost <= by_hand + len(lives) * 4 * TICK * PRICE / 3600, (
-        cost,
-        by_hand,
-    )
+    assert len(pool.cloud.lives) == len(terminated)
+    cost = assert_cost_by_hand(control_plane, namespace, "grow", pool)
     wide = control_plane.kubectl("get", "hpoexperiments", "-n", namespace, "-o", "wide").stdout
     print(wide)
     header, row = (line.split() for line in wide.splitlines()[:2])
     assert float(row[header.index("COST")]) == pytest.approx(cost, rel=1e-3)
     assert condition(status(control_plane, namespace, "grow"))["status"] == "True"
+
+
+def test_the_cost_goes_on_while_the_operator_is_down(
+    control_plane: Any,
+    namespace: str,
+    make_pool: Any,
+    operator: OperatorProcess,
+) -> None:
+    """The operator is killed while both nodes run trials and comes back 8 s later: the
+    cost in status still matches the nodes' lives by hand (without counting the time no
+    operator watched, it would be short by more than $0.16)."""
+    pool = make_pool(max_nodes=2)
+    operator.start()
+    document = on_pool(
+        experiment(
+            "unwatched", max_trials=2, parallel=2, scheduler={"name": "none", "maxResource": 40},
+            sleep=0.3,
+        ),
+        pool,
+    )  # fmt: skip
+    apply(control_plane, namespace, document)
+    wait_for(
+        "a cost stored with both nodes up",
+        lambda: pool.cloud.count() == 2
+        and (status(control_plane, namespace, "unwatched").get("costUSD") or 0) > 0,
+        120,
+        operator.log_tail,
+    )
+    stored = status(control_plane, namespace, "unwatched")["costAccountedAt"]
+    operator.kill()
+    time.sleep(8)
+    operator.start()
+    done = wait_for(
+        "the experiment to finish",
+        lambda: finished(control_plane, namespace, "unwatched"),
+        240,
+        operator.log_tail,
+    )
+    assert done["phase"] == "Succeeded" and done["trialsFailed"] == 0, done
+    assert done["costAccountedAt"] > stored
+    wait_for("the pool to return to zero", lambda: not pool.nodes(), 60, operator.log_tail)
+    assert_cost_by_hand(control_plane, namespace, "unwatched", pool)
 
 
 def test_a_spot_reclaim_moves_its_trial_to_new_capacity(

@@ -164,10 +164,15 @@ class FakeController:
             }
         ).spec
         self.cost_usd: float | None = 1.5  # stored in status by an earlier operator
+        self.cost_at: float | None = None  # ... accounted up to then (None: not stored)
         self.updates: list[tuple[float, float, dict[str, Any] | None]] = []
+        self.accounted_at: list[float | None] = []
 
-    async def capacity_update(self, usd: float, rate: float, condition: Any) -> None:
+    async def capacity_update(
+        self, usd: float, rate: float, condition: Any, accounted_at: float | None = None
+    ) -> None:
         self.updates.append((usd, rate, condition))
+        self.accounted_at.append(accounted_at)
 
 
 def manager_for(core: FakeCore, controller: FakeController, clock: list[float]) -> CapacityManager:
@@ -233,6 +238,34 @@ async def test_an_empty_node_is_cordoned_and_its_instance_terminated(asg: AsgWor
     # $1.50 stored + 2 nodes x 10 s x $0.01/s, all the trial's experiment's = $1.70.
     assert usd == pytest.approx(1.70) and rate == pytest.approx(36.0)
     assert condition["type"] == "NodePoolReady" and condition["status"] == "True"
+
+
+async def test_a_restarted_loop_counts_the_time_no_operator_watched(asg: AsgWorld) -> None:
+    """An earlier operator stored $1.50 accounted up to 00:15:00 and died. This one's first
+    tick, at 00:16:40, still sees the node (there since 00:00) and the trial pod running
+    on it: the 100 s between are the experiment's, $1.00 at $36/h."""
+    autoscaling = asg.client("autoscaling")
+    autoscaling.set_desired_capacity(AutoScalingGroupName=asg.name, DesiredCapacity=1)
+    (instance,) = asg.instances()
+    core = FakeCore()
+    core.pools_yaml = pools(asg.name, grace=3600.0)
+    core.nodes = [node("busy", instance)]
+    core.pods = [pod("trial", "busy")]
+    core.pods[0]["status"]["containerStatuses"] = [
+        {"state": {"running": {"startedAt": "2026-01-01T00:00:00Z"}}}
+    ]
+    controller = FakeController()
+    controller.cost_at = NEW_YEAR + 900.0
+    clock = [NEW_YEAR + 1000.0]
+    manager = manager_for(core, controller, clock)
+    manager.load()
+    await manager.tick()
+    assert controller.updates[-1][0] == pytest.approx(2.50)
+    assert controller.accounted_at[-1] == NEW_YEAR + 1000.0
+    clock[0] += 10.0
+    await manager.tick()
+    assert controller.updates[-1][0] == pytest.approx(2.60)
+    assert controller.accounted_at[-1] == NEW_YEAR + 1010.0
 
 
 async def test_a_bad_configmap_is_reported_and_the_old_pools_stay(asg: AsgWorld) -> None:

@@ -29,7 +29,6 @@ import logging
 import time
 from collections.abc import Callable, Iterable, Mapping
 from dataclasses import dataclass, field
-from datetime import UTC, datetime
 from typing import Any
 
 from kubetune.capacity import cost as costs
@@ -53,6 +52,7 @@ from kubetune.capacity.pools import (
 )
 from kubetune.capacity.scaling import GroupState, PendingPod, Plan, PoolNode, plan
 from kubetune.spec import ExperimentSpec
+from kubetune.timestamps import parse_rfc3339, rfc3339
 
 logger = logging.getLogger(__name__)
 
@@ -75,16 +75,6 @@ def _observe(name: str, *args: Any, **kwargs: Any) -> None:
         function(*args, **kwargs)
     except Exception:  # metrics never stop the loop
         logger.debug("observability.%s failed", name, exc_info=True)
-
-
-def parse_time(text: str | None) -> float | None:
-    if not text:
-        return None
-    return datetime.fromisoformat(text.replace("Z", "+00:00")).timestamp()
-
-
-def _iso(seconds: float) -> str:
-    return datetime.fromtimestamp(seconds, UTC).strftime("%Y-%m-%dT%H:%M:%SZ")
 
 
 def instance_id(node: Mapping[str, Any]) -> str | None:
@@ -117,12 +107,13 @@ def _usage_times(pod: Mapping[str, Any], now: float) -> tuple[float | None, floa
     for container in status.get("containerStatuses") or []:
         state = container.get("state") or {}
         if "running" in state:
-            return parse_time(state["running"].get("startedAt")), None
+            return parse_rfc3339(state["running"].get("startedAt")), None
         if "terminated" in state:
             ended = state["terminated"]
-            return parse_time(ended.get("startedAt")), parse_time(ended.get("finishedAt")) or now
+            finished = parse_rfc3339(ended.get("finishedAt")) or now
+            return parse_rfc3339(ended.get("startedAt")), finished
     if status.get("phase") == "Running":
-        return parse_time(status.get("startTime")), None
+        return parse_rfc3339(status.get("startTime")), None
     return None, None
 
 
@@ -175,6 +166,9 @@ class CapacityManager:
         self.terminated: set[str] = set()  # nodes whose instance the operator terminated
         self.prices: dict[str, dict[tuple[str, str], float]] = {}
         self.ticks = 0
+        self.first_sight: (
+            tuple[float, list[costs.NodeSpan], list[costs.UsageSpan], dict[str, int]] | None
+        ) = None
 
     # ----- configuration ------------------------------------------------------------
 
@@ -449,7 +443,7 @@ class CapacityManager:
 
         body = {
             "metadata": {
-                "annotations": {SCALE_DOWN_ANNOTATION: _iso(self.clock()) if on else None}
+                "annotations": {SCALE_DOWN_ANNOTATION: rfc3339(self.clock()) if on else None}
             },
             "spec": {"unschedulable": True if on else None},
         }
@@ -484,7 +478,7 @@ class CapacityManager:
             seen.add(name)
             pool_of_node[name] = pool.name
             price = costs.node_price(pool, labels, prices[pool.name]) or 0.0
-            start = parse_time(node["metadata"].get("creationTimestamp")) or now
+            start = parse_rfc3339(node["metadata"].get("creationTimestamp")) or now
             self.nodes[name] = (pool.name, start, price)
         for name, (pool_name, start, price) in list(self.nodes.items()):
             end = None if name in seen else now
@@ -526,8 +520,11 @@ class CapacityManager:
             if pool_name and key and not bound and not _terminal(pod):
                 by_pool = waiting.setdefault(pool_name, {})
                 by_pool[key] = by_pool.get(key, 0) + max(pod_gpus(pod), 1)
-        if self.last_tick is not None and now > self.last_tick:
-            floors = {p.name: p.minNodes for p in self.pools.values()}
+        floors = {p.name: p.minNodes for p in self.pools.values()}
+        if self.last_tick is None:
+            # What the cluster still shows of the time before this operator started.
+            self.first_sight = (now, spans, usage, floors)
+        elif now > self.last_tick:
             self.ledger.advance(self.last_tick, now, spans, usage, waiting, floors)
         self.last_tick = now
         self.prices = prices
@@ -543,13 +540,27 @@ class CapacityManager:
 
     def cost_of(self, key: costs.ExperimentKey, controller: Any) -> float:
         """The stored cost when this operator first saw the experiment, plus what it has
-        accounted since it started (the ledger counts from the operator's start)."""
+        accounted since it started (the ledger counts from the operator's start), plus,
+        for a cost stored by an earlier operator, the time no operator was watching."""
         uid = (getattr(controller, "body", None) or {}).get("metadata", {}).get("uid")
         if self.bases.get(key, (None, 0.0))[0] != uid:
             if key in self.bases:  # deleted and created again under the same name
                 self.ledger.experiments.pop(key, None)
-            self.bases[key] = (uid, float(getattr(controller, "cost_usd", None) or 0.0))
+            stored = float(getattr(controller, "cost_usd", None) or 0.0)
+            unseen = self._unseen_cost(key, getattr(controller, "cost_at", None))
+            self.bases[key] = (uid, stored + unseen)
         return self.bases[key][1] + self.ledger.experiments.get(key, 0.0)
+
+    def _unseen_cost(self, key: costs.ExperimentKey, since: float | None) -> float:
+        """The experiment's share of [since, this operator's first tick], from the Nodes
+        and trial pods still there at that tick: a lower bound, as nodes that came and
+        went and pods deleted meanwhile left no trace."""
+        if since is None or self.first_sight is None or since >= self.first_sight[0]:
+            return 0.0
+        start, spans, usage, floors = self.first_sight
+        ledger = costs.Ledger()
+        ledger.advance(since, start, spans, usage, {}, floors)
+        return ledger.experiments.get(key, 0.0)
 
     async def _report(self) -> None:
         """Hand each experiment its cost and its pool's condition; post failures."""
@@ -573,7 +584,8 @@ class CapacityManager:
                 )
             _observe("observe_cost", key[0], key[1], usd)
             try:
-                await controller.capacity_update(usd, self.trial_price(spec), condition)
+                price = self.trial_price(spec)
+                await controller.capacity_update(usd, price, condition, self.last_tick)
             except Exception:
                 logger.exception("could not update the cost of %s/%s", *key)
 
@@ -601,7 +613,7 @@ class CapacityManager:
             "status": status,
             "reason": reason,
             "message": message[:1024],
-            "lastTransitionTime": _iso(since or now),
+            "lastTransitionTime": rfc3339(since or now),
         }
 
     async def _event(

@@ -15,7 +15,6 @@ import logging
 import time
 from collections import defaultdict
 from dataclasses import dataclass
-from datetime import UTC, datetime
 from typing import Any
 
 from kubetune import observability
@@ -45,6 +44,7 @@ from kubetune.operator.naming import (
 from kubetune.operator.outcomes import attempt_outcome, pod_node
 from kubetune.operator.pods import owner_reference, token_secret, trial_pod
 from kubetune.spec import ExperimentSpec
+from kubetune.timestamps import parse_rfc3339, rfc3339
 from kubetune.tokens import TokenAuthority
 from kubetune.trialenv import AttemptContext, checkpoint_uri
 from kubetune.trials import Decision, TrialPhase, TrialRecord, Verdict
@@ -64,9 +64,7 @@ class OperatorConfig:
 
 
 def _timestamp(seconds: float | None) -> str | None:
-    if seconds is None:
-        return None
-    return datetime.fromtimestamp(seconds, UTC).strftime("%Y-%m-%dT%H:%M:%SZ")
+    return None if seconds is None else rfc3339(seconds)
 
 
 class ExperimentController:
@@ -112,8 +110,11 @@ class ExperimentController:
         self.written_experiment_history = 0
         self.last_status: dict[str, Any] | None = None
         self.loaded = False
-        # Written by the capacity loop (capacity_update); the stored cost seeds it.
-        self.cost_usd: float | None = (body.get("status") or {}).get("costUSD")
+        # Written by the capacity loop (capacity_update); the stored cost seeds it, and
+        # the time it was accounted up to tells a restarted loop what it has not seen.
+        stored = body.get("status") or {}
+        self.cost_usd: float | None = stored.get("costUSD")
+        self.cost_at: float | None = parse_rfc3339(stored.get("costAccountedAt"))
         self.capacity_conditions: list[dict[str, Any]] = []
 
     # ----- rebuilding ---------------------------------------------------------------
@@ -326,6 +327,7 @@ class ExperimentController:
             "bestParams": dict(best.params) if best else None,
             "interruptions": sum(t.interruptions for t in engine.trials),
             "costUSD": self.cost_usd,
+            "costAccountedAt": None if self.cost_at is None else rfc3339(self.cost_at, True),
             "history": self.experiment_history,
             "studyAttrs": engine.study_attrs,
             "conditions": self._conditions(phase, reason, message) + self.capacity_conditions,
@@ -531,14 +533,19 @@ class ExperimentController:
             await self._step_locked()
 
     async def capacity_update(
-        self, usd: float, trial_usd_per_hour: float, condition: dict[str, Any] | None
+        self,
+        usd: float,
+        trial_usd_per_hour: float,
+        condition: dict[str, Any] | None,
+        accounted_at: float | None = None,
     ) -> None:
-        """The capacity loop's hook: cost so far (status.costUSD, and a CostObserved event
-        for the engine's maxCostUSD decisions) and the node pool's condition."""
+        """The capacity loop's hook: cost so far, accounted up to `accounted_at`
+        (status.costUSD and costAccountedAt, and a CostObserved event for the engine's
+        maxCostUSD decisions) and the node pool's condition."""
         async with self.lock:
             if not self.loaded:
                 return
-            self.cost_usd = usd
+            self.cost_usd, self.cost_at = usd, accounted_at
             self.capacity_conditions = [condition] if condition else []
             if self.engine.observe_cost(usd, trial_usd_per_hour, time.time()):
                 await self._step_locked()  # the budget may refuse work now
