@@ -21,7 +21,7 @@ Run by hand (no ``KUBETUNE_ENDPOINT``), ``params()`` is ``{}`` and ``report()`` 
 ``name=value`` line and answers ``continue``, so the same script works outside kubetune.
 
 Environment knobs besides the protocol's: ``KUBETUNE_REPORT_TIMEOUT`` (seconds one report
-may take with its retries, default 60), ``KUBETUNE_REPORT_TRIES`` (default 8),
+may take with its retries, default 300), ``KUBETUNE_REPORT_TRIES`` (default 100),
 ``KUBETUNE_REPORT_BACKOFF`` (first retry delay, default 0.5 s) and
 ``KUBETUNE_CHECKPOINT_KEEP`` (checkpoints kept, default 2).
 """

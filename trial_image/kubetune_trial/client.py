@@ -269,7 +269,7 @@ def report(step: int, **metrics: float) -> Decision:
 
     Raises ``ValueError`` for a bad step or metric (nothing is sent), and
     :class:`ReportError` when the runner refuses the report (4xx) or cannot be reached
-    within ``KUBETUNE_REPORT_TIMEOUT`` seconds (default 60).
+    within ``KUBETUNE_REPORT_TIMEOUT`` seconds (default 300).
     """
     step = validate_step(step)
     values = validate_metrics(metrics)
