@@ -3,14 +3,20 @@
 from __future__ import annotations
 
 import argparse
+import importlib.util
 import logging
 import sys
+from collections.abc import Sequence
 from pathlib import Path
 
 from kubetune import __version__
-from kubetune.spec import SpecError, load_experiment
 
 EXIT_USAGE = 2
+# What `kubetune operator` imports beyond the base install (the `operator` extra). Every
+# other command must work without them: the README's first command installs no extra
+# but `torch`, so the operator's modules are imported only for `kubetune operator`.
+OPERATOR_MODULES = ("kopf", "kubernetes", "prometheus_client")
+OPERATOR_EXTRA_HINT = "pip install 'kubetune[operator]'"
 
 
 def _positive(text: str) -> int:
@@ -23,7 +29,19 @@ def _positive(text: str) -> int:
     return value
 
 
-def build_parser() -> argparse.ArgumentParser:
+def command_of(argv: Sequence[str]) -> str | None:
+    """The subcommand argv names: the first word that is not an option (the top-level
+    options, --help and --version, take no value)."""
+    return next((word for word in argv if not word.startswith("-")), None)
+
+
+def missing_operator_modules() -> list[str]:
+    return [name for name in OPERATOR_MODULES if importlib.util.find_spec(name) is None]
+
+
+def build_parser(*, operator_arguments: bool = False) -> argparse.ArgumentParser:
+    """The command line. The `operator` subcommand's own options come from the operator
+    package, which imports kopf: only when `operator_arguments` (the command is it)."""
     parser = argparse.ArgumentParser(
         prog="kubetune", description="Hyperparameter optimization, on Kubernetes or locally."
     )
@@ -52,20 +70,35 @@ def build_parser() -> argparse.ArgumentParser:
     validate = commands.add_parser("validate", help="check an experiment YAML and exit")
     validate.add_argument("file", type=Path)
 
-    operator = commands.add_parser("operator", help="run the Kubernetes operator")
-    from kubetune.operator.main import add_arguments
+    operator = commands.add_parser(
+        "operator", help="run the Kubernetes operator (needs the `operator` extra)"
+    )
+    if operator_arguments:
+        from kubetune.operator.main import add_arguments
 
-    add_arguments(operator)
+        add_arguments(operator)
     return parser
 
 
 def main(argv: list[str] | None = None) -> int:
-    args = build_parser().parse_args(argv)
+    argv = sys.argv[1:] if argv is None else argv
+    is_operator = command_of(argv) == "operator"
+    if is_operator and (missing := missing_operator_modules()):
+        print(
+            f"kubetune operator needs the operator extra ({', '.join(missing)} not "
+            f"installed): {OPERATOR_EXTRA_HINT}",
+            file=sys.stderr,
+        )
+        return EXIT_USAGE
+    args = build_parser(operator_arguments=is_operator).parse_args(argv)
     if args.command == "operator":
         from kubetune.operator.main import run
 
         return run(args)
     logging.basicConfig(level=logging.WARNING, format="%(levelname)s %(name)s: %(message)s")
+    # Imported after parsing: pydantic's models are most of the start-up time of --help.
+    from kubetune.spec import SpecError, load_experiment
+
     try:
         experiment = load_experiment(args.file)
     except SpecError as error:
