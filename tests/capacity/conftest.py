@@ -10,6 +10,8 @@ from dataclasses import dataclass
 
 import pytest
 
+from tests.prereq import require_module
+
 REGION = "us-east-1"
 INSTANCE_TYPE = "g5.xlarge"
 ZONE = "us-east-1a"
@@ -17,7 +19,7 @@ ZONE = "us-east-1a"
 
 @pytest.fixture(scope="session")
 def moto_url() -> Iterator[str]:
-    moto_server = pytest.importorskip("moto.server")
+    moto_server = require_module("moto.server", "moto[server] (the dev extra)")
     server = moto_server.ThreadedMotoServer(ip_address="127.0.0.1", port=0, verbose=False)
     server.start()
     host, port = server.get_host_and_port()

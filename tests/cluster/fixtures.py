@@ -17,7 +17,6 @@ component's log and of the logs of pods that ran on its process nodes.
 from __future__ import annotations
 
 import itertools
-import os
 import re
 import sys
 import uuid
@@ -26,6 +25,8 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 import pytest
+
+from tests.prereq import missing as missing_prerequisite
 
 # The cluster modules import the kubernetes client and cryptography (most of a second);
 # every pytest run loads this plugin, so they are imported only when a fixture runs.
@@ -48,9 +49,7 @@ def _binaries_or_skip() -> Binaries:
             f"control plane binaries missing: {', '.join(missing)}. "
             "Build them with tests/cluster/build.sh"
         )
-        if os.environ.get("CI", "").lower() == "true":
-            pytest.fail(msg, pytrace=False)
-        pytest.skip(msg)
+        missing_prerequisite(msg)
     return binaries
 
 

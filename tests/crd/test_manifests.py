@@ -13,6 +13,7 @@ import yaml
 
 from kubetune.spec import load_experiment
 from tests.cluster.controlplane import Binaries
+from tests.prereq import missing
 
 REPO = Path(__file__).resolve().parents[2]
 NAMESPACE = "kubetune-system"
@@ -43,7 +44,7 @@ def kubectl() -> str:
         return str(binaries.kubectl)
     if system := shutil.which("kubectl"):
         return system
-    pytest.skip("no kubectl (tests/cluster/build.sh builds one)")
+    missing("no kubectl (tests/cluster/build.sh builds one)")
 
 
 @pytest.fixture(scope="module")

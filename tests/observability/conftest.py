@@ -2,10 +2,11 @@
 
 from __future__ import annotations
 
-import os
 import shutil
 
 import pytest
+
+from tests.prereq import require
 
 
 @pytest.fixture(scope="session")
@@ -15,9 +16,6 @@ def promtool() -> str:
     Missing, the tests that need it are skipped, or fail when CI=true.
     """
     found = shutil.which("promtool")
-    if found is None:
-        message = "promtool is not installed (Debian: apt-get install prometheus)"
-        if os.environ.get("CI", "").lower() == "true":
-            pytest.fail(message)
-        pytest.skip(message)
+    require(found, "promtool is not installed (Debian: apt-get install prometheus)")
+    assert found is not None
     return found

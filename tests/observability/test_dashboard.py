@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import json
-import os
 import re
 import shutil
 import subprocess
@@ -11,12 +10,12 @@ from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
-import pytest
 import yaml
 from prometheus_client.core import Metric
 
 from kubetune.observability.metrics import Metrics
 from tests.observability.test_rules import rule_groups
+from tests.prereq import require
 
 REPO = Path(__file__).resolve().parents[2]
 MONITORING = REPO / "manifests" / "monitoring"
@@ -167,10 +166,8 @@ def test_dashboard_has_the_variables_and_panels_users_need() -> None:
 
 def test_kustomize_wraps_the_dashboard_in_a_configmap_for_grafanas_sidecar() -> None:
     kubectl = shutil.which("kubectl")
-    if kubectl is None:
-        if os.environ.get("CI", "").lower() == "true":
-            pytest.fail("kubectl is not installed")
-        pytest.skip("kubectl is not installed")
+    require(kubectl, "kubectl is not installed")
+    assert kubectl is not None
     rendered = subprocess.run(
         [kubectl, "kustomize", str(MONITORING)], capture_output=True, text=True, timeout=60
     )

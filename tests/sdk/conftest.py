@@ -9,6 +9,8 @@ from pathlib import Path
 
 import pytest
 
+from tests.prereq import require_module
+
 from .protocol_server import ProtocolServer
 
 TRIAL = "digits-mlp-7"
@@ -55,7 +57,7 @@ def trial_env(
 
 @pytest.fixture(scope="session")
 def moto_endpoint() -> Iterator[str]:
-    moto_server = pytest.importorskip("moto.server")
+    moto_server = require_module("moto.server", "moto[server] (the dev extra)")
     srv = moto_server.ThreadedMotoServer(ip_address="127.0.0.1", port=0, verbose=False)
     srv.start()
     host, port = srv.get_host_and_port()
