@@ -20,7 +20,7 @@ stages below:
 Usage::
 
     with Kwok(cp) as kwok:
-        kwok.create_nodes(3, prefix="gpu", gpus=8, labels={"kubetune.dev/pool": "gpu-spot"},
+        kwok.create_nodes(3, prefix="gpu", gpus=8, labels={"kubetune.dev/node-pool": "gpu-spot"},
                           taints=[Taint("nvidia.com/gpu", "true")])
         ...  # create pods; they run on the fake nodes
 

@@ -196,13 +196,13 @@ def test_spot_interruption_evicts_pods_and_removes_the_node(
     v1 = k8s.CoreV1Api(k8s_api)
     node = process_node_factory(
         gpus=4,
-        labels={"kubetune.dev/pool": "gpu-spot"},
+        labels={"kubetune.dev/node-pool": "gpu-spot"},
         taints=[Taint("nvidia.com/gpu", "true", "NoSchedule")],
     )
     trial = pod_body(
         "trial",
         ["python", "-c", "import time; print('training', flush=True); time.sleep(600)"],
-        node_selector={"kubetune.dev/pool": "gpu-spot"},
+        node_selector={"kubetune.dev/node-pool": "gpu-spot"},
         tolerations=[{"key": "nvidia.com/gpu", "operator": "Exists", "effect": "NoSchedule"}],
         container={"resources": {"limits": {"nvidia.com/gpu": "1"}}},
     )
@@ -239,7 +239,7 @@ def test_garbage_collector_deletes_owned_objects(k8s_api: Any, namespace: str) -
         pod_body(
             "owned",
             ["true"],
-            node_selector={"kubetune.dev/pool": "nowhere"},
+            node_selector={"kubetune.dev/node-pool": "nowhere"},
             metadata={"ownerReferences": [ref]},
         ),
     )
@@ -328,7 +328,7 @@ def test_pod_that_fits_no_node_stays_unschedulable(
 
 def test_kwok_runs_a_hundred_pods(k8s_api: Any, namespace: str, kwok: Kwok) -> None:
     v1 = k8s.CoreV1Api(k8s_api)
-    pool = {"kubetune.dev/pool": f"kwok-{namespace[-6:]}"}
+    pool = {"kubetune.dev/node-pool": f"kwok-{namespace[-6:]}"}
     kwok.create_nodes(4, prefix=f"kwok-{namespace[-6:]}", gpus=8, labels=pool)
     t0 = time.monotonic()
     for i in range(100):

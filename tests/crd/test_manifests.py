@@ -195,7 +195,7 @@ def test_kind_config_has_a_tainted_gpu_spot_worker() -> None:
     assert roles == ["control-plane", "worker"]
     worker = config["nodes"][1]
     assert worker["labels"] == {
-        "kubetune.dev/pool": "gpu-spot",
+        "kubetune.dev/node-pool": "gpu-spot",
         "node.kubernetes.io/instance-type": "g5.xlarge",
     }
     (patch,) = [yaml.safe_load(p) for p in worker["kubeadmConfigPatches"]]
