@@ -17,7 +17,7 @@ Everything runs on loopback, in this one script:
    trials**: it watches the experiment's pods, and for each Running pod it reads the pod's
    env (``KUBETUNE_ENDPOINT``, ``KUBETUNE_TRIAL``, ``KUBETUNE_ATTEMPT``, ``KUBETUNE_PARAMS``,
    ``KUBETUNE_MAX_RESOURCE``), derives the trial's token from the operator's key
-   (``kubetune.tokens.TokenAuthority``, scope ``<namespace>/<experiment>``), and reports one
+   (``kubetune.tokens.TokenAuthority``, scope ``<namespace>/<experiment>/<uid>``), and reports one
    step at a time as the SDK does (``POST {KUBETUNE_ENDPOINT}/v1/reports``, Bearer token,
    body per docs/trial-protocol.md, retry with back-off after a timeout, a connection
    error, a 5xx or a 429). The objective is synthetic:
@@ -85,7 +85,7 @@ ROOT = Path(__file__).resolve().parents[1]
 if str(ROOT) not in sys.path:
     sys.path.insert(0, str(ROOT))  # `tests` is a package of the repository, not installed
 
-from kubetune.tokens import TokenAuthority  # noqa: E402
+from kubetune.tokens import TokenAuthority, experiment_scope  # noqa: E402
 from tests.cluster.controlplane import ControlPlane  # noqa: E402
 from tests.cluster.kwok import Kwok  # noqa: E402
 from tests.cluster.process_node import Taint  # noqa: E402
@@ -676,18 +676,23 @@ def main(argv: list[str] | None = None) -> int:
             if component.process is not None:
                 pids[name] = component.process.pid
         cpu_start = {name: cpu_seconds(pid) or 0.0 for name, pid in pids.items()}
-        authority = TokenAuthority(
-            operator.key_file.read_bytes().strip(), f"{namespace}/{EXPERIMENT}"
-        )
-        run = Run(namespace, args.trials, parallel, authority, time.monotonic() + timeout)
-        cp.kubectl(
+        applied_at = time.monotonic()
+        uid = cp.kubectl(
             "apply",
             "-n",
             namespace,
             "-f",
             "-",
+            "-o",
+            "jsonpath={.metadata.uid}",
             input=json.dumps(experiment_document(args.trials, parallel)),
+        ).stdout.strip()
+        # Tokens are scoped to the experiment object, UID included (kubetune.tokens).
+        authority = TokenAuthority(
+            operator.key_file.read_bytes().strip(), experiment_scope(namespace, EXPERIMENT, uid)
         )
+        run = Run(namespace, args.trials, parallel, authority, applied_at + timeout)
+        run.started = applied_at
         bench = Bench(cp, run, operator.process.pid, args.step_seconds)
         load_start = load_average()
         asyncio.run(bench.main())

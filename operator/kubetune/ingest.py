@@ -3,12 +3,18 @@
 Every request is checked in this order, and a refused one changes nothing:
 401 no or unknown token, 400 malformed body, 403 a token of another trial,
 404 unknown trial, 409 an attempt that is not running. The token is never logged.
+
+Before it is authenticated a request is only read within bounds (MAX_BODY_BYTES read
+within the server's body timeout, MAX_JSON_DEPTH levels of nesting, numbers of at most
+MAX_NUMBER_CHARS characters that fit a float, a trial name of a Kubernetes name's
+length): anything else is a 400 (a 401 for a stranger), never a 500, and nothing is
+kept about it (`kubetune.tokens`).
 """
 
 from __future__ import annotations
 
+import asyncio
 import json
-import logging
 import math
 import re
 import time
@@ -20,15 +26,16 @@ from aiohttp import web
 
 from kubetune import observability
 from kubetune.engine import EngineError
-from kubetune.httpserver import AppServer
+from kubetune.httpserver import AppServer, Limits
 from kubetune.tokens import TokenAuthority
 from kubetune.trials import Verdict
-
-logger = logging.getLogger(__name__)
 
 METRIC_NAME = re.compile(r"^[A-Za-z_][A-Za-z0-9_.]{0,127}$")
 MAX_METRICS = 64
 MAX_BODY_BYTES = 64 * 1024
+MAX_JSON_DEPTH = 8  # a report is two levels deep
+MAX_NUMBER_CHARS = 40
+MAX_TRIAL_NAME = 253  # a Kubernetes object name
 _NON_FINITE = {"nan": math.nan, "inf": math.inf, "-inf": -math.inf}
 
 
@@ -55,8 +62,8 @@ def parse_report(body: Any) -> Report:
     if unknown:
         raise BadReport(f"unknown fields: {', '.join(sorted(unknown))}")
     trial, attempt, step, metrics = (body.get(k) for k in ("trial", "attempt", "step", "metrics"))
-    if not isinstance(trial, str) or not trial:
-        raise BadReport("trial: must be a non-empty string")
+    if not isinstance(trial, str) or not trial or len(trial) > MAX_TRIAL_NAME:
+        raise BadReport(f"trial: must be a string of 1 to {MAX_TRIAL_NAME} characters")
     if not _is_int(attempt) or attempt < 1:
         raise BadReport("attempt: must be an integer >= 1")
     if not _is_int(step) or step < 0 or step > 10**9:
@@ -76,6 +83,45 @@ def parse_report(body: Any) -> Report:
         else:
             raise BadReport(f"metrics.{name}: must be a number")
     return Report(trial, attempt, step, parsed)
+
+
+# Strings (escapes included) and the brackets outside them: enough to measure nesting.
+_STRUCTURE = re.compile(rb'"[^"\\]*(?:\\.[^"\\]*)*"|[\[\]{}]')
+
+
+def _nesting(raw: bytes, limit: int) -> None:
+    depth = 0
+    for match in _STRUCTURE.finditer(raw):
+        token = match.group()
+        if token in (b"[", b"{"):
+            depth += 1
+            if depth > limit:
+                raise BadReport(f"body: nested more than {limit} levels deep")
+        elif token in (b"]", b"}"):
+            depth -= 1
+
+
+def _parse_int(text: str) -> int:
+    if len(text) > MAX_NUMBER_CHARS:
+        raise BadReport(f"body: a number longer than {MAX_NUMBER_CHARS} characters")
+    return int(text)
+
+
+def _parse_float(text: str) -> float:
+    value = float(text[: MAX_NUMBER_CHARS + 1])
+    if len(text) > MAX_NUMBER_CHARS or not math.isfinite(value):
+        raise BadReport(f"body: a number out of range ({text[:20]}...)")
+    return value
+
+
+def decode_body(raw: bytes) -> Any:
+    """JSON within bounds: BadReport for invalid JSON, deep nesting or outsized numbers
+    (which the json module would answer with RecursionError, ValueError or infinity)."""
+    _nesting(raw, MAX_JSON_DEPTH)
+    try:
+        return json.loads(raw, parse_int=_parse_int, parse_float=_parse_float)
+    except (json.JSONDecodeError, UnicodeDecodeError) as error:
+        raise BadReport("body is not valid JSON") from error
 
 
 ReportHandler = Callable[[Report], Awaitable[Verdict]]
@@ -104,11 +150,12 @@ RETRY_AFTER_SECONDS = 2
 class ReportServer(AppServer):
     """aiohttp application serving the trial protocol, `/metrics` and `/healthz`."""
 
-    def __init__(self, resolve: Resolver) -> None:
+    def __init__(self, resolve: Resolver, limits: Limits | None = None) -> None:
         super().__init__(
             web.Application(
                 client_max_size=MAX_BODY_BYTES, middlewares=[observability.refusal_middleware]
-            )
+            ),
+            limits,
         )
         self.resolve = resolve
         self.app.router.add_post("/v1/reports", self._report)
@@ -146,20 +193,21 @@ class ReportServer(AppServer):
             response.headers["Retry-After"] = str(RETRY_AFTER_SECONDS)
             return response
         try:
-            body = json.loads(await request.read())
-        except (json.JSONDecodeError, UnicodeDecodeError):
-            return _refuse_stranger(target, token) or _error(400, "body is not valid JSON")
+            async with asyncio.timeout(self.limits.body_timeout):
+                raw = await request.read()
+        except TimeoutError:
+            return _error(408, "body not received in time")
         except web.HTTPRequestEntityTooLarge:
             return _error(413, "body too large")
         try:
-            report = parse_report(body)
+            report = parse_report(decode_body(raw))
         except BadReport as error:
             return _refuse_stranger(target, token) or _error(400, str(error))
         if not target.tokens.verify(token, report.trial):
             owner = target.tokens.owner(token, target.known_trials())
             if owner is None:
                 return _error(401, "invalid token")
-            logger.warning("trial %s sent a report for trial %s", owner, report.trial)
+            self.log.warning("trial %s sent a report for trial %s", owner, report.trial)
             return _error(403, "token belongs to another trial")
         namespace = request.match_info.get("namespace", "")
         experiment = request.match_info.get("experiment", self.experiment)

@@ -2,6 +2,13 @@
 
 Derived, not stored: a restarted server recomputes every token from the key, and no
 token is ever written into a status, an event or a log.
+
+The scope names one run of one experiment: `namespace/name/uid` in the operator (a
+recreated experiment of the same name has a new UID, so the old trials' tokens are
+worthless to it), the experiment's name under its own state directory's key in local
+mode. Checking a token derives the expected one and compares: nothing is remembered
+about a request until its token has proved to be a trial's, and what is remembered then
+(token -> trial, to name the owner of a token sent for another trial) is bounded.
 """
 
 from __future__ import annotations
@@ -9,34 +16,61 @@ from __future__ import annotations
 import hashlib
 import hmac
 import secrets
+from collections import OrderedDict
 from collections.abc import Iterable
+
+# Verified tokens kept to name a token's owner without deriving every trial's token
+# again; an experiment with more trials than this only re-derives more often.
+DEFAULT_CACHE_SIZE = 1024
+
+
+def experiment_scope(namespace: str, name: str, uid: str) -> str:
+    """The token scope of one experiment object on a cluster."""
+    return f"{namespace}/{name}/{uid}"
 
 
 class TokenAuthority:
-    def __init__(self, key: bytes, scope: str) -> None:
+    def __init__(self, key: bytes, scope: str, cache_size: int = DEFAULT_CACHE_SIZE) -> None:
         if len(key) < 16:
             raise ValueError("token key must be at least 16 bytes")
         self._key = key
         self._scope = scope
-        self._owners: dict[str, str] = {}
+        self._cache_size = cache_size
+        self._verified: OrderedDict[str, str] = OrderedDict()
 
     @staticmethod
     def new_key() -> bytes:
         return secrets.token_bytes(32)
 
     def token_for(self, trial: str) -> str:
-        token = hmac.new(self._key, f"{self._scope}/{trial}".encode(), hashlib.sha256).hexdigest()
-        self._owners[token] = trial
-        return token
+        """The trial's token (pure: nothing is stored)."""
+        return hmac.new(self._key, f"{self._scope}/{trial}".encode(), hashlib.sha256).hexdigest()
 
     def verify(self, token: str, trial: str) -> bool:
-        return hmac.compare_digest(self.token_for(trial), token)
+        if not hmac.compare_digest(self.token_for(trial), token):
+            return False
+        self._remember(token, trial)
+        return True
 
     def owner(self, token: str, known_trials: Iterable[str] = ()) -> str | None:
-        """The trial a token belongs to, among those seen or listed; None if no one's."""
-        if token in self._owners:
-            return self._owners[token]
+        """The trial a token belongs to, among those verified before or listed; None if
+        no one's. `known_trials` must come from the server's own state, never a request."""
+        trial = self._verified.get(token)
+        if trial is not None:
+            self._verified.move_to_end(token)
+            return trial
         for trial in known_trials:
             if self.verify(token, trial):
                 return trial
         return None
+
+    @property
+    def cached(self) -> int:
+        """How many verified tokens are remembered (at most the cache size)."""
+        return len(self._verified)
+
+    def _remember(self, token: str, trial: str) -> None:
+        self._verified[token] = trial
+        self._verified.move_to_end(token)
+        while len(self._verified) > self._cache_size:
+            self._verified.popitem(last=False)

@@ -15,7 +15,7 @@ from typing import Any
 
 import pytest
 
-from kubetune.tokens import TokenAuthority
+from kubetune.tokens import TokenAuthority, experiment_scope
 from tests.operator.harness import (
     GPU_NODE_TAINTS,
     REPO,
@@ -181,9 +181,14 @@ def test_forged_reports_are_refused_and_change_nothing(
         t["metadata"]["name"]: t["status"]["history"] for t in trials(control_plane, namespace)
     }
     url = f"{operator.endpoint}/ns/{namespace}/exp/guarded/v1/reports"
-    authority = TokenAuthority(operator.key_file.read_bytes().strip(), f"{namespace}/guarded")
+    key = operator.key_file.read_bytes().strip()
+    uid = get(control_plane, namespace, "hpoexperiment", "guarded")["metadata"]["uid"]
+    authority = TokenAuthority(key, experiment_scope(namespace, "guarded", uid))
     report = {"trial": "guarded-0", "attempt": 1, "step": 1, "metrics": {"loss": -100.0}}
-    other_scope = TokenAuthority(operator.key_file.read_bytes().strip(), "elsewhere/guarded")
+    other_scope = TokenAuthority(key, experiment_scope("elsewhere", "guarded", uid))
+    # An experiment of the same name created before (another UID) had other tokens.
+    recreated = TokenAuthority(key, experiment_scope(namespace, "guarded", "an-older-uid"))
+    assert post(url, report, recreated.token_for("guarded-0"))[0] == 401
     assert post(url, report, None)[0] == 401
     assert post(url, report, "0" * 64)[0] == 401
     assert post(url, report, other_scope.token_for("guarded-0"))[0] == 401

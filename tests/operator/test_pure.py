@@ -175,3 +175,21 @@ def test_histories_merge_in_sequence_order_and_round_trip() -> None:
     assert merged[0][1] == TrialLaunched(0, 1, False, None, 1.0)
     assert math.isnan(merged[3][1].metrics["loss"])
     assert to_record(merged[2][1]) == to_record(reported(1))
+
+
+def test_a_recreated_experiment_of_the_same_name_gets_new_tokens() -> None:
+    from kubetune.operator.controller import ExperimentController, OperatorConfig
+
+    document = valid()
+    spec = parse_experiment(document).spec
+    config = OperatorConfig(endpoint_url="http://op:8080", token_key=b"k" * 32)
+
+    def controller(uid: str) -> ExperimentController:
+        body = {**document, "metadata": {"name": "exp", "namespace": "team", "uid": uid}}
+        return ExperimentController(None, config, None, body, spec)  # type: ignore[arg-type]
+
+    first, recreated, again = controller("uid-1"), controller("uid-2"), controller("uid-1")
+    token = first.tokens.token_for("exp-0")
+    assert again.tokens.verify(token, "exp-0")  # a restarted operator derives the same
+    assert not recreated.tokens.verify(token, "exp-0")
+    assert recreated.tokens.owner(token, ["exp-0", "exp-1"]) is None

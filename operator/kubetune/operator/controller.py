@@ -45,7 +45,7 @@ from kubetune.operator.outcomes import attempt_outcome, pod_node
 from kubetune.operator.pods import owner_reference, token_secret, trial_pod
 from kubetune.spec import ExperimentSpec
 from kubetune.timestamps import parse_rfc3339, rfc3339
-from kubetune.tokens import TokenAuthority
+from kubetune.tokens import TokenAuthority, experiment_scope
 from kubetune.trialenv import AttemptContext, checkpoint_uri
 from kubetune.trials import Decision, TrialPhase, TrialRecord, Verdict
 
@@ -90,7 +90,10 @@ class ExperimentController:
         self.generation: int = metadata.get("generation", 1)
         self.body = body
         self.spec = spec
-        self.tokens = TokenAuthority(config.token_key, f"{self.namespace}/{self.name}")
+        # The UID: a recreated experiment of the same name does not take the old tokens.
+        self.tokens = TokenAuthority(
+            config.token_key, experiment_scope(self.namespace, self.name, self.uid)
+        )
         self.endpoint = endpoint_for(config.endpoint_url, self.namespace, self.name)
         self.lock = asyncio.Lock()
         self.engine = Engine(spec, self.name)
