@@ -216,6 +216,8 @@ class Engine:
         if event.number in self.stop_reasons:
             trial.phase, trial.reason = TrialPhase.STOPPED, self.stop_reasons.pop(event.number)
         elif verdict is not None and verdict.decision is Decision.PAUSE:
+        elif event.kind is ExitKind.REFUSED:
+            trial.phase, trial.reason = TrialPhase.FAILED, f"pod refused: {event.message}"
             trial.phase, trial.reason = TrialPhase.PAUSED, verdict.reason
         elif verdict is not None and verdict.decision is Decision.STOP:
             trial.phase, trial.reason = verdict.final or TrialPhase.STOPPED, verdict.reason

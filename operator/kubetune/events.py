@@ -20,6 +20,7 @@ from kubetune.trials import Decision, TrialPhase, Verdict
 class ExitKind(StrEnum):
     EXITED = "exited"  # the process ended by itself
     INTERRUPTED = "interrupted"  # lost through no fault of its own: node gone, evicted, runner died
+    REFUSED = "refused"  # never ran: the cluster refused its pod (the spec is at fault)
 
 
 @dataclass(frozen=True)

@@ -8,11 +8,12 @@ import math
 from kubetune.engine import Engine
 from kubetune.events import ExitKind, Reported, TrialLaunched, to_record
 from kubetune.operator import store
-from kubetune.operator.outcomes import attempt_outcome
+from kubetune.operator.outcomes import Refusal, api_message, attempt_outcome, refusal
 from kubetune.operator.pods import token_secret, trial_pod
+from kubetune.schedulers import make_scheduler
 from kubetune.spec import parse_experiment
 from kubetune.trialenv import AttemptContext
-from kubetune.trials import Decision, Verdict
+from kubetune.trials import Decision, TrialPhase, Verdict
 from tests.engine.helpers import Driver, make_spec
 from tests.unit.test_spec import valid
 
@@ -193,3 +194,143 @@ def test_a_recreated_experiment_of_the_same_name_gets_new_tokens() -> None:
     assert again.tokens.verify(token, "exp-0")  # a restarted operator derives the same
     assert not recreated.tokens.verify(token, "exp-0")
     assert recreated.tokens.owner(token, ["exp-0", "exp-1"]) is None
+
+
+# ----- kubetune owns its objects (issue 11) -------------------------------------------------
+
+
+def as_the_api_server_keeps_it(records: list[dict]) -> list[dict]:
+    """Nulls pruned, whole floats as integers (Go's JSON), through JSON text."""
+    return json.loads(json.dumps(store.canonical(records)))
+
+
+def stored_histories(
+    signer: store.HistorySigner, trials: int = 3, finish: bool = True
+) -> tuple[list[list[dict]], Engine]:
+    """The experiment's and each trial's history, as the operator files them."""
+    spec = make_spec(budget={"maxTrials": trials, "parallelTrials": trials})
+    driver = Driver(spec)
+    driver.decide()
+    for number in range(trials):
+        driver.report(number, 1, 0.5 + number)
+        driver.exit(number, 0)
+    if finish:
+        driver.decide()
+    histories: list[list[dict]] = [[] for _ in range(trials + 1)]
+    for seq, event in enumerate(driver.engine.history):
+        owner = store.trial_number_of(event)
+        record = signer.sign(store.encode(seq, event))
+        histories[0 if owner is None else owner + 1].append(record)
+    return [as_the_api_server_keeps_it(h) for h in histories], driver.engine
+
+
+def test_history_records_carry_a_mac_that_survives_the_api_server() -> None:
+    signer = store.HistorySigner(b"k" * 32, "team/exp/uid-1")
+    histories, engine = stored_histories(signer)
+    checked = store.check_histories(histories, signer)
+    assert checked.refused == [0, 0, 0, 0] and not checked.legacy
+    events = [e for _, e in store.merge_histories(checked.histories)]
+    assert Engine.replay(engine.spec, "exp", events).counts() == engine.counts()
+    # Another key, or the same name recreated (another UID): none of them is valid.
+    for other in (
+        store.HistorySigner(b"j" * 32, "team/exp/uid-1"),
+        store.HistorySigner(b"k" * 32, "team/exp/uid-2"),
+    ):
+        assert store.check_histories(histories, other).refused == [len(h) for h in histories]
+
+
+def test_forged_and_unsigned_records_are_refused_and_never_replayed() -> None:
+    signer = store.HistorySigner(b"k" * 32, "team/exp/uid-1")
+    histories, engine = stored_histories(signer)
+    trial_1 = histories[2]
+    report = next(r for r in trial_1 if r["type"] == "Reported")
+    forged_value = {**report, "metrics": {"loss": -999.0}}  # a MAC copied, content changed
+    made_up = {k: v for k, v in {**report, "step": 2}.items() if k != "mac"}
+    histories[2] = [r for r in trial_1 if r is not report] + [forged_value, made_up]
+    checked = store.check_histories(histories, signer)
+    assert checked.refused == [0, 0, 2, 0]
+    events = [e for _, e in store.merge_histories(checked.histories)]
+    replayed = Engine.replay(engine.spec, "exp", events)
+    assert replayed.trials[1].values == {}  # the real report was replaced: it is gone too
+    assert all(t.value != -999.0 for t in replayed.trials)
+
+
+def test_an_experiment_written_before_macs_is_accepted_once_and_signed() -> None:
+    signer = store.HistorySigner(b"k" * 32, "team/exp/uid-1")
+    histories, _ = stored_histories(signer)
+    unsigned = [[{k: v for k, v in r.items() if k != "mac"} for r in h] for h in histories]
+    checked = store.check_histories(unsigned, signer)
+    assert checked.legacy and checked.refused == [0, 0, 0, 0]
+    assert all(signer.valid(r) for h in checked.histories for r in h)
+    # Once anything is signed, an unsigned record is a forged one.
+    mixed = [histories[0], *unsigned[1:]]
+    assert store.check_histories(mixed, signer).refused == [0, *map(len, unsigned[1:])]
+
+
+def test_a_trial_whose_history_is_gone_is_planned_again_and_the_rest_replays() -> None:
+    signer = store.HistorySigner(b"k" * 32, "team/exp/uid-1")
+    histories, engine = stored_histories(signer, trials=4, finish=False)
+    del histories[2]  # trial 1's HPOTrial deleted while the operator was down
+    merged = store.merge_histories(histories)
+    events, made = store.repair(merged, make_scheduler(engine.spec, None))
+    assert [plan.number for _, plan in made] == [1]
+    replayed = Engine.replay(engine.spec, "exp", (e for _, e in events))
+    assert [t.name for t in replayed.trials] == ["exp-0", "exp-1", "exp-2", "exp-3"]
+    assert replayed.trials[1].phase is TrialPhase.SAMPLING  # it runs again
+    assert [t.value for t in replayed.trials[2:]] == [2.5, 3.5]
+    # Stored with the trial, the plan made is found again and not made twice.
+    histories.insert(2, [signer.sign(store.encode(seq, plan)) for seq, plan in made])
+    again, made_again = store.repair(
+        store.merge_histories(histories), make_scheduler(engine.spec, None)
+    )
+    assert made_again == [] and [e for _, e in again] == [e for _, e in events]
+
+
+def test_a_pod_the_api_server_refuses_fails_its_trial_with_the_message() -> None:
+    spec = make_spec(budget={"maxTrials": 3, "parallelTrials": 1, "maxFailedTrials": 1})
+    driver = Driver(spec)
+    driver.decide()
+    assert driver.exit(0, None, ExitKind.REFUSED)
+    trial = driver.engine.trials[0]
+    assert trial.phase is TrialPhase.FAILED
+    assert trial.reason == "pod refused: "  # the shell passes the API's message
+    engine = driver.engine
+    assert engine.attempt_ended(0, 1, ExitKind.REFUSED, None, 0.0, "x") is False
+    driver.decide()  # counted toward maxFailedTrials (1): one more and it is over
+    assert engine.attempt_ended(1, 1, ExitKind.REFUSED, None, 0.0, "cpu: quantities must...")
+    assert engine.trials[1].reason == "pod refused: cpu: quantities must..."
+    driver.decide()
+    assert driver.finished is not None and driver.finished.reason == "TooManyFailedTrials"
+
+
+def test_pod_refusals_and_their_messages() -> None:
+    quota = 'pods "x" is forbidden: exceeded quota: q, requested: pods=1, used: pods=1'
+    assert refusal(403, quota) is Refusal.QUOTA
+    assert refusal(403, "violates PodSecurity restricted") is Refusal.INVALID
+    assert refusal(400, "quantities must match") is Refusal.INVALID
+    assert refusal(422, "Invalid value") is Refusal.INVALID
+    for transient in (409, 429, 500, 503, 504):
+        assert refusal(transient, "") is None
+    body = json.dumps({"kind": "Status", "message": "m" * 5000, "code": 400})
+    assert api_message(body) == "m" * 1000 + "..."
+    assert api_message("<html>", "Bad Request") == "Bad Request"
+
+
+def test_a_pod_deleted_by_hand_is_an_interruption() -> None:
+    deleted = pod("Failed", exit_code=143)
+    deleted["metadata"]["deletionTimestamp"] = "2026-01-01T00:00:00Z"
+    outcome = attempt_outcome(deleted, deleted=False)
+    assert outcome is not None and outcome.kind is ExitKind.INTERRUPTED
+    assert outcome.message == "pod deleted (exit code 143)"
+    # Not deleted: a crash with the same code is the code's failure.
+    crashed = attempt_outcome(pod("Failed", exit_code=143), deleted=False)
+    assert crashed is not None and crashed.kind is ExitKind.EXITED
+
+
+def test_token_secret_outlives_its_hpotrial_being_put_back() -> None:
+    secret = token_secret("team", "digits-mlp", "digits-mlp-3", "uid-3", TOKEN, "uid-exp")
+    owners = secret["metadata"]["ownerReferences"]
+    assert [(o["kind"], o["uid"], o["controller"]) for o in owners] == [
+        ("HPOTrial", "uid-3", True),
+        ("HPOExperiment", "uid-exp", False),
+    ]

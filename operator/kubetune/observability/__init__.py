@@ -132,6 +132,16 @@ def reconcile_error(handler: str, error: BaseException) -> None:
         METRICS.reconcile_error(handler, error)
 
 
+def history_records_refused(namespace: str, experiment: str, count: int) -> None:
+    if METRICS is not None:
+        METRICS.history_records_refused(namespace, experiment, count)
+
+
+def object_restored(kind: str, what: str) -> None:
+    if METRICS is not None:
+        METRICS.object_restored(kind, what)
+
+
 def watch(source: Callable[[], Iterable[Any]]) -> Callable[[], None]:
     """Read `source` (ExperimentViews) at each scrape; returns the function that stops it."""
     if METRICS is None:

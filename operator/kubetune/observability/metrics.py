@@ -312,6 +312,20 @@ class Metrics:
             ["handler", "error"],
             registry=registry,
         )
+        self.history_refused = Counter(
+            "kubetune_history_records_refused",
+            "Stored history records refused when an experiment was loaded: no valid MAC "
+            "under the operator's key (written by someone else), never replayed.",
+            EXPERIMENT,
+            registry=registry,
+        )
+        self.objects_restored = Counter(
+            "kubetune_objects_restored",
+            "kubetune's own objects put back from the operator's state, by kind and what "
+            "happened to them (deleted, status: written by someone else).",
+            ["kind", "what"],
+            registry=registry,
+        )
 
         # Node pools: set by the capacity manager (`observe_node_pool`).
         self.pool_desired = Gauge(
@@ -404,6 +418,12 @@ class Metrics:
     def reconcile_error(self, handler: str, error: BaseException) -> None:
         self.reconcile_errors.labels(handler, type(error).__name__).inc()
 
+    def history_records_refused(self, namespace: str, experiment: str, count: int) -> None:
+        self.history_refused.labels(namespace, experiment).inc(count)
+
+    def object_restored(self, kind: str, what: str) -> None:
+        self.objects_restored.labels(kind, what).inc()
+
     def observe_node_pool(
         self,
         pool: str,
@@ -434,7 +454,8 @@ class Metrics:
         """Drop a deleted experiment's series."""
         with self._lock:
             self._costs.pop((namespace, experiment), None)
-        for metric in (self.reports_received, self.promotions, self.decision_latency):
+        experiment_series = (self.reports_received, self.promotions, self.decision_latency)
+        for metric in (*experiment_series, self.history_refused):
             _remove(metric, namespace, experiment)
         for decision in DECISIONS:
             _remove(self.decisions, namespace, experiment, decision)

@@ -6,6 +6,26 @@ ended, a suggestion) happens under the experiment's lock and is written to the
 experiment's custom resources before anything acts on it, so an operator killed at any
 moment and started again rebuilds the same engine from the API server (`load`) and
 goes on: no trial is duplicated, no reported value is lost.
+
+kubetune owns its objects, level-triggered:
+
+* An HPOTrial deleted by hand is put back from the engine's state (which holds its whole
+  history) as soon as the operator hears of it (the watch, or a 404 when writing it),
+  with an Event `TrialRestored`; its running pod, garbage-collected with the old object,
+  counts as an interruption and the trial resumes from its checkpoint. One deleted while
+  the operator was down took its history with it: the trial is planned again and runs
+  anew (`store.repair`), or, when the history left cannot be replayed, the experiment
+  fails with the condition `HistoryUnreadable` saying why. Loading never raises.
+* A status written by anyone else (an HPOTrial's or the experiment's) is written again
+  from the engine's state (Event `StatusRestored`): on the watch event it causes, and
+  at every load.
+* History records carry a MAC (`store.HistorySigner`); records without a valid one are
+  refused at load (Event `HistoryRecordRefused`, metric
+  `kubetune_history_records_refused_total`) and never replayed.
+* A pod the API server refuses (a 4xx: invalid, forbidden by Pod Security) fails its
+  trial with the API's message as the reason (Event `TrialPodRefused`; it counts toward
+  `maxFailedTrials`); a pod refused for an exceeded quota waits and is created again
+  with back-off (Event `TrialWaitingForQuota`).
 """
 
 from __future__ import annotations
@@ -13,9 +33,11 @@ from __future__ import annotations
 import asyncio
 import logging
 import time
-from collections import defaultdict
+from collections import defaultdict, deque
 from dataclasses import dataclass
 from typing import Any
+
+from kubernetes.client.rest import ApiException
 
 from kubetune import observability
 from kubetune.engine import (
@@ -26,6 +48,7 @@ from kubetune.engine import (
     SampleTrial,
     StopTrial,
 )
+from kubetune.events import ExitKind
 from kubetune.ingest import Report, ReportTarget
 from kubetune.offloop import SuggestionWorker
 from kubetune.operator import store
@@ -41,8 +64,9 @@ from kubetune.operator.naming import (
     endpoint_for,
     pod_name,
 )
-from kubetune.operator.outcomes import attempt_outcome, pod_node
+from kubetune.operator.outcomes import Refusal, api_message, attempt_outcome, pod_node, refusal
 from kubetune.operator.pods import owner_reference, token_secret, trial_pod
+from kubetune.schedulers import make_scheduler
 from kubetune.spec import ExperimentSpec
 from kubetune.timestamps import parse_rfc3339, rfc3339
 from kubetune.tokens import TokenAuthority, experiment_scope
@@ -61,6 +85,20 @@ class OperatorConfig:
     default_checkpoint_uri: str | None = None
     # kubetune.capacity.manager.CapacityManager: node pool placement of trial pods.
     capacity: Any = None
+
+
+# A pod refused for an exceeded quota is created again after this many seconds, doubled
+# at each refusal up to QUOTA_RETRY_MAX_SECONDS.
+QUOTA_RETRY_SECONDS = 5.0
+QUOTA_RETRY_MAX_SECONDS = 300.0
+HISTORY_UNREADABLE = "HistoryUnreadable"
+
+
+@dataclass
+class QuotaWait:
+    action: LaunchTrial
+    refusals: int
+    retry_at: float
 
 
 def _timestamp(seconds: float | None) -> str | None:
@@ -113,6 +151,19 @@ class ExperimentController:
         self.written_experiment_history = 0
         self.last_status: dict[str, Any] | None = None
         self.loaded = False
+        self.closed = False  # the experiment is gone: nothing more is written
+        self.load_failure: str | None = None
+        self.signer = store.HistorySigner(
+            config.token_key, experiment_scope(self.namespace, self.name, self.uid)
+        )
+        # What we wrote, to tell our writes (their resourceVersions) from anyone else's.
+        self.written_status: dict[int, dict[str, Any]] = {}
+        self.writing_status: dict[int, dict[str, Any]] = {}
+        self.trial_versions: dict[int, deque[str]] = defaultdict(lambda: deque(maxlen=8))
+        self.experiment_versions: deque[str] = deque(maxlen=8)
+        self.writing_experiment: dict[str, Any] | None = None
+        self.refused: list[tuple[LaunchTrial, str]] = []
+        self.quota_waits: dict[int, QuotaWait] = {}
         # Written by the capacity loop (capacity_update); the stored cost seeds it, and
         # the time it was accounted up to tells a restarted loop what it has not seen.
         stored = body.get("status") or {}
@@ -123,33 +174,141 @@ class ExperimentController:
     # ----- rebuilding ---------------------------------------------------------------
 
     async def load(self) -> None:
-        """Rebuild the engine from the custom resources, then reconcile with the pods."""
+        """Rebuild the engine from the custom resources, then reconcile with the pods.
+
+        Never raises on what it finds: foreign objects and records are left out (with an
+        Event), lost plans are made again, and a history that still cannot be replayed
+        fails the experiment with a condition saying why."""
         async with self.lock:
-            trials = await self.kube.list_trials(self.namespace, self.name)
-            histories = [(self.body.get("status") or {}).get("history") or []]
-            for trial in trials:
+            listed = await self.kube.list_trials(self.namespace, self.name)
+            trials = [t for t in listed if self._is_ours(t)]
+            for foreign in (t for t in listed if not self._is_ours(t)):
+                name = foreign["metadata"]["name"]
+                await self._event(
+                    f"HPOTrial {name} is not one of this experiment's trials: ignored",
+                    "ForeignTrialIgnored",
+                    True,
+                )
+            stored = [(self.body.get("status") or {}).get("history") or []]
+            stored += [(t.get("status") or {}).get("history") or [] for t in trials]
+            checked = store.check_histories(stored, self.signer)
+            try:
+                merged = store.merge_histories(checked.histories)
+                events, made = store.repair(merged, make_scheduler(self.spec, None))
+                engine = Engine.replay(self.spec, self.name, (event for _, event in events))
+            except Exception as error:
+                await self._fail_to_load(error)
+                return
+            self.engine = engine
+            self.seqs = [seq for seq, _ in events]
+            self.next_seq = max(self.seqs) + 1 if self.seqs else 0
+            self.experiment_history = checked.histories[0]
+            for trial, history in zip(trials, checked.histories[1:], strict=True):
                 number = trial["spec"]["number"]
                 self.trial_uids[number] = trial["metadata"]["uid"]
-                history = (trial.get("status") or {}).get("history") or []
-                self.trial_history[number] = list(history)
-                histories.append(history)
-            self.experiment_history = list(histories[0])
-            merged = store.merge_histories(histories)
-            self.engine = Engine.replay(self.spec, self.name, (event for _, event in merged))
-            self.seqs = [seq for seq, _ in merged]
-            self.next_seq = (self.seqs[-1] + 1) if self.seqs else 0
-            for trial in trials:
+                self.trial_history[number] = history
                 node = (trial.get("status") or {}).get("node")
                 if node:
-                    self.nodes[trial["spec"]["number"]] = node
+                    self.nodes[number] = node
+            owners = ["the experiment"] + [t["metadata"]["name"] for t in trials]
+            await self._report_refused(owners, checked.refused)
+            for seq, plan in made:
+                self.trial_history[plan.number].append(self.signer.sign(store.encode(seq, plan)))
+                self.dirty_trials.add(plan.number)
+                await self._event(
+                    f"Trial {self.engine.trial_name(plan.number)} lost its history (its "
+                    f"HPOTrial was deleted while the operator was down): it runs again",
+                    "TrialReplanned",
+                    True,
+                )
+            for trial in trials:  # put back what anyone else wrote
+                number = trial["spec"]["number"]
+                if number >= len(self.engine.trials):
+                    continue
+                expected = self._trial_status(
+                    self.engine.trials[number], store.compact(self.trial_history[number])
+                )
+                if store.canonical(trial.get("status") or {}) != store.canonical(expected):
+                    self.dirty_trials.add(number)
+                    if not checked.legacy:
+                        await self._status_restored(f"HPOTrial {trial['metadata']['name']}")
             if self.engine.reopen(time.time()):
                 self._note_new_events()
             await self._reconcile_pods()
             await self._persist()
             self.loaded = True
             logger.info(
-                "experiment %s/%s rebuilt from %d events", self.namespace, self.name, len(merged)
+                "experiment %s/%s rebuilt from %d events", self.namespace, self.name, len(events)
             )
+
+    def _is_ours(self, trial: dict[str, Any]) -> bool:
+        """An HPOTrial this experiment's controller made: its name is the one its number
+        gives, and the experiment controls it."""
+        number = (trial.get("spec") or {}).get("number")
+        metadata = trial.get("metadata") or {}
+        controlled = any(
+            ref.get("uid") == self.uid and ref.get("controller")
+            for ref in metadata.get("ownerReferences") or []
+        )
+        return (
+            isinstance(number, int)
+            and not isinstance(number, bool)
+            and number >= 0
+            and metadata.get("name") == self.engine.trial_name(number)
+            and controlled
+        )
+
+    async def _report_refused(self, owners: list[str], refused: list[int]) -> None:
+        total = sum(refused)
+        if not total:
+            return
+        observability.history_records_refused(self.namespace, self.name, total)
+        where = ", ".join(f"{n} of {owner}" for owner, n in zip(owners, refused, strict=True) if n)
+        message = (
+            f"{total} history records without a valid MAC refused ({where}): written by "
+            f"someone other than the operator, not replayed"
+        )
+        logger.warning("experiment %s/%s: %s", self.namespace, self.name, message)
+        await self._event(message, "HistoryRecordRefused", True)
+        self.dirty_trials.update(self.trial_history)  # written again without them
+
+    async def _fail_to_load(self, error: Exception) -> None:
+        """The stored history cannot be replayed: the experiment fails, saying why, and
+        its pods (which nothing can decide for now) are deleted."""
+        message = (
+            f"the stored history cannot be replayed ({type(error).__name__}: "
+            f"{str(error)[:200]}); an HPOTrial deleted, or records refused?"
+        )
+        self.load_failure = message
+        logger.warning("experiment %s/%s: %s", self.namespace, self.name, message)
+        now = _timestamp(time.time())
+        conditions = [
+            {
+                "type": kind,
+                "status": "True" if kind == "Failed" else "False",
+                "reason": HISTORY_UNREADABLE if kind == "Failed" else f"Not{kind}",
+                "message": message if kind == "Failed" else "",
+                "lastTransitionTime": now,
+                "observedGeneration": self.generation,
+            }
+            for kind in ("Running", "Succeeded", "Failed")
+        ]
+        status = {
+            "phase": "Failed",
+            "reason": HISTORY_UNREADABLE,
+            "message": message,
+            "observedGeneration": self.generation,
+            "conditions": conditions,
+        }
+        await self.kube.patch_experiment_status(self.namespace, self.name, status)
+        await self._event(message, HISTORY_UNREADABLE, True)
+        for pod in await self.kube.list_pods(self.namespace, self.name):
+            await self.kube.delete_pod(self.namespace, pod["metadata"]["name"], 0)
+
+    async def _status_restored(self, what: str) -> None:
+        observability.object_restored(what.partition(" ")[0], "status")
+        message = f"The status of {what} was written by someone other than the operator: put back"
+        await self._event(message, "StatusRestored", True)
 
     async def _reconcile_pods(self) -> None:
         pods = {
@@ -173,7 +332,7 @@ class ExperimentController:
             self.next_seq += 1
             self.seqs.append(seq)
             number = store.trial_number_of(event)
-            record = store.encode(seq, event)
+            record = self.signer.sign(store.encode(seq, event))
             if number is None:
                 self.experiment_history.append(record)
             else:
@@ -217,22 +376,56 @@ class ExperimentController:
 
     async def _write_trial(self, number: int) -> None:
         """Write one trial's status as it is now (only ever through its CoalescedWriter)."""
+        if self.closed:
+            return
         trial = self.engine.trials[number]
-        if number not in self.trial_uids:
-            created = await self.kube.create_trial(self.namespace, self._trial_object(trial))
-            self.trial_uids[number] = created["metadata"]["uid"]
+        if number not in self.trial_uids and not await self._create_trial(trial):
+            return
         history = store.compact(self.trial_history[number])
         self.trial_history[number] = history
         phase = (trial.phase.value, trial.reason)
         written = len(history)
         # A copy: the client serializes in a thread while new events may be appended.
         status = self._trial_status(trial, list(history))
-        await self.kube.patch_trial_status(self.namespace, trial.name, status)
+        self.writing_status[number] = status
+        try:
+            version = await self.kube.patch_trial_status(self.namespace, trial.name, status)
+        except ApiException as error:
+            if error.status != 404:
+                raise
+            # Deleted by someone else: put back, with everything the engine holds.
+            self.trial_uids.pop(number, None)
+            if not await self._create_trial(trial, restored=True):
+                return
+            version = await self.kube.patch_trial_status(self.namespace, trial.name, status)
+        self.trial_versions[number].append(version)
+        self.written_status[number] = status
         self.written_phases[number] = phase
         if self.trial_history[number] is history and len(history) == written:
             # Nothing new arrived during the write.
             self.dirty_trials.discard(number)
             self.lazy_trials.discard(number)
+
+    async def _create_trial(self, trial: TrialRecord, restored: bool = False) -> bool:
+        """Create the trial's HPOTrial; False (and the controller closes) if the
+        experiment itself is gone, so that nothing is created for it any more."""
+        if restored:
+            current = await self.kube.get_experiment(self.namespace, self.name)
+            metadata = (current or {}).get("metadata") or {}
+            if metadata.get("uid") != self.uid or metadata.get("deletionTimestamp"):
+                self.closed = True
+                return False
+        created = await self.kube.create_trial(self.namespace, self._trial_object(trial))
+        self.trial_uids[trial.number] = created["metadata"]["uid"]
+        if restored:
+            observability.object_restored("HPOTrial", "deleted")
+            await self._event(
+                f"HPOTrial {trial.name} was deleted by someone other than the operator: put "
+                f"back from the operator's state",
+                "TrialRestored",
+                True,
+            )
+        return True
 
     def _flush_soon(self, delay: float = 1.0) -> None:
         """Write the summaries (counts, best, nodes) within `delay`, once for many changes."""
@@ -288,11 +481,15 @@ class ExperimentController:
             "history": history,
         }
 
-    async def _write_experiment_status(self) -> None:
-        status = self._experiment_status()
-        if status == self.last_status:
+    async def _write_experiment_status(self, force: bool = False) -> None:
+        if self.closed:
             return
-        await self.kube.patch_experiment_status(self.namespace, self.name, status)
+        status = self._experiment_status()
+        if status == self.last_status and not force:
+            return
+        self.writing_experiment = status
+        version = await self.kube.patch_experiment_status(self.namespace, self.name, status)
+        self.experiment_versions.append(version)
         self.last_status = status
         self.written_experiment_history = len(self.experiment_history)
 
@@ -363,29 +560,85 @@ class ExperimentController:
             await self._step_locked()
 
     async def _step_locked(self) -> None:
-        if not self.loaded:
+        if not self.loaded or self.closed:
             return
-        actions = self.engine.decide(time.time())
-        await self._persist()  # write ahead: decisions are stored before they are acted on
-        # Launches are independent of each other: their API calls go out together.
-        await asyncio.gather(*(self._launch(a) for a in actions if isinstance(a, LaunchTrial)))
-        for action in actions:
-            match action:
-                case StopTrial(number=number, attempt=attempt, reason=reason):
-                    trial = self.engine.trials[number]
-                    await self.kube.delete_pod(
-                        self.namespace, pod_name(trial.name, attempt), self.config.pod_grace_seconds
-                    )
-                    await self._event(f"Trial {trial.name} stopped: {reason}", "TrialStopped")
-                case SampleTrial():
-                    if self.sampling is None or self.sampling.done():
-                        self.sampling = asyncio.create_task(self._sample())
-                case FinishExperiment(succeeded=ok, reason=reason, message=message):
+        # Refused pods end their attempts, which frees slots: decide again until none is.
+        for _ in range(1 + self.spec.budget.maxTrials):
+            again = await self._end_refused_attempts()
+            actions = self.engine.decide(time.time())
+            await self._persist()  # write ahead: decisions are stored before they are acted on
+            # Launches are independent of each other: their API calls go out together.
+            launches = [a for a in actions if isinstance(a, LaunchTrial)]
+            await asyncio.gather(*(self._launch(a) for a in launches + self._quota_retries()))
+            for action in actions:
+                match action:
+                    case StopTrial(number=number, attempt=attempt, reason=reason):
+                        trial = self.engine.trials[number]
+                        if self.quota_waits.pop(number, None) is not None:
+                            # Its pod never existed: the attempt ends here.
+                            message = "stopped while waiting for quota"
+                            self.refused.append((_relaunch(trial), message))
+                        await self.kube.delete_pod(
+                            self.namespace,
+                            pod_name(trial.name, attempt),
+                            self.config.pod_grace_seconds,
+                        )
+                        await self._event(f"Trial {trial.name} stopped: {reason}", "TrialStopped")
+                    case SampleTrial():
+                        if self.sampling is None or self.sampling.done():
+                            self.sampling = asyncio.create_task(self._sample())
+                    case FinishExperiment(succeeded=ok, reason=reason, message=message):
+                        await self._event(
+                            f"{reason}: {message}",
+                            f"Experiment{'Succeeded' if ok else 'Failed'}",
+                            not ok,
+                        )
+            if not (again or self.refused):
+                break
+
+    async def _end_refused_attempts(self) -> bool:
+        """End the attempts whose pods the API server refused; True if any ended."""
+        refused, self.refused = self.refused, []
+        ended = False
+        for action, message in refused:
+            if self.engine.attempt_ended(
+                action.number, action.attempt, ExitKind.REFUSED, None, time.time(), message
+            ):
+                ended = True
+                if message != "stopped while waiting for quota":
                     await self._event(
-                        f"{reason}: {message}",
-                        f"Experiment{'Succeeded' if ok else 'Failed'}",
-                        not ok,
+                        f"Trial {action.name}: the API server refused its pod: {message}",
+                        "TrialPodRefused",
+                        True,
                     )
+        return ended
+
+    def _quota_retries(self) -> list[LaunchTrial]:
+        """Launches refused for an exceeded quota whose back-off is over."""
+        now = time.time()
+        due = []
+        for number, wait in list(self.quota_waits.items()):
+            trial = self.engine.trials[number]
+            attempt = trial.attempt
+            if trial.phase is not TrialPhase.RUNNING or attempt is None or (
+                attempt.number != wait.action.attempt
+            ):
+                del self.quota_waits[number]  # that attempt is over
+            elif wait.retry_at <= now:
+                due.append(wait.action)
+        return due
+
+    async def _wait_for_quota(self, action: LaunchTrial, message: str) -> None:
+        wait = self.quota_waits.get(action.number)
+        refusals = (wait.refusals if wait else 0) + 1
+        delay = min(QUOTA_RETRY_SECONDS * 2 ** (refusals - 1), QUOTA_RETRY_MAX_SECONDS)
+        self.quota_waits[action.number] = QuotaWait(action, refusals, time.time() + delay)
+        await self._event(
+            f"Trial {action.name} waits for quota: {message}; its pod is created again in "
+            f"{delay:.0f} s",
+            "TrialWaitingForQuota",
+            True,
+        )
 
     async def _sample(self) -> None:
         """Every trial waiting for parameters, in one call to the sampler worker."""
@@ -407,7 +660,11 @@ class ExperimentController:
             await self._step_locked()
 
     async def _launch(self, action: LaunchTrial) -> None:
-        uid = self.trial_uids[action.number]
+        if action.number not in self.trial_uids:
+            await self._writer(action.number).flush()  # its HPOTrial is being put back
+        uid = self.trial_uids.get(action.number)
+        if uid is None:
+            return  # the experiment is gone
         context = AttemptContext(
             experiment=self.name,
             trial=action.name,
@@ -418,12 +675,27 @@ class ExperimentController:
             token=self.tokens.token_for(action.name),
             checkpoint_uri=self._checkpoint_uri(action.name),
         )
-        await self.kube.create(
-            token_secret(self.namespace, self.name, action.name, uid, context.token)
-        )
         capacity = self.config.capacity
         placement = capacity.placement_for(self.spec) if capacity is not None else None
-        await self.kube.create(trial_pod(self.spec, self.namespace, context, uid, None, placement))
+        secret = token_secret(
+            self.namespace, self.name, action.name, uid, context.token, experiment_uid=self.uid
+        )
+        pod = trial_pod(self.spec, self.namespace, context, uid, None, placement)
+        try:
+            await self.kube.create(secret)
+            await self.kube.create(pod)
+        except ApiException as error:
+            message = api_message(error.body, str(error.reason or ""))
+            kind = refusal(error.status, message)
+            if kind is None:
+                raise  # transient: the next reconcile creates it
+            if kind is Refusal.QUOTA:
+                await self._wait_for_quota(action, message)
+            else:
+                self.quota_waits.pop(action.number, None)
+                self.refused.append((action, message))
+            return
+        self.quota_waits.pop(action.number, None)
         how = f"resumed (attempt {action.attempt})" if action.resume else "started"
         await self._event(f"Trial {action.name} {how}", "TrialStarted")
 
@@ -562,6 +834,54 @@ class ExperimentController:
         )
         self.background.add(task)
         task.add_done_callback(self.background.discard)
+
+    # ----- objects changed by others ---------------------------------------------------
+
+    async def trial_changed(self, body: dict[str, Any], deleted: bool) -> None:
+        """An HPOTrial of this experiment changed: one deleted is put back, a status
+        written by anyone else is written again. Our own writes (their resourceVersions)
+        and objects that are not ours are left alone."""
+        if not self.loaded or self.closed:
+            return
+        metadata = body.get("metadata") or {}
+        number = (body.get("spec") or {}).get("number")
+        if not self._is_ours(body) or number >= len(self.engine.trials):
+            return
+        if metadata.get("uid") != self.trial_uids.get(number):
+            return  # an older object, or one put back already
+        if deleted:
+            # Written now: the write finds it gone and puts it back (`_write_trial`).
+            self.dirty_trials.add(number)
+            await self._writer(number).flush()
+            return
+        if metadata.get("resourceVersion") in self.trial_versions[number]:
+            return
+        seen = store.canonical(body.get("status") or {})
+        ours = (self.written_status.get(number), self.writing_status.get(number))
+        if any(s is not None and store.canonical(s) == seen for s in ours):
+            return
+        await self._status_restored(f"HPOTrial {metadata.get('name')}")
+        self.dirty_trials.add(number)
+        await self._writer(number).flush()
+
+    async def experiment_status_seen(self, body: dict[str, Any]) -> None:
+        """The experiment changed and its spec did not: a status written by anyone else
+        is written again."""
+        if not self.loaded or self.closed:
+            return
+        if (body.get("metadata") or {}).get("resourceVersion") in self.experiment_versions:
+            return
+        seen = store.canonical(body.get("status") or {})
+        ours = (self.last_status, self.writing_experiment)
+        if any(s is not None and store.canonical(s) == seen for s in ours):
+            return
+        async with self.lock:
+            await self._status_restored(f"HPOExperiment {self.name}")
+            await self._write_experiment_status(force=True)
+
+    def close(self) -> None:
+        """The experiment was deleted: write nothing more for it."""
+        self.closed = True
 
     def target(self) -> ReportTarget:
         return ReportTarget(self.tokens, self.report, lambda: (t.name for t in self.engine.trials))

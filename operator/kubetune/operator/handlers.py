@@ -21,7 +21,7 @@ from kubetune.offloop import SuggestionWorker
 from kubetune.operator.controller import ExperimentController, OperatorConfig
 from kubetune.operator.kube import Kube
 from kubetune.operator.logs import LogStreams
-from kubetune.operator.naming import EXPERIMENTS, GROUP, LABEL_EXPERIMENT, VERSION
+from kubetune.operator.naming import EXPERIMENTS, GROUP, LABEL_EXPERIMENT, TRIALS, VERSION
 from kubetune.spec import SchedulerName, SpecError, parse_experiment
 
 logger = logging.getLogger(__name__)
@@ -51,6 +51,8 @@ class Registry:
         controller = self.controllers.get((namespace or "", experiment or ""))
         if controller is not None and controller.loaded:
             return controller.target()
+        if controller is not None and controller.load_failure is not None:
+            return None  # failed: its trials' reports are refused, nothing is decided
         key = (namespace or "", experiment or "")
         warming_up = self.expected is None and time.monotonic() - self.started < WARM_UP_SECONDS
         if controller is not None or key in (self.expected or ()) or warming_up:
@@ -70,15 +72,20 @@ class Registry:
         metadata = body["metadata"]
         key = (metadata["namespace"], metadata["name"])
         if event_type == "DELETED" or metadata.get("deletionTimestamp"):
-            self.controllers.pop(key, None)
+            gone = self.controllers.pop(key, None)
+            if gone is not None:
+                gone.close()
             observability.forget(*key)
             return
         controller = self.controllers.get(key)
         if controller is not None and controller.uid != metadata["uid"]:
-            self.controllers.pop(key)  # deleted and created again under the same name
+            self.controllers.pop(key).close()  # deleted and created again under the same name
             controller = None
         if controller is not None and metadata.get("generation", 0) == controller.generation:
-            return  # our own status write coming back: the resync loop keeps us level
+            # Our own status write coming back (the resync loop keeps us level), or a
+            # status someone else wrote, which is put back.
+            await controller.experiment_status_seen(body)
+            return
         try:
             experiment = parse_experiment(
                 {k: body.get(k) for k in ("apiVersion", "kind", "metadata", "spec")}
@@ -136,6 +143,13 @@ class Registry:
         controller = self.controllers.get(key)
         if controller is not None:
             await controller.pod_changed(body, deleted=event_type == "DELETED")
+
+    async def trial_event(self, event_type: str, body: dict[str, Any]) -> None:
+        metadata = body["metadata"]
+        key = (metadata["namespace"], metadata.get("labels", {}).get(LABEL_EXPERIMENT, ""))
+        controller = self.controllers.get(key)
+        if controller is not None:
+            await controller.trial_changed(body, deleted=event_type == "DELETED")
 
     async def resync_forever(self) -> None:
         while True:
@@ -214,6 +228,17 @@ async def _experiment(event: dict[str, Any], body: kopf.Body, **_: Any) -> None:
     except Exception as error:
         observability.reconcile_error("experiment", error)
         logger.exception("experiment %s/%s", body.metadata.namespace, body.metadata.name)
+
+
+@kopf.on.event(GROUP, VERSION, TRIALS, labels={LABEL_EXPERIMENT: kopf.PRESENT})
+async def _trial(event: dict[str, Any], body: kopf.Body, **_: Any) -> None:
+    experiment = body.metadata.labels.get(LABEL_EXPERIMENT)
+    observability.bind_log_context(body.metadata.namespace, experiment)
+    try:
+        await _registry().trial_event(event.get("type") or "", dict(body))
+    except Exception as error:
+        observability.reconcile_error("trial", error)
+        logger.exception("trial %s/%s", body.metadata.namespace, body.metadata.name)
 
 
 @kopf.on.event("", "v1", "pods", labels={LABEL_EXPERIMENT: kopf.PRESENT})

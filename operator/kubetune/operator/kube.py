@@ -69,8 +69,9 @@ class Kube:
         )
         return {(i["metadata"]["namespace"], i["metadata"]["name"]) for i in found["items"]}
 
-    async def patch_experiment_status(self, namespace: str, name: str, status: dict) -> None:
-        await self._call(
+    async def patch_experiment_status(self, namespace: str, name: str, status: dict) -> str:
+        """Returns the resourceVersion written (to tell our writes from others')."""
+        written = await self._call(
             self.custom.patch_namespaced_custom_object_status,
             GROUP,
             VERSION,
@@ -79,6 +80,7 @@ class Kube:
             name,
             {"status": status},
         )
+        return str(written["metadata"]["resourceVersion"])
 
     async def list_trials(self, namespace: str, experiment: str) -> list[dict[str, Any]]:
         found = await self._call(
@@ -108,8 +110,9 @@ class Kube:
                 body["metadata"]["name"],
             )
 
-    async def patch_trial_status(self, namespace: str, name: str, status: dict) -> None:
-        await self._call(
+    async def patch_trial_status(self, namespace: str, name: str, status: dict) -> str:
+        """Returns the resourceVersion written; ApiException 404 if the trial is gone."""
+        written = await self._call(
             self.custom.patch_namespaced_custom_object_status,
             GROUP,
             VERSION,
@@ -118,6 +121,7 @@ class Kube:
             name,
             {"status": status},
         )
+        return str(written["metadata"]["resourceVersion"])
 
     # ----- pods and secrets ------------------------------------------------------------
 

@@ -1,8 +1,19 @@
-"""What a Pod's state means for its trial attempt (pure)."""
+"""What a Pod's state means for its trial attempt, and what a refused Pod means (pure).
+
+A trial's pod deleted by anyone but the operator (`kubectl delete pod`, a drain without
+the eviction API, the garbage collector after its HPOTrial was deleted) is an
+*interruption*, as an eviction (a `DisruptionTarget` condition) or a lost node is: the
+trial did nothing wrong, so it resumes from its checkpoint on a new pod, counted in
+`status.interruptions` and not toward `maxFailedTrials`. Its container's exit code
+(143 after SIGTERM) is not the code's failure. The operator's own deletions (a stop, a
+pause of a trial without the SDK) end as the engine decided before it deleted the pod.
+"""
 
 from __future__ import annotations
 
+import json
 from dataclasses import dataclass
+from enum import StrEnum
 from typing import Any
 
 from kubetune.events import ExitKind
@@ -44,6 +55,10 @@ def attempt_outcome(pod: dict[str, Any], deleted: bool) -> Outcome | None:
     if phase == "Succeeded":
         return Outcome(ExitKind.EXITED, 0, "")
     if phase == "Failed":
+        if (pod.get("metadata") or {}).get("deletionTimestamp") and not disrupted:
+            code = (terminated or {}).get("exitCode")
+            how = f" (exit code {code})" if code is not None else ""
+            return Outcome(ExitKind.INTERRUPTED, None, f"pod deleted{how}")
         if reason in INTERRUPTION_REASONS or disrupted:
             why = disrupted[0].get("reason", reason) if disrupted else reason
             message = status.get("message") or (
@@ -69,3 +84,28 @@ def _terminated(status: dict[str, Any]) -> dict[str, Any] | None:
 
 def pod_node(pod: dict[str, Any]) -> str | None:
     return (pod.get("spec") or {}).get("nodeName")
+
+
+class Refusal(StrEnum):
+    QUOTA = "quota"  # wait and retry: the quota may free up
+    INVALID = "invalid"  # the pod can never be created as it is: the trial fails
+
+
+def refusal(status: int, message: str) -> Refusal | None:
+    """What an API error from creating a trial's pod or Secret means; None: transient
+    (a 5xx, a 429, a timeout), retried by the next reconcile."""
+    if status == 403 and "exceeded quota" in message:
+        return Refusal.QUOTA
+    if status in (400, 403, 413, 422):  # malformed, forbidden (Pod Security), invalid
+        return Refusal.INVALID
+    return None
+
+
+def api_message(body: str | bytes | None, fallback: str = "", limit: int = 1000) -> str:
+    """The `message` of a Kubernetes Status in an error's body, bounded."""
+    try:
+        message = json.loads(body or b"").get("message")
+    except (ValueError, AttributeError, TypeError):
+        message = None
+    text = str(message or fallback or "refused")
+    return text if len(text) <= limit else text[:limit] + "..."

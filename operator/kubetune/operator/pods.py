@@ -35,7 +35,23 @@ def owner_reference(
     }
 
 
-def token_secret(namespace: str, experiment: str, trial: str, trial_uid: str, token: str) -> dict:
+def token_secret(
+    namespace: str,
+    experiment: str,
+    trial: str,
+    trial_uid: str,
+    token: str,
+    experiment_uid: str | None = None,
+) -> dict:
+    """The trial's token Secret, controlled by its HPOTrial. Owned by the experiment too,
+    so that an HPOTrial deleted by hand and put back by the operator (under a new UID)
+    does not take the Secret its next pods read with it: the garbage collector removes
+    an object only when all its owners are gone. The token does not change (its scope is
+    the experiment's UID)."""
+    owners = [owner_reference("HPOTrial", trial, trial_uid)]
+    if experiment_uid is not None:
+        also = owner_reference("HPOExperiment", experiment, experiment_uid)
+        owners.append({**also, "controller": False, "blockOwnerDeletion": False})
     return {
         "apiVersion": "v1",
         "kind": "Secret",
@@ -43,7 +59,7 @@ def token_secret(namespace: str, experiment: str, trial: str, trial_uid: str, to
             "name": token_secret_name(trial),
             "namespace": namespace,
             "labels": {LABEL_EXPERIMENT: experiment, LABEL_TRIAL: trial},
-            "ownerReferences": [owner_reference("HPOTrial", trial, trial_uid)],
+            "ownerReferences": owners,
         },
         "type": "Opaque",
         "stringData": {TOKEN_KEY: token},

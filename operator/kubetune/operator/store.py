@@ -4,6 +4,18 @@ Each event carries a global sequence number. Events about one trial live in that
 trial's `HPOTrial.status.history`; the rest (start, end, exhaustion) in the experiment's
 `status.history`. Rebuilding merges them by sequence number and replays them.
 
+Every record carries a MAC under a key derived from the operator's token key, over the
+experiment's identity (namespace, name, UID) and the record's content as the API server
+gives it back (null fields pruned, whole floats turned into integers). Loading keeps only
+records whose MAC is right: a record written by anyone else (a user with `hpotrials/status`
+rights, a copy from another experiment) is refused, counted, and never replayed. Records
+without any MAC are accepted only when no record of the experiment carries one: an
+experiment written by an operator older than the MACs, whose records are signed on that
+first load (`check_histories`). A history with holes (an HPOTrial deleted while the
+operator was down, records refused) is repaired where a plan is all that is missing
+(`repair`); what cannot be replayed fails the experiment with a condition saying why,
+never the operator.
+
 Objects stay far below etcd's size limit: a trial's history keeps every event that
 carries a decision or a rung, the first and last report of each attempt, the reports at
 milestone steps (what median stopping looks at), and an evenly thinned subset of the
@@ -12,7 +24,11 @@ other reports (`compact`).
 
 from __future__ import annotations
 
+import hashlib
+import hmac
+import json
 from collections.abc import Iterable, Sequence
+from dataclasses import dataclass
 from typing import Any
 
 from kubetune.events import (
@@ -21,10 +37,11 @@ from kubetune.events import (
     ExperimentReopened,
     ExperimentStarted,
     SearchExhausted,
+    TrialPlanned,
     from_record,
     to_record,
 )
-from kubetune.schedulers.base import is_milestone
+from kubetune.schedulers.base import SchedulerPolicy, is_milestone
 from kubetune.trials import Decision
 
 MAX_TRIAL_HISTORY = 400
@@ -46,14 +63,129 @@ def encode(seq: int, event: Event) -> dict[str, Any]:
 def decode(record: dict[str, Any]) -> tuple[int, Event]:
     data = dict(record)
     seq = int(data.pop("seq"))
+    data.pop(MAC_FIELD, None)
     return seq, from_record(data)
 
 
 def merge_histories(histories: Iterable[Sequence[dict[str, Any]]]) -> list[tuple[int, Event]]:
-    """All stored events, in the order they happened."""
-    merged = [decode(record) for history in histories for record in history]
-    merged.sort(key=lambda item: item[0])
+    """All stored events, in the order they happened; a record stored twice counts once.
+
+    A plan sorts before another event of the same sequence number: `repair` files the
+    plans it makes under the number of the event they must precede."""
+    seen: set[str] = set()
+    merged = []
+    for history in histories:
+        for record in history:
+            identity = record.get(MAC_FIELD) or json.dumps(canonical(record), sort_keys=True)
+            if identity not in seen:
+                seen.add(identity)
+                merged.append(decode(record))
+    merged.sort(key=_order)
     return merged
+
+
+def _order(item: tuple[int, Event]) -> tuple[int, int, int]:
+    seq, event = item
+    if isinstance(event, TrialPlanned):
+        return seq, 0, event.number
+    return seq, 1, 0
+
+
+# ----- MACs: only the operator's own records are replayed ------------------------------
+
+MAC_FIELD = "mac"
+_MAC_CONTEXT = b"kubetune history records v1"
+_MAC_HEX_CHARS = 32  # 128 bits: 400 records of a trial cost 16 KB of MAC, not 26
+
+
+def canonical(value: Any) -> Any:
+    """A JSON value as it comes back from the API server: null fields of objects pruned
+    (a merge patch drops them), floats with an integral value as integers (Go's JSON)."""
+    if isinstance(value, dict):
+        return {k: canonical(v) for k, v in value.items() if v is not None}
+    if isinstance(value, list):
+        return [canonical(v) for v in value]
+    if isinstance(value, float) and value.is_integer() and abs(value) < 2**53:
+        return int(value)
+    return value
+
+
+class HistorySigner:
+    """MACs of history records under a key derived from the operator's token key (never
+    the token key itself), bound to one experiment object (`tokens.experiment_scope`)."""
+
+    def __init__(self, token_key: bytes, scope: str) -> None:
+        self._key = hmac.new(token_key, _MAC_CONTEXT, hashlib.sha256).digest()
+        self._scope = scope.encode()
+
+    def mac(self, record: dict[str, Any]) -> str:
+        content = canonical({k: v for k, v in record.items() if k != MAC_FIELD})
+        text = json.dumps(content, sort_keys=True, separators=(",", ":"), ensure_ascii=True)
+        digest = hmac.new(self._key, self._scope + b"\n" + text.encode(), hashlib.sha256)
+        return digest.hexdigest()[:_MAC_HEX_CHARS]
+
+    def sign(self, record: dict[str, Any]) -> dict[str, Any]:
+        return {**{k: v for k, v in record.items() if k != MAC_FIELD}, MAC_FIELD: self.mac(record)}
+
+    def valid(self, record: Any) -> bool:
+        try:
+            mac = record.get(MAC_FIELD)
+            return isinstance(mac, str) and hmac.compare_digest(mac, self.mac(record))
+        except Exception:  # not a JSON object, nested too deep: not ours either way
+            return False
+
+
+@dataclass(frozen=True)
+class CheckedHistories:
+    histories: list[list[dict[str, Any]]]  # the accepted records, each signed
+    refused: list[int]  # records refused, per history
+    legacy: bool  # nothing was signed: an older operator wrote it all
+
+
+def check_histories(
+    histories: Sequence[Sequence[Any]], signer: HistorySigner
+) -> CheckedHistories:
+    signed = any(isinstance(r, dict) and MAC_FIELD in r for h in histories for r in h)
+    if not signed:
+        accepted = [[signer.sign(r) for r in h if isinstance(r, dict)] for h in histories]
+        refused = [len(h) - len(a) for h, a in zip(histories, accepted, strict=True)]
+        return CheckedHistories(accepted, refused, legacy=True)
+    accepted = [[r for r in h if signer.valid(r)] for h in histories]
+    refused = [len(h) - len(a) for h, a in zip(histories, accepted, strict=True)]
+    return CheckedHistories(accepted, refused, legacy=False)
+
+
+def repair(
+    merged: Sequence[tuple[int, Event]], scheduler: SchedulerPolicy
+) -> tuple[list[tuple[int, Event]], list[tuple[int, TrialPlanned]]]:
+    """The merged history with the plans of trials whose own history is gone put back.
+
+    Trials are numbered in the order they were planned, so an event of trial k (or the
+    plan of k) with trials below k never planned means their plans were lost: each is
+    planned again just before it, as `Engine.decide` plans (the scheduler's bracket and
+    first target for that number), and is sampled and run anew. A plan of a trial
+    planned already (a plan made here and stored before) is left out.
+    Returns the history to replay and the plans made, with their sequence numbers."""
+    planned = 0
+    replay: list[tuple[int, Event]] = []
+    made: list[tuple[int, TrialPlanned]] = []
+    for seq, event in merged:
+        number = trial_number_of(event)
+        if isinstance(event, SearchExhausted):
+            planned = min(planned, event.number)
+        elif isinstance(event, TrialPlanned) and event.number < planned:
+            continue
+        if number is not None:
+            wanted = number if isinstance(event, TrialPlanned) else number + 1
+            for missing in range(planned, wanted):
+                plan = TrialPlanned(
+                    missing, scheduler.bracket(missing), scheduler.initial_target(missing)
+                )
+                replay.append((seq, plan))
+                made.append((seq, plan))
+            planned = max(planned, wanted, number + 1 if isinstance(event, TrialPlanned) else 0)
+        replay.append((seq, event))
+    return replay, made
 
 
 def compact(records: list[dict[str, Any]], limit: int = MAX_TRIAL_HISTORY) -> list[dict[str, Any]]:
