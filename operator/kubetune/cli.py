@@ -107,7 +107,12 @@ def main(argv: list[str] | None = None) -> int:
     if args.command == "validate":
         print(f"{args.file}: {experiment.kind} {experiment.name} is valid")
         return 0
-    from kubetune.local.runner import RunOptions, default_state_dir, run_experiment
+    from kubetune.local.runner import (
+        EXIT_INTERRUPTED,
+        RunOptions,
+        default_state_dir,
+        run_experiment,
+    )
     from kubetune.local.state import StateError
     from kubetune.observability import MetricsUnavailable
 
@@ -124,6 +129,11 @@ def main(argv: list[str] | None = None) -> int:
     except (StateError, MetricsUnavailable) as error:
         print(f"kubetune: {error}", file=sys.stderr)
         return EXIT_USAGE
+    except KeyboardInterrupt:
+        # Ctrl-C before the run's own handler is in place (or after it is gone): the
+        # state is as durable as ever, and the next run continues.
+        print("kubetune: interrupted", file=sys.stderr)
+        return EXIT_INTERRUPTED
     if result.succeeded is False:
         print(f"kubetune: experiment failed: {result.reason}: {result.message}", file=sys.stderr)
     return result.exit_code

@@ -9,32 +9,17 @@ from __future__ import annotations
 import asyncio
 import multiprocessing
 import os
-import threading
-import time
 from concurrent.futures import ProcessPoolExecutor
 from concurrent.futures.process import BrokenProcessPool
 from typing import Any
 
-from kubetune.processes import die_with_parent
+from kubetune.processes import start_helper
 from kubetune.samplers import Suggestion, suggest, suggest_many
 
-
-def _worker_start() -> None:
-    die_with_parent()
-    # Belt and braces: a parent-death signal is tied to the thread that forked, so also
-    # leave as soon as this process is orphaned (its parent id changes).
-    parent = os.getppid()
-
-    def watch_parent() -> None:
-        while os.getppid() == parent:
-            time.sleep(1.0)
-        os._exit(0)
-
-    threading.Thread(target=watch_parent, name="watch-parent", daemon=True).start()
-    # One thread for torch (Optuna's GP sampler), read when torch is first imported: on a
-    # busy machine its default of one thread per core made suggestions 3-4 times slower
-    # (bench/search_quality.py). Not imported here: most samplers never need it.
-    os.environ["OMP_NUM_THREADS"] = "1"
+# One thread for torch (Optuna's GP sampler), read when torch is first imported: on a
+# busy machine its default of one thread per core made suggestions 3-4 times slower
+# (bench/search_quality.py). Not imported here: most samplers never need it.
+_WORKER_ENV = {"OMP_NUM_THREADS": "1"}
 
 
 class SuggestionWorker:
@@ -45,8 +30,13 @@ class SuggestionWorker:
         if self._pool is None:
             # spawn, not fork: forking a process with an event loop and threads is unsafe.
             context = multiprocessing.get_context("spawn")
+            # The initializer lives in a light module, so it runs (and the worker is tied
+            # to kubetune's life) before the samplers' heavy imports.
             self._pool = ProcessPoolExecutor(
-                max_workers=1, mp_context=context, initializer=_worker_start
+                max_workers=1,
+                mp_context=context,
+                initializer=start_helper,
+                initargs=(os.getpid(), _WORKER_ENV),
             )
         return self._pool
 

@@ -1,10 +1,18 @@
-"""Process hygiene shared by everything kubetune starts."""
+"""Process hygiene shared by everything kubetune starts.
+
+Kept free of heavy imports: a helper process runs `start_helper` as soon as it is
+unpickled, and the sooner it runs, the shorter the time it could outlive kubetune.
+"""
 
 from __future__ import annotations
 
 import ctypes
+import os
 import signal
 import sys
+import threading
+import time
+from collections.abc import Mapping
 
 PR_SET_PDEATHSIG = 1
 
@@ -18,3 +26,25 @@ def die_with_parent() -> None:
     if sys.platform.startswith("linux"):
         libc = ctypes.CDLL(None, use_errno=True)
         libc.prctl(PR_SET_PDEATHSIG, signal.SIGKILL)
+
+
+def start_helper(parent: int, env: Mapping[str, str]) -> None:
+    """Initializer of a helper process (the sampler worker): it goes when `parent` goes.
+
+    `parent` is kubetune's PID as kubetune saw it: if kubetune died while this process
+    was still starting, before the parent-death signal was asked for, it is already an
+    orphan and leaves at once instead of staying forever.
+    """
+    die_with_parent()
+    if os.getppid() != parent:
+        os._exit(0)
+
+    # Belt and braces: a parent-death signal is tied to the thread that forked, so also
+    # leave as soon as this process is orphaned (its parent id changes).
+    def watch_parent() -> None:
+        while os.getppid() == parent:
+            time.sleep(1.0)
+        os._exit(0)
+
+    threading.Thread(target=watch_parent, name="watch-parent", daemon=True).start()
+    os.environ.update(env)

@@ -1,8 +1,13 @@
 """Runs trial attempts as local processes: the first container's command, its env, our vars.
 
-Each attempt runs in its own process group, so stopping it stops whatever it spawned
-(data loader workers, say). On Linux a child also gets SIGKILL when the runner dies, so
-a killed runner leaves no orphans that would report to an endpoint that is gone.
+Each attempt runs in its own session (and so its own process group), so stopping it
+stops whatever it spawned (data loader workers, say), and so does its own end: a child it
+leaves behind would otherwise hold its output open and keep it "running". On Linux a
+trial also gets SIGKILL when the runner dies, so a killed runner leaves no trial behind
+to report to an endpoint that is gone.
+
+Output is read in chunks as it comes (no line length limit to trip on) and split at
+`\\n` and `\\r`; a line longer than `MAX_LINE_BYTES` keeps only its start.
 """
 
 from __future__ import annotations
@@ -12,12 +17,15 @@ import contextlib
 import os
 import signal
 import sys
+from collections import deque
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
+from typing import IO
 
 from kubetune.engine import LaunchTrial
-from kubetune.logparse import parse_metrics_line
+from kubetune.local.reaper import Reaper
+from kubetune.logparse import Line, LineSplitter, for_log, parse_metrics_line
 from kubetune.processes import die_with_parent
 from kubetune.spec import ExperimentSpec
 from kubetune.trialenv import AttemptContext, rendered_command, rendered_env, trial_env
@@ -25,13 +33,37 @@ from kubetune.trialenv import AttemptContext, rendered_command, rendered_env, tr
 ExitCallback = Callable[[int, int, int, str], None]
 LogReportCallback = Callable[[int, int, int, dict[str, float]], bool]
 
+# How long a trial's leftover children get, once it has exited, to end after SIGTERM
+# before they are killed; its output is read until then.
+LEFTOVER_GRACE_SECONDS = 2.0
+
+
+class _Output(asyncio.SubprocessProtocol):
+    def __init__(self, on_data: Callable[[bytes], None]) -> None:
+        self.on_data = on_data
+        self.exited = asyncio.Event()
+        self.closed = asyncio.Event()
+
+    def pipe_data_received(self, fd: int, data: bytes) -> None:
+        self.on_data(data)
+
+    def pipe_connection_lost(self, fd: int, exc: Exception | None) -> None:
+        self.closed.set()
+
+    def process_exited(self) -> None:
+        self.exited.set()
+
 
 @dataclass
 class _Running:
-    process: asyncio.subprocess.Process
+    log: IO[bytes]
+    splitter: LineSplitter = field(default_factory=LineSplitter)
+    transport: asyncio.SubprocessTransport | None = None
+    pid: int = 0
     task: asyncio.Task[None] | None = None
+    kill_timer: asyncio.TimerHandle | None = None
     log_lines: int = 0
-    tail: list[str] = field(default_factory=list)
+    tail: deque[str] = field(default_factory=lambda: deque(maxlen=20))
 
 
 class LocalExecutor:
@@ -53,6 +85,7 @@ class LocalExecutor:
         self.on_log_report = on_log_report
         self.grace_seconds = grace_seconds
         self.running: dict[tuple[int, int], _Running] = {}
+        self.reaper: Reaper | None = None
 
     def log_path(self, trial: str, attempt: int) -> Path:
         return self.logs_dir / f"{trial}.attempt-{attempt}.log"
@@ -67,13 +100,19 @@ class LocalExecutor:
         env["PYTHONUNBUFFERED"] = "1"
         env.update(rendered_env(container, action.params))
         env.update(trial_env(self.spec, context))
-        workdir = self.workdir
-        if container.workingDir and not Path(container.workingDir).is_absolute():
-            workdir = workdir / container.workingDir
+        workdir = trial_workdir(self.workdir, container.workingDir)
         argv = rendered_command(container, action.params)
         key = (action.number, action.attempt)
+        if not workdir.is_dir():
+            self.on_exit(*key, 127, f"workingDir {str(workdir)!r} is not a directory")
+            return
+        if self.reaper is None:
+            self.reaper = Reaper()
+        running = _Running(self.log_path(action.name, action.attempt).open("ab"))
+        loop = asyncio.get_running_loop()
         try:
-            process = await asyncio.create_subprocess_exec(
+            transport, protocol = await loop.subprocess_exec(
+                lambda: _Output(lambda data: self._output(key, running, data)),
                 *argv,
                 cwd=workdir,
                 env=env,
@@ -82,43 +121,72 @@ class LocalExecutor:
                 stderr=asyncio.subprocess.STDOUT,
                 start_new_session=True,
                 preexec_fn=die_with_parent,
-                limit=1 << 20,
             )
         except OSError as error:
+            running.log.close()
             self.on_exit(*key, 127, f"cannot start {argv[0]!r}: {error.strerror}")
             return
-        running = _Running(process)
+        running.transport, running.pid = transport, transport.get_pid()
+        self.reaper.watch(running.pid)
         self.running[key] = running
-        running.task = asyncio.create_task(self._watch(key, action.name, running))
+        running.task = asyncio.create_task(self._watch(key, running, protocol))
 
-    async def _watch(self, key: tuple[int, int], trial: str, running: _Running) -> None:
-        process = running.process
-        assert process.stdout is not None
+    def _output(self, key: tuple[int, int], running: _Running, data: bytes) -> None:
+        self._lines(key, running, running.splitter.feed(data))
+
+    def _lines(self, key: tuple[int, int], running: _Running, lines: list[Line]) -> None:
+        if not lines:
+            return
+        running.log.write(b"".join(for_log(line) for line in lines))
+        running.log.flush()
         resource = self.spec.scheduler.resource
-        with self.log_path(trial, key[1]).open("ab") as log:
-            async for raw in process.stdout:
-                log.write(raw)
-                log.flush()
-                line = raw.decode(errors="replace").rstrip()
-                running.tail = [*running.tail[-19:], line]
-                parsed = parse_metrics_line(line, resource, running.log_lines + 1)
-                if parsed is not None:
-                    running.log_lines += 1
-                    if not self.on_log_report(*key, *parsed):
-                        self.terminate(*key)
-        code = await process.wait()
-        self.running.pop(key, None)
-        message = "" if code == 0 else _last_error_line(running.tail)
+        for line in lines:
+            text = line.data.decode(errors="replace").strip()
+            if not text:
+                continue
+            running.tail.append(text)
+            parsed = parse_metrics_line(text, resource, running.log_lines + 1)
+            if parsed is not None:
+                running.log_lines += 1
+                if not self.on_log_report(*key, *parsed):
+                    self.terminate(*key)
+
+    async def _watch(self, key: tuple[int, int], running: _Running, protocol: _Output) -> None:
+        transport = running.transport
+        assert transport is not None
+        try:
+            await protocol.exited.wait()
+            # Whatever it left behind ends with it: a child holding its stdout would keep
+            # the output open forever, and one without would outlive kubetune.
+            _signal_group(running.pid, signal.SIGTERM)
+            with contextlib.suppress(TimeoutError):
+                await asyncio.wait_for(protocol.closed.wait(), LEFTOVER_GRACE_SECONDS)
+            _signal_group(running.pid, signal.SIGKILL)
+            with contextlib.suppress(TimeoutError):
+                await asyncio.wait_for(protocol.closed.wait(), 1.0)
+            code = transport.get_returncode()
+            assert code is not None
+        finally:
+            if running.kill_timer is not None:
+                running.kill_timer.cancel()  # the group is gone; its id may be reused
+            transport.close()
+            if self.reaper is not None:
+                self.reaper.forget(running.pid)
+            self._lines(key, running, running.splitter.close())
+            running.log.close()
+            self.running.pop(key, None)
+        message = "" if code == 0 else _last_error_line(list(running.tail))
         self.on_exit(*key, code, message)
 
     def terminate(self, number: int, attempt: int) -> None:
         running = self.running.get((number, attempt))
-        if running is None or running.process.returncode is not None:
+        if running is None or running.task is None or running.task.done():
             return
-        _signal_group(running.process.pid, signal.SIGTERM)
-        asyncio.get_running_loop().call_later(
-            self.grace_seconds, _signal_group, running.process.pid, signal.SIGKILL
-        )
+        _signal_group(running.pid, signal.SIGTERM)
+        if running.kill_timer is None:
+            running.kill_timer = asyncio.get_running_loop().call_later(
+                self.grace_seconds, _signal_group, running.pid, signal.SIGKILL
+            )
 
     async def shutdown(self) -> None:
         """Stop every attempt and wait for them (each gets the grace period)."""
@@ -127,6 +195,26 @@ class LocalExecutor:
         tasks = [r.task for r in self.running.values() if r.task is not None]
         if tasks:
             await asyncio.wait(tasks, timeout=self.grace_seconds + 5)
+        self.kill_all()
+
+    def kill_all(self) -> None:
+        """SIGKILL every attempt's process group: the last word on kubetune's way out."""
+        for running in self.running.values():
+            _signal_group(running.pid, signal.SIGKILL)
+
+    def close(self) -> None:
+        """After shutdown: let the reaper go."""
+        self.kill_all()
+        if self.reaper is not None:
+            self.reaper.close()
+            self.reaper = None
+
+
+def trial_workdir(base: Path, working_dir: str | None) -> Path:
+    """Where a trial runs: the container's workingDir, relative to the experiment's folder."""
+    if not working_dir:
+        return base
+    return base / working_dir  # an absolute workingDir replaces base
 
 
 def _signal_group(pid: int, signum: int) -> None:

@@ -64,20 +64,20 @@ class ProgressView:
     def _describe(self, engine: Engine, event: object) -> str | None:
         metric = self.spec.objective.metric
         match event:
-            case TrialLaunched(number=number, attempt=attempt, resume=resume):
+            case TrialLaunched(number=number, attempt=attempt, resume=resume, at=at):
                 trial = engine.trials[number]
                 params = " ".join(f"{k}={format_value(v)}" for k, v in trial.params.items())
                 how = f"resumed (attempt {attempt})" if resume else "started"
-                return f"{_stamp()} {trial.name} {how}: {params}"
-            case AttemptEnded(number=number, attempt=attempt):
+                return f"{_stamp(at)} {trial.name} {how}: {params}"
+            case AttemptEnded(number=number, attempt=attempt, at=at):
                 trial = engine.trials[number]
                 value = "" if trial.value is None else f" {metric}={trial.value:.6g}"
                 step = "" if trial.last_step is None else f" at step {trial.last_step}"
                 why = f" ({trial.reason})" if trial.reason else ""
-                return f"{_stamp()} {trial.name} {trial.phase.value.lower()}{step}{value}{why}"
-            case ExperimentEnded(succeeded=ok, reason=reason, message=message):
+                return f"{_stamp(at)} {trial.name} {trial.phase.value.lower()}{step}{value}{why}"
+            case ExperimentEnded(succeeded=ok, reason=reason, message=message, at=at):
                 outcome = "succeeded" if ok else "failed"
-                return f"{_stamp()} {self.experiment} {outcome}: {reason} {message}"
+                return f"{_stamp(at)} {self.experiment} {outcome}: {reason} {message}"
         return None
 
     def _panel(self, engine: Engine) -> Group:
@@ -122,5 +122,6 @@ class ProgressView:
             )
 
 
-def _stamp() -> str:
-    return time.strftime("%H:%M:%S")
+def _stamp(at: float) -> str:
+    """When the event happened (its stored time: a resumed run replays old ones)."""
+    return time.strftime("%H:%M:%S", time.localtime(at))

@@ -6,12 +6,16 @@ writes the new events to the state directory (fsynced) and only then carries the
 actions out. Killed at any point, a run restarted with the same command replays the
 events, marks the attempts that were running as interrupted (they resume from their
 checkpoints, not counted as failures) and goes on.
+
+The state directory is locked (flock) for the whole run: a second run on it is refused.
+Log-line reports that no decision rests on are batched (local/batching.py).
 """
 
 from __future__ import annotations
 
 import asyncio
 import json
+import os
 import shutil
 import signal
 import time
@@ -30,11 +34,12 @@ from kubetune.engine import (
 )
 from kubetune.events import ExitKind
 from kubetune.ingest import Report, ReportServer
-from kubetune.local.executor import LocalExecutor
+from kubetune.local import batching
+from kubetune.local.executor import LocalExecutor, trial_workdir
 from kubetune.local.progress import ProgressView
-from kubetune.local.state import ExperimentState
+from kubetune.local.state import ExperimentState, StateError, StateLock, prepare_directory
 from kubetune.offloop import SuggestionWorker
-from kubetune.spec import Experiment
+from kubetune.spec import Experiment, ExperimentSpec
 from kubetune.trialenv import AttemptContext, checkpoint_uri
 from kubetune.trials import Decision, Verdict
 
@@ -66,6 +71,42 @@ def default_state_dir(experiment_file: Path, experiment: Experiment) -> Path:
     return experiment_file.resolve().parent / ".kubetune" / experiment.name
 
 
+def check_output(path: Path) -> None:
+    """Refuse an `--output` that could not be written, before any trial runs."""
+    if path.is_dir():
+        raise StateError(f"--output {path} is a directory; give a file name")
+    if not path.parent.is_dir():
+        raise StateError(f"--output {path}: the folder {path.parent} does not exist")
+    if not os.access(path.parent, os.W_OK):
+        raise StateError(f"--output {path}: the folder {path.parent} is not writable")
+
+
+def check_working_dir(spec: ExperimentSpec, workdir: Path) -> None:
+    container = spec.trialTemplate.spec.containers[0]
+    where = trial_workdir(workdir, container.workingDir)
+    if not where.is_dir():
+        raise StateError(
+            f"spec.trialTemplate.spec.containers[0].workingDir: {str(where)!r} is not a "
+            f"directory"
+        )
+
+
+def _lock_state(options: RunOptions) -> StateLock:
+    """Lock the state directory (moving it aside first with --fresh); refuse if in use."""
+    directory = options.state_dir
+    prepare_directory(directory)
+    lock = StateLock(directory)
+    lock.acquire()
+    if options.fresh and any(p.name != "lock" for p in directory.iterdir()):
+        aside = directory.with_name(f"{directory.name}.old-{int(time.time())}")
+        shutil.move(directory, aside)
+        lock.release()
+        prepare_directory(directory)
+        lock = StateLock(directory)
+        lock.acquire()
+    return lock
+
+
 class LocalRun:
     def __init__(self, experiment: Experiment, experiment_file: Path, options: RunOptions) -> None:
         spec = experiment.spec
@@ -76,9 +117,11 @@ class LocalRun:
         self.name = experiment.name
         self.options = options
         self.workdir = experiment_file.resolve().parent
-        if options.fresh and options.state_dir.exists():
-            aside = options.state_dir.with_name(f"{options.state_dir.name}.old-{int(time.time())}")
-            shutil.move(options.state_dir, aside)
+        # Everything that can be refused is refused before anything is written.
+        if options.output is not None:
+            check_output(options.output)
+        check_working_dir(spec, self.workdir)
+        self.lock = _lock_state(options)
         self.state = ExperimentState(options.state_dir)
         base = (
             spec.checkpoints.uri
@@ -91,13 +134,20 @@ class LocalRun:
         self.sdk_reporters: set[tuple[int, int]] = set()
         self.finished: FinishExperiment | None = None
         self.stopping = False
+        # Log-line reports waiting to be handed to the engine: the latest per attempt.
+        self.waiting: dict[tuple[int, int], tuple[int, dict[str, float]]] = {}
+        self.flushed_at = time.monotonic()
 
     # ----- engine access, always followed by a durable write ---------------------------
 
-    def _persist(self) -> None:
-        self.state.append(self.engine.history)
+    def _write(self, sync: bool = True) -> None:
+        self.state.append(self.engine.history, sync)
         observability.track("", self.name, self.engine)  # trial metrics
         self.view.refresh(self.engine)
+
+    def _persist(self, sync: bool = True) -> None:
+        """Write what changed and wake the loop to decide on it."""
+        self._write(sync)
         self.changed.set()
 
     async def _on_report(self, report: Report) -> Verdict:
@@ -114,6 +164,13 @@ class LocalRun:
     ) -> bool:
         if (number, attempt) in self.sdk_reporters:
             return True  # it reports through the SDK; its log lines are just output
+        if not batching.wanted(metrics, self.spec.objective.metric):
+            return True
+        key = (number, attempt)
+        if not batching.report_now(self.engine, number, attempt, step, metrics):
+            self.waiting[key] = (step, metrics)
+            return True
+        self._hand_over(key)
         try:
             verdict = self.engine.report(number, attempt, step, metrics, time.time())
         except EngineError:
@@ -122,12 +179,30 @@ class LocalRun:
         # A script without the SDK cannot hear a pause or a stop: it is stopped instead.
         return verdict.decision is Decision.CONTINUE
 
+    def _hand_over(self, key: tuple[int, int]) -> None:
+        """Give the engine an attempt's waiting report (written, not yet fsynced)."""
+        waiting = self.waiting.pop(key, None)
+        if waiting is None:
+            return
+        try:
+            self.engine.report(*key, *waiting, time.time())
+        except EngineError:
+            return
+        self._write(sync=False)
+
+    def _flush_waiting(self) -> None:
+        for key in list(self.waiting):
+            self._hand_over(key)
+        self.flushed_at = time.monotonic()
+        self.state.append(self.engine.history)  # fsync what was batched
+
     def _on_exit(self, number: int, attempt: int, code: int, message: str) -> None:
         if self.stopping:
             # Stopped by us on Ctrl-C: the trial did nothing wrong and resumes next run.
             kind, message = ExitKind.INTERRUPTED, "kubetune run stopped"
         else:
             kind = ExitKind.EXITED
+        self._hand_over((number, attempt))  # its last value is its result
         if self.engine.attempt_ended(number, attempt, kind, code, time.time(), message):
             self._persist()
 
@@ -146,9 +221,24 @@ class LocalRun:
     # ----- the loop ---------------------------------------------------------------------
 
     async def run(self) -> RunResult:
+        try:
+            return await self._run()
+        finally:
+            self.state.close()
+            self.lock.release()
+
+    async def _run(self) -> RunResult:
         history = self.state.open(self.spec)
         self.engine = Engine.replay(self.spec, self.name, history)
         self.view = ProgressView(self.spec, self.name, live=self.options.live)
+        if self.engine.ended is not None and not self.engine.can_grow():
+            # Nothing left to do: say how it ended, as the run that ended it did.
+            ended = self.engine.ended
+            self.view.note(
+                f"{self.name} already ended ({ended.reason}) in {self.state.directory}; "
+                f"run with --fresh to start over"
+            )
+            return self._result(False)
         now = time.time()
         for trial in list(self.engine.running()):
             attempt = trial.attempts[-1].number
@@ -182,31 +272,45 @@ class LocalRun:
         worker = SuggestionWorker()
         interrupted = asyncio.Event()
         loop = asyncio.get_running_loop()
+
+        def on_signal() -> None:
+            if interrupted.is_set():
+                # Asked again while trials get their grace period: no more waiting.
+                self.view.note("stopping now: trials are killed")
+                self.executor.kill_all()
+            interrupted.set()
+
         for signum in (signal.SIGINT, signal.SIGTERM):
-            loop.add_signal_handler(signum, interrupted.set)
-        self._persist()
+            loop.add_signal_handler(signum, on_signal)
+        self._write()
         try:
             with self.view:
                 await self._drive(worker, interrupted)
         finally:
-            for signum in (signal.SIGINT, signal.SIGTERM):
-                loop.remove_signal_handler(signum)
             self.stopping = self.finished is None
-            await self.executor.shutdown()
-            if self.sampling is not None:
-                self.sampling.cancel()
-            worker.close()
-            await server.stop()
-            await metrics.stop()
-            self._mark_interrupted()
-            self.state.close()
+            try:
+                await self.executor.shutdown()
+                if self.sampling is not None:
+                    self.sampling.cancel()
+                worker.close()
+                await server.stop()
+                await metrics.stop()
+                self._mark_interrupted()
+            finally:
+                self.executor.close()
+                for signum in (signal.SIGINT, signal.SIGTERM):
+                    loop.remove_signal_handler(signum)
         return self._result(interrupted.is_set())
 
     async def _drive(self, worker: SuggestionWorker, interrupted: asyncio.Event) -> None:
         while self.finished is None and not interrupted.is_set():
             self.changed.clear()
+            if time.monotonic() - self.flushed_at >= batching.FLUSH_SECONDS:
+                self._flush_waiting()
             actions = self.engine.decide(time.time())
-            self._persist()  # write ahead: decisions are durable before they are carried out
+            # Write ahead: decisions are durable before they are carried out. Not _persist:
+            # waking ourselves up here would make this loop spin.
+            self._write()
             for action in actions:
                 await self._carry_out(action, worker)
             if self.finished is not None:
@@ -240,6 +344,7 @@ class LocalRun:
 
     def _mark_interrupted(self) -> None:
         # Attempts still running now were stopped by us: say so, so the next run resumes them.
+        self._flush_waiting()
         now = time.time()
         for trial in list(self.engine.running()):
             attempt = trial.attempts[-1].number
@@ -295,8 +400,12 @@ def _phase(engine: Engine) -> str:
 
 def write_results(engine: Engine, path: Path) -> None:
     tmp = path.with_name(path.name + ".tmp")
-    tmp.write_text(json.dumps(results_document(engine), indent=2) + "\n")
-    tmp.replace(path)
+    try:
+        tmp.write_text(json.dumps(results_document(engine), indent=2) + "\n")
+        tmp.replace(path)
+    except OSError as error:
+        tmp.unlink(missing_ok=True)
+        raise StateError(f"cannot write --output {path}: {error.strerror}") from None
 
 
 def run_experiment(experiment: Experiment, experiment_file: Path, options: RunOptions) -> RunResult:

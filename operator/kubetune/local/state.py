@@ -2,11 +2,14 @@
 
 Layout of the state directory (default `.kubetune/<experiment>/` beside the YAML):
 `events.jsonl` (the history), `spec.json` (the spec the history was made with),
-`token.key` (mode 0600: the key per-trial tokens derive from), `logs/` (trial output).
+`token.key` (mode 0600: the key per-trial tokens derive from), `logs/` (trial output),
+`lock` (held with flock by the run using the directory; it names that run's PID).
 """
 
 from __future__ import annotations
 
+import contextlib
+import fcntl
 import json
 import os
 from pathlib import Path
@@ -24,6 +27,56 @@ class StateError(Exception):
     pass
 
 
+class StateLock:
+    """An exclusive flock on `<directory>/lock` for as long as a run uses the directory.
+
+    The kernel drops it when the process dies, however it dies, so there is never a
+    stale lock to clean up; the PID written into the file is only there to name the run
+    that holds it.
+    """
+
+    def __init__(self, directory: Path) -> None:
+        self.path = directory / "lock"
+        self._fd: int | None = None
+
+    def acquire(self) -> None:
+        try:
+            fd = os.open(self.path, os.O_RDWR | os.O_CREAT, 0o644)
+        except OSError as error:
+            raise StateError(f"cannot use {self.path.parent}: {error.strerror}") from None
+        try:
+            fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        except BlockingIOError:
+            holder = os.read(fd, 32).decode(errors="replace").strip() or "unknown"
+            os.close(fd)
+            raise StateError(
+                f"{self.path.parent} is in use by another kubetune run (pid {holder}); "
+                f"wait for it to end or stop it first"
+            ) from None
+        os.ftruncate(fd, 0)
+        os.pwrite(fd, f"{os.getpid()}\n".encode(), 0)
+        self._fd = fd
+
+    def release(self) -> None:
+        if self._fd is not None:
+            with contextlib.suppress(OSError):
+                os.ftruncate(self._fd, 0)
+            os.close(self._fd)
+            self._fd = None
+
+
+def prepare_directory(directory: Path) -> None:
+    """Create the state directory, or say in one line why it cannot be one."""
+    if directory.exists() and not directory.is_dir():
+        raise StateError(f"--state-dir {directory} is a file, not a directory")
+    try:
+        directory.mkdir(parents=True, exist_ok=True)
+    except OSError as error:
+        raise StateError(
+            f"cannot create the state directory {directory}: {error.strerror}"
+        ) from None
+
+
 class ExperimentState:
     def __init__(self, directory: Path) -> None:
         self.directory = directory
@@ -31,6 +84,7 @@ class ExperimentState:
         self.logs = directory / "logs"
         self._file = None
         self._written = 0
+        self._unsynced = False
 
     def open(self, spec: ExperimentSpec) -> list[Event]:
         """Create or reopen the state; returns the history so far."""
@@ -78,16 +132,22 @@ class ExperimentState:
                 raise StateError(f"{self.events_path}:{number}: corrupt event ({error})") from None
         return history
 
-    def append(self, history: list[Event]) -> None:
-        """Durably write the events of `history` not written yet."""
+    def append(self, history: list[Event], sync: bool = True) -> None:
+        """Write the events of `history` not written yet; durably (fsync) when `sync`.
+
+        Without `sync` they are still handed to the kernel, so a killed process loses
+        nothing: only a machine crash could, and only events no decision rests on.
+        """
         assert self._file is not None, "open() first"
-        if self._written == len(history):
-            return
-        for event in history[self._written :]:
-            self._file.write(json.dumps(to_record(event), separators=(",", ":")) + "\n")
-        self._file.flush()
-        os.fsync(self._file.fileno())
-        self._written = len(history)
+        if self._written < len(history):
+            for event in history[self._written :]:
+                self._file.write(json.dumps(to_record(event), separators=(",", ":")) + "\n")
+            self._file.flush()
+            self._written = len(history)
+            self._unsynced = True
+        if sync and self._unsynced:
+            os.fsync(self._file.fileno())
+            self._unsynced = False
 
     def tokens(self, scope: str) -> TokenAuthority:
         path = self.directory / "token.key"

@@ -1,0 +1,269 @@
+"""`kubetune run` under misbehaving trials and users (issue 10): no hang, no busy loop,
+no process left behind, no second run on the same state."""
+
+from __future__ import annotations
+
+import json
+import os
+import signal
+import subprocess
+import sys
+import textwrap
+import time
+from pathlib import Path
+
+import pytest
+
+from tests.local.test_run import KUBETUNE, _alive, _cmdline, events, experiment, run, write
+
+pytestmark = pytest.mark.slow
+
+
+def script(tmp_path: Path, name: str, body: str) -> list[str]:
+    path = tmp_path / name
+    path.write_text(textwrap.dedent(body))
+    return ["python", str(path)]
+
+
+def wait_for(predicate, timeout: float = 60, what: str = "") -> None:  # type: ignore[no-untyped-def]
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        if predicate():
+            return
+        time.sleep(0.1)
+    raise AssertionError(f"timed out waiting for {what}")
+
+
+def launched(state: Path) -> int:
+    if not (state / "events.jsonl").exists():
+        return 0
+    return sum(e["type"] == "TrialLaunched" for e in events(state))
+
+
+def descendants(pid: int) -> list[int]:
+    found: list[int] = []
+    todo = [pid]
+    while todo:
+        parent = todo.pop()
+        out = subprocess.run(["pgrep", "-P", str(parent)], capture_output=True, text=True)
+        children = [int(p) for p in out.stdout.split()]
+        found += children
+        todo += children
+    return found
+
+
+def cpu_seconds(pid: int) -> float:
+    """The process's own user+system CPU time (not its children's), from /proc."""
+    fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
+    return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
+
+
+def test_progress_bars_and_endless_lines_do_not_hang_the_run(tmp_path: Path) -> None:
+    """tqdm-style `\\r` redraws (1.3 MB, no newline) and a 3 MiB line without any end."""
+    command = script(
+        tmp_path,
+        "bars.py",
+        """
+        import sys
+        for i in range(20000):
+            sys.stderr.write(f"\\r{i:5d}/20000 [progress bar .........................]")
+        sys.stderr.flush()
+        sys.stdout.write("x" * (3 << 20))
+        sys.stdout.flush()
+        print()
+        print("loss=1")
+        """,
+    )
+    path = write(tmp_path, experiment("bars", command, budget={"maxTrials": 1}))
+    result = run(path, "--output", str(tmp_path / "out.json"), timeout=90)
+    assert result.returncode == 0, result.stdout + result.stderr
+    results = json.loads((tmp_path / "out.json").read_text())
+    assert results["trials"][0]["state"] == "Completed"
+    assert results["trials"][0]["value"] == 1.0
+    log = (tmp_path / ".kubetune/bars/logs/bars-0.attempt-1.log").read_bytes()
+    assert b"19999/20000" in log
+    assert b"only its first 65536 bytes are kept" in log
+    assert len(log) < 2 << 20  # the endless line was cut, not stored whole
+
+
+def test_the_runner_sleeps_while_its_trials_sleep(tmp_path: Path) -> None:
+    command = script(tmp_path, "sleepy.py", "import time\ntime.sleep(6)\nprint('loss=1')\n")
+    document = experiment(
+        "sleepy", command, budget={"maxTrials": 2, "parallelTrials": 2}, algorithm="random"
+    )
+    path = write(tmp_path, document)
+    state = tmp_path / ".kubetune" / "sleepy"
+    runner = subprocess.Popen(
+        [*KUBETUNE, "run", str(path), "--no-live"],
+        cwd=tmp_path,
+        stdout=subprocess.DEVNULL,
+        stderr=subprocess.DEVNULL,
+    )
+    try:
+        wait_for(lambda: launched(state) == 2, what="both trials to start")
+        time.sleep(0.5)
+        start_cpu, start = cpu_seconds(runner.pid), time.monotonic()
+        time.sleep(4)
+        used = cpu_seconds(runner.pid) - start_cpu
+        share = used / (time.monotonic() - start)
+        assert runner.poll() is None, "the trials ended before the measurement did"
+        assert share < 0.05, f"kubetune used {share:.0%} of a core while its trials slept"
+        assert runner.wait(timeout=30) == 0
+    finally:
+        runner.kill()
+
+
+@pytest.mark.parametrize(
+    ("code", "phase"), [("print('loss=0.5')", "Succeeded"), ("raise SystemExit(3)", "Failed")]
+)
+def test_running_a_finished_experiment_again_prints_its_results_at_once(
+    tmp_path: Path, code: str, phase: str
+) -> None:
+    command = script(tmp_path, "once.py", code + "\n")
+    budget = {"maxTrials": 1, "maxFailedTrials": 0}
+    path = write(tmp_path, experiment("once", command, budget=budget, algorithm="random"))
+    first = run(path, timeout=120)
+    expected = 0 if phase == "Succeeded" else 1
+    assert first.returncode == expected, first.stdout + first.stderr
+    started = time.monotonic()
+    again = run(path, "-o", str(tmp_path / "again.json"), timeout=30)
+    assert time.monotonic() - started < 15
+    assert again.returncode == expected, again.stdout + again.stderr
+    assert "already ended" in again.stdout
+    assert json.loads((tmp_path / "again.json").read_text())["phase"] == phase
+    if phase == "Succeeded":
+        assert "best trial once-0: loss=0.5" in again.stdout
+
+
+def test_a_second_run_on_the_same_state_is_refused_and_kill_9_leaves_no_lock(
+    tmp_path: Path,
+) -> None:
+    command = script(
+        tmp_path,
+        "wait.py",
+        "import os, time\ntime.sleep(float(os.environ.get('TRIAL_SLEEP', '60')))\n"
+        "print('loss=1')\n",
+    )
+    document = experiment("locked", command, budget={"maxTrials": 2, "parallelTrials": 2})
+    path = write(tmp_path, document)
+    state = tmp_path / ".kubetune" / "locked"
+    first = subprocess.Popen(
+        [*KUBETUNE, "run", str(path), "--no-live"],
+        cwd=tmp_path,
+        stdout=subprocess.DEVNULL,
+        stderr=subprocess.DEVNULL,
+    )
+    try:
+        wait_for(lambda: launched(state) == 2, what="the first run's trials")
+        for extra in ([], ["--fresh"]):
+            started = time.monotonic()
+            second = run(path, *extra, timeout=90)
+            assert second.returncode == 2, second.stdout + second.stderr
+            assert time.monotonic() - started < 20
+            assert f"in use by another kubetune run (pid {first.pid})" in second.stderr
+        assert (state / "events.jsonl").exists()  # --fresh moved nothing away
+        assert not list(tmp_path.glob(".kubetune/locked.old-*"))
+        first.send_signal(signal.SIGKILL)
+        first.wait(timeout=10)
+    finally:
+        first.kill()
+    # The kernel released the lock with the process: the next run resumes and finishes.
+    result = subprocess.run(
+        [*KUBETUNE, "run", str(path), "--no-live"],
+        cwd=tmp_path,
+        capture_output=True,
+        text=True,
+        timeout=120,
+        env={**os.environ, "TRIAL_SLEEP": "0"},
+    )
+    assert result.returncode == 0, result.stdout + result.stderr
+    assert "resuming locked" in result.stdout
+    ended = [e for e in events(state) if e["type"] == "ExperimentEnded"]
+    assert len(ended) == 1
+
+
+def test_chatty_trials_are_not_throttled(tmp_path: Path) -> None:
+    """20k `name=value` lines that are not the objective, then 20k that are."""
+    body = """
+        import sys
+        for i in range(20000):
+            print(f"iter={i} train_loss={1 / (i + 1)}")
+        for i in range(1, 20001):
+            print(f"step={i} loss={1 + 1 / i}")
+        """
+    command = script(tmp_path, "chatty.py", body)
+    bare_start = time.monotonic()
+    subprocess.run([sys.executable, command[1]], stdout=subprocess.DEVNULL, check=True)
+    bare = time.monotonic() - bare_start
+    scheduler = {"name": "none", "resource": "step"}
+    document = experiment("chatty", command, budget={"maxTrials": 1}, scheduler=scheduler)
+    path = write(tmp_path, document)
+    result = run(path, "--output", str(tmp_path / "out.json"), timeout=120)
+    assert result.returncode == 0, result.stdout + result.stderr
+    history = events(tmp_path / ".kubetune" / "chatty")
+    start = next(e["at"] for e in history if e["type"] == "TrialLaunched")
+    end = next(e["at"] for e in history if e["type"] == "AttemptEnded")
+    assert end - start < max(5 * bare, 3.0), f"{end - start:.1f} s for a {bare:.2f} s script"
+    reports = [e for e in history if e["type"] == "Reported"]
+    assert len(reports) < 1000  # milestones and a few batches, not one per line
+    trial = json.loads((tmp_path / "out.json").read_text())["trials"][0]
+    assert trial["state"] == "Completed"
+    assert trial["value"] == pytest.approx(1 + 1 / 20000)  # the last line's value
+    assert trial["resource"] == 20000
+
+
+def test_kill_9_of_kubetune_leaves_no_trial_helper_or_grandchild(tmp_path: Path) -> None:
+    command = script(
+        tmp_path,
+        "forks.py",
+        """
+        import subprocess, sys, time
+        # A helper with its stdout closed, in the trial's process group.
+        subprocess.Popen([sys.executable, "-c", "import time; time.sleep(120)"],
+                         stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+        time.sleep(120)
+        """,
+    )
+    document = experiment("orphans", command, budget={"maxTrials": 2, "parallelTrials": 2})
+    path = write(tmp_path, document)
+    state = tmp_path / ".kubetune" / "orphans"
+    runner = subprocess.Popen(
+        [*KUBETUNE, "run", str(path), "--no-live"],
+        cwd=tmp_path,
+        stdout=subprocess.DEVNULL,
+        stderr=subprocess.DEVNULL,
+    )
+    try:
+        wait_for(lambda: launched(state) == 2, what="both trials to start")
+        wait_for(lambda: len(descendants(runner.pid)) >= 6, what="trials' own children")
+        everything = descendants(runner.pid)
+        runner.send_signal(signal.SIGKILL)
+        runner.wait(timeout=10)
+    finally:
+        runner.kill()
+    wait_for(lambda: not any(_alive(p) for p in everything), timeout=10, what="no survivors")
+    assert not {p: _cmdline(p) for p in everything if _alive(p)}
+
+
+def test_a_trial_s_children_end_with_it(tmp_path: Path) -> None:
+    """One child inherits stdout (it must not keep the trial running), one does not."""
+    command = script(
+        tmp_path,
+        "parent.py",
+        """
+        import os, subprocess, sys
+        for out in (None, subprocess.DEVNULL):
+            child = subprocess.Popen([sys.executable, "-c", "import time; time.sleep(120)"],
+                                     stdout=out)
+            with open(f"child-{child.pid}", "w"):
+                pass
+        print("loss=1", flush=True)
+        """,
+    )
+    path = write(tmp_path, experiment("kids", command, budget={"maxTrials": 1}))
+    result = run(path, "--output", str(tmp_path / "out.json"), timeout=60)
+    assert result.returncode == 0, result.stdout + result.stderr
+    assert json.loads((tmp_path / "out.json").read_text())["trials"][0]["state"] == "Completed"
+    children = [int(p.name.removeprefix("child-")) for p in tmp_path.glob("child-*")]
+    assert len(children) == 2
+    wait_for(lambda: not any(_alive(p) for p in children), timeout=5, what="children to end")
