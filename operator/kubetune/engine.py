@@ -37,7 +37,7 @@ from kubetune.events import (
 from kubetune.samplers import SamplerState, SamplerTrial, Suggestion
 from kubetune.schedulers import SchedulerPolicy, make_scheduler
 from kubetune.spec import ExperimentSpec
-from kubetune.trials import Attempt, Decision, TrialPhase, TrialRecord, Verdict
+from kubetune.trials import Attempt, Decision, TrialPhase, TrialRecord, Verdict, trained_from
 
 
 class EngineError(Exception):
@@ -204,6 +204,7 @@ class Engine:
                 trial.rung_values.setdefault(event.rung, value)
         if attempt.first_step is None:
             attempt.first_step = event.step
+            attempt.trained_from = trained_from(trial.attempts, event.step)
         attempt.last_step = max(attempt.last_step or event.step, event.step)
         if event.verdict.decision is not Decision.CONTINUE:
             attempt.decision = event.verdict

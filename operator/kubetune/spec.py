@@ -115,11 +115,15 @@ class CategoricalParameter(_ParameterBase):
     @field_validator("values")
     @classmethod
     def _unique(cls, values: list[Scalar]) -> list[Scalar]:
-        seen: list[Scalar] = []
+        # A set, not pairwise comparison: a 60k-value categorical validated in minutes.
+        seen: set[tuple[type, Scalar]] = set()
         for value in values:
-            if any(type(value) is type(other) and value == other for other in seen):
+            if isinstance(value, str) and "\0" in value:
+                raise ValueError(f"{value!r} contains a NUL byte (it cannot be passed to a trial)")
+            key = (type(value), value)
+            if key in seen:
                 raise ValueError(f"duplicate value {value!r}")
-            seen.append(value)
+            seen.add(key)
         return values
 
 
@@ -256,6 +260,25 @@ class EnvVar(BaseModel):
     name: str = Field(min_length=1)
     value: str | None = None
 
+    @field_validator("name")
+    @classmethod
+    def _name(cls, name: str) -> str:
+        if "=" in name or "\0" in name:
+            raise ValueError(f"{name!r} cannot be an environment variable name (= or NUL)")
+        return name
+
+    @field_validator("value")
+    @classmethod
+    def _value(cls, value: str | None) -> str | None:
+        _no_nul(value or "")
+        return value
+
+
+def _no_nul(text: str) -> str:
+    if "\0" in text:
+        raise ValueError(f"{text!r} contains a NUL byte (it cannot be passed to a process)")
+    return text
+
 
 class Container(BaseModel):
     # Only the fields kubetune reads are typed; the rest of a container passes through to
@@ -267,6 +290,13 @@ class Container(BaseModel):
     args: list[str] = Field(default_factory=list)
     env: list[EnvVar] = Field(default_factory=list)
     workingDir: str | None = None
+
+    @field_validator("command", "args")
+    @classmethod
+    def _no_nul_bytes(cls, texts: list[str]) -> list[str]:
+        for text in texts:
+            _no_nul(text)
+        return texts
 
 
 class PodSpec(BaseModel):
@@ -347,6 +377,13 @@ def _cross_field_errors(spec: ExperimentSpec) -> Iterator[tuple[str, str]]:
         if parameter.name in seen:
             yield f"{where}.name", f"duplicate parameter name {parameter.name!r}"
             continue
+        twin = next((n for n in seen if n.upper() == parameter.name.upper()), None)
+        if twin is not None:
+            yield (
+                f"{where}.name",
+                f"{parameter.name!r} and {twin!r} would both be passed as "
+                f"KUBETUNE_PARAM_{twin.upper()}: rename one",
+            )
         for parent_name, expected in (parameter.when or {}).items():
             parent = seen.get(parent_name)
             if parent is None:
@@ -395,6 +432,10 @@ def _cross_field_errors(spec: ExperimentSpec) -> Iterator[tuple[str, str]]:
         for name in PARAM_REFERENCE.findall(text):
             if name not in seen:
                 yield path, f"{{{{params.{name}}}}} names no parameter"
+        # Anything else opening with {{ is a mistyped reference, not text to pass on as is.
+        for stray in re.finditer(r"\{\{", PARAM_REFERENCE.sub("", text)):
+            fragment = PARAM_REFERENCE.sub("", text)[stray.start() :][:40]
+            yield path, f"malformed placeholder {fragment!r} (write {{{{params.NAME}}}})"
 
 
 def _value_fits(
@@ -476,15 +517,113 @@ def parse_experiment(document: Mapping[str, Any], source: str = "") -> Experimen
         raise SpecError(problems_from_validation_error(error), source) from None
 
 
+# What a YAML document may expand to. Aliases let a few lines stand for an exponential
+# tree (an "alias bomb") that exhausts memory when the spec is copied or serialized.
+MAX_YAML_NODES = 1_000_000
+MAX_YAML_DEPTH = 100
+_YAML_BASE: type = getattr(yaml, "CSafeLoader", yaml.SafeLoader)
+_MERGE_TAG = "tag:yaml.org,2002:merge"
+
+
+class _YamlLimit(yaml.YAMLError):
+    pass
+
+
+class _StrictLoader(_YAML_BASE):  # type: ignore[misc, valid-type]
+    """A safe loader that refuses a key given twice in one mapping (YAML's last would win)."""
+
+    def construct_mapping(self, node: yaml.MappingNode, deep: bool = False) -> dict:
+        first: dict[Any, int] = {}
+        for key_node, _ in node.value:
+            if key_node.tag == _MERGE_TAG or not isinstance(key_node, yaml.ScalarNode):
+                continue  # merged keys may be overridden; complex keys are refused later
+            key = self.construct_object(key_node)
+            line = key_node.start_mark.line + 1
+            if key in first:
+                raise _YamlLimit(
+                    f"line {line}: duplicate key {key!r} (first given on line {first[key]})"
+                )
+            first[key] = line
+        return super().construct_mapping(node, deep=deep)
+
+
+def _node_problem(root: yaml.Node) -> str | None:
+    """Why a composed document is refused (too deep, too large expanded, recursive), if it is.
+
+    Iterative and memoized per node, so an alias bomb costs the size of its text.
+    """
+    size: dict[int, int] = {}
+    height: dict[int, int] = {}
+    active: set[int] = set()
+    stack: list[tuple[yaml.Node, bool]] = [(root, False)]
+    while stack:
+        node, done = stack.pop()
+        key = id(node)
+        children = _node_children(node)
+        if done:
+            active.discard(key)
+            size[key] = 1 + sum(size[id(child)] for child in children)
+            height[key] = 1 + max((height[id(child)] for child in children), default=0)
+            if height[key] > MAX_YAML_DEPTH:
+                return f"nested deeper than {MAX_YAML_DEPTH} levels"
+            if size[key] > MAX_YAML_NODES:
+                return (
+                    f"expands to more than {MAX_YAML_NODES} values (aliases repeating "
+                    f"aliases?)"
+                )
+            continue
+        if key in size:
+            continue
+        if key in active:
+            return f"line {node.start_mark.line + 1}: an alias refers to a node containing it"
+        active.add(key)
+        stack.append((node, True))
+        stack.extend((child, False) for child in children if id(child) not in size)
+    return None
+
+
+def _node_children(node: yaml.Node) -> list[yaml.Node]:
+    if isinstance(node, yaml.MappingNode):
+        return [part for pair in node.value for part in pair]
+    if isinstance(node, yaml.SequenceNode):
+        return list(node.value)
+    return []
+
+
+def load_yaml_documents(text: str) -> list[Any]:
+    """The documents of a YAML text, refusing duplicate keys, alias bombs and deep nesting."""
+    loader = _StrictLoader(text)
+    documents: list[Any] = []
+    try:
+        while loader.check_node():
+            node = loader.get_node()
+            problem = _node_problem(node)
+            if problem is not None:
+                raise _YamlLimit(problem)
+            documents.append(loader.construct_document(node))
+    except RecursionError:
+        raise _YamlLimit(f"nested deeper than {MAX_YAML_DEPTH} levels") from None
+    finally:
+        loader.dispose()
+    return documents
+
+
 def load_experiment(path: str | Path) -> Experiment:
     """Read and validate an experiment YAML file."""
     path = Path(path)
     try:
-        text = path.read_text()
+        data = path.read_bytes()
     except OSError as error:
         raise SpecError([("", f"cannot read file: {error.strerror}")], str(path)) from None
     try:
-        documents = [d for d in yaml.safe_load_all(text) if d is not None]
+        text = data.decode("utf-8")
+    except UnicodeDecodeError as error:
+        reason = f"not UTF-8 text (byte {data[error.start]:#04x} at offset {error.start})"
+        raise SpecError([("", reason)], str(path)) from None
+    try:
+        documents = [d for d in load_yaml_documents(text) if d is not None]
+    except _YamlLimit as error:
+        raise SpecError([("", str(error))], str(path)) from None
     except yaml.YAMLError as error:
         raise SpecError([("", f"not valid YAML: {error}")], str(path)) from None
     experiments = [d for d in documents if isinstance(d, Mapping) and d.get("kind") == KIND]

@@ -56,16 +56,32 @@ class Attempt:
     target: int | None  # resource step at which the scheduler will pause or stop it
     first_step: int | None = None
     last_step: int | None = None
+    trained_from: int = 0  # the step its training started after (set with first_step)
     decision: Verdict | None = None  # the last non-continue verdict given to this attempt
     started_at: float | None = None
     ended_at: float | None = None
 
     @property
     def consumed(self) -> int:
-        """Resource steps this attempt trained: a resume re-trains from its first report."""
+        """Resource steps this attempt trained, from where it started (not from its first
+        report: a trial reporting every 5 epochs trained 5 before its first report)."""
         if self.first_step is None or self.last_step is None:
             return 0
-        return self.last_step - self.first_step + 1
+        return self.last_step - self.trained_from
+
+
+def trained_from(attempts: list[Attempt], first_step: int) -> int:
+    """The step the last of `attempts` started training after, given its first report.
+
+    A fresh attempt starts at 0. A resumed one starts where its predecessors stopped,
+    unless its first report is not past that (it resumed from an older checkpoint, or
+    from none): then it is taken to have started just before that report.
+    """
+    attempt = attempts[-1]
+    reached = [a.last_step for a in attempts[:-1] if a.last_step is not None]
+    if not attempt.resume or not reached:
+        return min(0, first_step - 1)
+    return max(reached) if first_step > max(reached) else first_step - 1
 
 
 @dataclass

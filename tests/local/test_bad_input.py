@@ -1,0 +1,179 @@
+"""Bad experiment files and bad options: a one-line message and exit 2, never a traceback,
+never a silently different experiment, nothing written (issue 10, items 7-10)."""
+
+from __future__ import annotations
+
+import copy
+import time
+from pathlib import Path
+from typing import Any
+
+import pytest
+import yaml
+
+from kubetune.cli import main
+from kubetune.spec import parse_experiment
+from tests.local.test_run import experiment
+
+BASE = experiment("bad", ["python", "train.py", "--x={{params.x}}"])
+
+
+def document(**changes: Any) -> dict[str, Any]:
+    result = copy.deepcopy(BASE)
+    result["spec"].update(changes)
+    return result
+
+
+def container(doc: dict[str, Any]) -> dict[str, Any]:
+    return doc["spec"]["trialTemplate"]["spec"]["containers"][0]
+
+
+def refused(
+    capsys: pytest.CaptureFixture[str], tmp_path: Path, text: str | bytes, *extra: str
+) -> str:
+    path = tmp_path / "experiment.yaml"
+    if isinstance(text, bytes):
+        path.write_bytes(text)
+    else:
+        path.write_text(text)
+    for command in (["validate", str(path)], ["run", str(path), "--no-live", *extra]):
+        if extra and command[0] == "validate":
+            continue
+        code = main(command)
+        err = capsys.readouterr().err
+        assert code == 2, err
+        assert "Traceback" not in err
+    assert not (tmp_path / ".kubetune").exists()  # nothing written
+    return err
+
+
+def dump(doc: dict[str, Any]) -> str:
+    return yaml.safe_dump(doc, sort_keys=False)
+
+
+def with_metadata(lines: list[str]) -> str:
+    """The base experiment with `lines` as its trialTemplate.metadata."""
+    block = "".join(f"      {line}\n" for line in lines)
+    text = dump(BASE).replace("  trialTemplate:\n", f"  trialTemplate:\n    metadata:\n{block}")
+    return text
+
+
+def test_an_alias_bomb_is_refused(capsys: pytest.CaptureFixture[str], tmp_path: Path) -> None:
+    lines = ["a0: &a0 [x, x, x, x, x, x, x, x, x, x]"]
+    lines += [f"a{i}: &a{i} [{', '.join([f'*a{i - 1}'] * 10)}]" for i in range(1, 9)]
+    text = with_metadata(lines)
+    small = yaml.safe_load(with_metadata(lines[:3]))  # the same, defused, is a valid spec
+    assert parse_experiment(small).spec.trialTemplate.metadata["a2"][0][0][0] == "x"
+    err = refused(capsys, tmp_path, text)
+    assert "expands to more than" in err
+
+
+def test_non_utf8_bytes_are_refused(capsys: pytest.CaptureFixture[str], tmp_path: Path) -> None:
+    text = dump(BASE).encode().replace(b"train.py", b"tr\xffin.py")
+    err = refused(capsys, tmp_path, text)
+    assert "not UTF-8 text (byte 0xff" in err
+
+
+@pytest.mark.parametrize("depth", [300, 5000])
+def test_very_deep_nesting_is_refused(
+    capsys: pytest.CaptureFixture[str], tmp_path: Path, depth: int
+) -> None:
+    deep = "[" * depth + "]" * depth
+    assert parse_experiment(yaml.safe_load(with_metadata(["a: [[[]]]"])))
+    err = refused(capsys, tmp_path, with_metadata([f"a: {deep}"]))
+    assert "nest" in err
+
+
+def test_a_duplicate_key_is_refused_naming_it(
+    capsys: pytest.CaptureFixture[str], tmp_path: Path
+) -> None:
+    text = dump(BASE).replace("  budget:\n", "  budget:\n    maxTrials: 3\n  budget:\n", 1)
+    err = refused(capsys, tmp_path, text)
+    line = text.splitlines().index("  budget:", text.splitlines().index("  budget:") + 1) + 1
+    assert f"line {line}: duplicate key 'budget'" in err
+
+
+def test_parameters_that_differ_only_in_case_are_refused(
+    capsys: pytest.CaptureFixture[str], tmp_path: Path
+) -> None:
+    doc = document()
+    doc["spec"]["parameters"][1]["name"] = "X"
+    err = refused(capsys, tmp_path, dump(doc))
+    assert "spec.parameters[1].name: 'X' and 'x' would both be passed as KUBETUNE_PARAM_X" in err
+
+
+@pytest.mark.parametrize("text", ["--x={{params.x}", "--x={{x}}", "{{ param.x }}"])
+def test_malformed_placeholders_are_refused_naming_the_field(
+    capsys: pytest.CaptureFixture[str], tmp_path: Path, text: str
+) -> None:
+    doc = document()
+    container(doc)["args"] = ["--y={{ params.y }}", text]
+    err = refused(capsys, tmp_path, dump(doc))
+    assert "spec.trialTemplate.spec.containers[0].args[1]: malformed placeholder" in err
+
+
+@pytest.mark.parametrize(
+    ("where", "value", "field"),
+    [
+        ("env", [{"name": "A=B", "value": "1"}], "env[0].name"),
+        ("env", [{"name": "A", "value": "1\x002"}], "env[0].value"),
+        ("args", ["a\x00b"], "args"),
+    ],
+)
+def test_values_a_process_cannot_be_given_are_refused_up_front(
+    capsys: pytest.CaptureFixture[str], tmp_path: Path, where: str, value: Any, field: str
+) -> None:
+    doc = document()
+    container(doc)[where] = value
+    err = refused(capsys, tmp_path, yaml.safe_dump(doc))
+    assert f"spec.trialTemplate.spec.containers[0].{field}" in err
+
+
+def test_a_missing_working_dir_is_named(
+    capsys: pytest.CaptureFixture[str], tmp_path: Path
+) -> None:
+    doc = document()
+    container(doc)["workingDir"] = "no-such-dir"
+    path = tmp_path / "experiment.yaml"
+    path.write_text(dump(doc))
+    assert main(["run", str(path), "--no-live"]) == 2
+    err = capsys.readouterr().err
+    assert f"workingDir: '{tmp_path / 'no-such-dir'}' is not a directory" in err
+    assert not (tmp_path / ".kubetune").exists()
+
+
+@pytest.mark.parametrize("target", ["missing/out.json", "folder"])
+def test_an_unwritable_output_is_refused_before_the_run(
+    capsys: pytest.CaptureFixture[str], tmp_path: Path, target: str
+) -> None:
+    (tmp_path / "folder").mkdir()
+    path = tmp_path / "experiment.yaml"
+    path.write_text(dump(document()))
+    started = time.monotonic()
+    assert main(["run", str(path), "--no-live", "-o", str(tmp_path / target)]) == 2
+    assert time.monotonic() - started < 5
+    assert "--output" in capsys.readouterr().err
+    assert not (tmp_path / ".kubetune").exists()
+    assert not list(tmp_path.rglob("*.tmp"))
+
+
+def test_a_state_dir_that_is_a_file_is_refused(
+    capsys: pytest.CaptureFixture[str], tmp_path: Path
+) -> None:
+    path = tmp_path / "experiment.yaml"
+    path.write_text(dump(document()))
+    (tmp_path / "state").write_text("")
+    assert main(["run", str(path), "--no-live", "--state-dir", str(tmp_path / "state")]) == 2
+    assert "is a file, not a directory" in capsys.readouterr().err
+
+
+def test_a_large_categorical_validates_in_linear_time() -> None:
+    doc = document()
+    values: list[Any] = [f"v{i}" for i in range(60_000)]
+    doc["spec"]["parameters"].append({"name": "c", "type": "categorical", "values": values})
+    started = time.monotonic()
+    parse_experiment(doc)
+    assert time.monotonic() - started < 2.0
+    doc["spec"]["parameters"][-1]["values"] = [*values, 1, 1.5, True, "v59999"]
+    with pytest.raises(ValueError, match="duplicate value 'v59999'"):
+        parse_experiment(doc)
