@@ -267,3 +267,76 @@ def test_a_trial_s_children_end_with_it(tmp_path: Path) -> None:
     children = [int(p.name.removeprefix("child-")) for p in tmp_path.glob("child-*")]
     assert len(children) == 2
     wait_for(lambda: not any(_alive(p) for p in children), timeout=5, what="children to end")
+
+
+def test_a_second_ctrl_c_stops_at_once_without_a_traceback(tmp_path: Path) -> None:
+    command = script(
+        tmp_path,
+        "stubborn.py",
+        """
+        import signal, time
+        signal.signal(signal.SIGTERM, signal.SIG_IGN)  # sits out the whole grace period
+        time.sleep(120)
+        """,
+    )
+    document = experiment("stubborn", command, budget={"maxTrials": 2, "parallelTrials": 2})
+    path = write(tmp_path, document)
+    state = tmp_path / ".kubetune" / "stubborn"
+    runner = subprocess.Popen(
+        [*KUBETUNE, "run", str(path), "--no-live"],
+        cwd=tmp_path,
+        stdout=subprocess.PIPE,
+        stderr=subprocess.STDOUT,
+        text=True,
+    )
+    try:
+        wait_for(lambda: launched(state) == 2, what="both trials to start")
+        time.sleep(0.5)
+        runner.send_signal(signal.SIGINT)
+        time.sleep(1.0)
+        started = time.monotonic()
+        runner.send_signal(signal.SIGINT)
+        output, _ = runner.communicate(timeout=30)
+    finally:
+        runner.kill()
+    assert time.monotonic() - started < 5  # not the 10 s grace period
+    assert runner.returncode == 130, output
+    assert "Traceback" not in output
+    ended = [e for e in events(state) if e["type"] == "AttemptEnded"]
+    assert len(ended) == 2 and all(e["kind"] == "interrupted" for e in ended)
+
+
+def test_a_resumed_run_prints_replayed_events_at_their_own_time(tmp_path: Path) -> None:
+    command = script(
+        tmp_path,
+        "later.py",
+        "import os, time\ntime.sleep(float(os.environ.get('TRIAL_SLEEP', '60')))\n"
+        "print('loss=1')\n",
+    )
+    path = write(tmp_path, experiment("later", command, budget={"maxTrials": 1}))
+    state = tmp_path / ".kubetune" / "later"
+    runner = subprocess.Popen(
+        [*KUBETUNE, "run", str(path), "--no-live"],
+        cwd=tmp_path,
+        stdout=subprocess.DEVNULL,
+        stderr=subprocess.DEVNULL,
+    )
+    try:
+        wait_for(lambda: launched(state) == 1, what="the trial to start")
+        runner.send_signal(signal.SIGKILL)
+        runner.wait(timeout=10)
+    finally:
+        runner.kill()
+    launch = next(e for e in events(state) if e["type"] == "TrialLaunched")
+    wait_for(lambda: time.time() - launch["at"] > 2.5, what="the clock to move on")
+    result = subprocess.run(
+        [*KUBETUNE, "run", str(path), "--no-live"],
+        cwd=tmp_path,
+        capture_output=True,
+        text=True,
+        timeout=120,
+        env={**os.environ, "TRIAL_SLEEP": "0"},
+    )
+    assert result.returncode == 0, result.stdout + result.stderr
+    stamp = time.strftime("%H:%M:%S", time.localtime(launch["at"]))
+    assert f"{stamp} later-0 started" in result.stdout, result.stdout
