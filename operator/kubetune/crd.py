@@ -31,11 +31,13 @@ OpenAPI v3 schema, which the API server requires of a CRD:
   is every default inside the parameter union (one member's default, such as an int's
   ``step: 1``, would otherwise land on every kind of parameter).
 
-What the JSON Schema cannot say comes from two tables in this module: ``_EXTRA``,
+What the JSON Schema cannot say comes from tables in this module: ``_EXTRA``,
 constraints only the CRD needs (``maxItems``/``maxProperties`` so that CEL's cost is
-bounded, patterns for what pydantic checks in Python code), and ``_RULES``, the CEL
+bounded, patterns for what pydantic checks in Python code), ``_RULES``, the CEL
 ``x-kubernetes-validations`` that restate pydantic's model validators, plus the
-transition rules that make the search definition immutable.
+transition rules that make the search definition immutable, and
+``_pod_properties()``, pod fields the models pass through untyped but the CRD checks
+(resource quantities, with CEL's ``isQuantity``).
 
 An unknown JSON Schema keyword is an error, not silently dropped: a new constraint in
 ``spec.py`` must be translated here (or deliberately ignored) before the CRD builds.
@@ -101,7 +103,53 @@ _EXTRA: dict[str, Schema] = {
     "checkpoints.uri": {"pattern": CHECKPOINT_URI_PATTERN, "maxLength": 1024},
     "objective.metric": {"maxLength": 253},
     "scheduler.resource": {"maxLength": 253},
+    "trialTemplate.spec.containers": {"maxItems": 32},
 }
+
+# Pod fields the models pass through untyped that the CRD checks all the same, by path:
+# resource quantities (CEL isQuantity), so that `cpu: bogus` is refused at `kubectl
+# apply`, not by the API server at each trial pod's creation. Values are integers or
+# strings, as in other CRDs that embed pods: write `cpu: "0.5"` (or 500m), not 0.5.
+_QUANTITY_RULE = (
+    "type(self) == int ? self >= 0 : isQuantity(self) && !quantity(self).isLessThan(quantity('0'))"
+)
+
+
+def _resources() -> Schema:
+    quantities: Schema = {
+        "type": "object",
+        "maxProperties": 32,
+        "additionalProperties": {
+            "x-kubernetes-int-or-string": True,
+            "maxLength": 64,
+            "x-kubernetes-validations": [
+                _rule(_QUANTITY_RULE, "must be a quantity of at least 0, such as 500m, 2 or 4Gi")
+            ],
+        },
+    }
+    return {
+        "type": "object",
+        "x-kubernetes-preserve-unknown-fields": True,
+        "properties": {"limits": quantities, "requests": copy.deepcopy(quantities)},
+    }
+
+
+def _pod_properties() -> dict[str, dict[str, Schema]]:
+    return {
+        "trialTemplate.spec.containers.items": {"resources": _resources()},
+        "trialTemplate.spec": {
+            "initContainers": {
+                "type": "array",
+                "maxItems": 32,
+                "items": {
+                    "type": "object",
+                    "x-kubernetes-preserve-unknown-fields": True,
+                    "properties": {"resources": _resources()},
+                },
+            }
+        },
+    }
+
 
 # `kubectl explain` text for fields whose model gives none (a model's own description,
 # once it has one, wins).
@@ -528,6 +576,8 @@ def experiment_spec_schema() -> Schema:
     schema.pop("description", None)
     for path, extra in _EXTRA.items():
         _at(schema, path).update(extra)
+    for path, properties in _pod_properties().items():
+        _at(schema, path).setdefault("properties", {}).update(properties)
     for path, text in _DESCRIPTIONS.items():
         _at(schema, path).setdefault("description", text)
     for path, rules in _RULES.items():

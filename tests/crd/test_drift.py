@@ -51,7 +51,11 @@ def test_schemas_are_structural(make: Any) -> None:
     schema = make()["spec"]["versions"][0]["schema"]["openAPIV3Schema"]
     for path, node in _nodes(schema):
         where = path or "<root>"
-        assert "type" in node or node.get("x-kubernetes-preserve-unknown-fields"), where
+        assert (
+            "type" in node
+            or node.get("x-kubernetes-preserve-unknown-fields")
+            or node.get("x-kubernetes-int-or-string")
+        ), where
         for keyword in ("$ref", "$defs", "anyOf", "const", "title", "nullable"):
             assert keyword not in node, f"{where}: {keyword}"
         assert not ("properties" in node and "additionalProperties" in node), where
@@ -116,3 +120,17 @@ def test_crds_kustomization_lists_both_files() -> None:
         "hpoexperiments.kubetune.dev.yaml",
         "hpotrials.kubetune.dev.yaml",
     ]
+
+
+def test_resource_quantities_are_checked_with_cel() -> None:
+    """`cpu: bogus` is refused by the CRD (tests/security/test_admission_policy.py
+    applies it): every container's and init container's limits and requests."""
+    spec = crd.experiment_spec_schema()
+    pod = spec["properties"]["trialTemplate"]["properties"]["spec"]
+    for kind in ("containers", "initContainers"):
+        resources = pod["properties"][kind]["items"]["properties"]["resources"]
+        for section in ("limits", "requests"):
+            value = resources["properties"][section]["additionalProperties"]
+            assert value["x-kubernetes-int-or-string"] is True
+            (rule,) = value["x-kubernetes-validations"]
+            assert "isQuantity(self)" in rule["rule"], kind
