@@ -3,6 +3,8 @@ cluster needed: `kubectl kustomize` renders offline)."""
 
 from __future__ import annotations
 
+import argparse
+import re
 import shutil
 import subprocess
 from pathlib import Path
@@ -11,6 +13,9 @@ from typing import Any
 import pytest
 import yaml
 
+from kubetune.engine import Engine
+from kubetune.operator import main as operator_main
+from kubetune.operator.naming import token_secret_name
 from kubetune.spec import load_experiment
 from tests.cluster.controlplane import Binaries
 from tests.prereq import missing
@@ -38,6 +43,24 @@ CLUSTER_RULES = {
 }
 
 
+CLUSTER_SCOPED = {
+    "Namespace",
+    "CustomResourceDefinition",
+    "ClusterRole",
+    "ClusterRoleBinding",
+    "ValidatingAdmissionPolicy",
+    "ValidatingAdmissionPolicyBinding",
+}
+# What the namespaced installation keeps cluster-wide (overlays/namespaced/): reads for
+# the capacity loop and kopf, and node cordons. Everything else is per namespace.
+NAMESPACED_CLUSTER_RULES = {
+    ("", "pods"): {"get", "list", "watch"},
+    ("", "nodes"): {"get", "list", "watch", "patch"},
+    ("apiextensions.k8s.io", "customresourcedefinitions"): {"list", "watch"},
+}
+WATCHED = "team-a"
+
+
 def kubectl() -> str:
     binaries = Binaries.locate()
     if binaries.kubectl.exists():
@@ -47,16 +70,37 @@ def kubectl() -> str:
     missing("no kubectl (tests/cluster/build.sh builds one)")
 
 
-@pytest.fixture(scope="module")
-def rendered() -> list[dict[str, Any]]:
+def render(directory: Path) -> list[dict[str, Any]]:
     out = subprocess.run(
-        [kubectl(), "kustomize", str(REPO / "manifests")],
+        [kubectl(), "kustomize", str(directory)],
         capture_output=True,
         text=True,
         check=True,
         timeout=60,
     ).stdout
     return [d for d in yaml.safe_load_all(out) if d]
+
+
+@pytest.fixture(scope="module")
+def rendered() -> list[dict[str, Any]]:
+    return render(REPO / "manifests")
+
+
+@pytest.fixture(scope="module")
+def namespaced() -> list[dict[str, Any]]:
+    return render(REPO / "overlays" / "namespaced")
+
+
+def granted(role: dict[str, Any]) -> dict[tuple[str, str], set[str]]:
+    """(group, resource) -> verbs of a Role or ClusterRole, with no wildcard or name."""
+    out: dict[tuple[str, str], set[str]] = {}
+    for rule in role["rules"]:
+        assert "resourceNames" not in rule and "nonResourceURLs" not in rule
+        for group in rule["apiGroups"]:
+            for resource in rule["resources"]:
+                assert "*" not in (group, resource, *rule["verbs"])
+                out.setdefault((group, resource), set()).update(rule["verbs"])
+    return out
 
 
 def one(rendered: list[dict[str, Any]], kind: str, name: str) -> dict[str, Any]:
@@ -79,15 +123,14 @@ def test_base_has_exactly_these_objects(rendered: list[dict[str, Any]]) -> None:
             ("RoleBinding", "kubetune-operator"),
             ("Deployment", "kubetune-operator"),
             ("Service", "kubetune-operator"),
+            ("ValidatingAdmissionPolicy", "kubetune-experiment-author"),
+            ("ValidatingAdmissionPolicyBinding", "kubetune-experiment-author"),
+            ("ValidatingAdmissionPolicy", "kubetune-operator-scope"),
+            ("ValidatingAdmissionPolicyBinding", "kubetune-operator-scope"),
         ]
     )
     for document in rendered:
-        if document["kind"] not in (
-            "Namespace",
-            "CustomResourceDefinition",
-            "ClusterRole",
-            "ClusterRoleBinding",
-        ):
+        if document["kind"] not in CLUSTER_SCOPED:
             assert document["metadata"]["namespace"] == NAMESPACE, document["kind"]
 
 
@@ -102,14 +145,7 @@ def test_the_base_carries_the_generated_crds(rendered: list[dict[str, Any]]) -> 
 
 def test_cluster_role_is_least_privilege(rendered: list[dict[str, Any]]) -> None:
     role = one(rendered, "ClusterRole", "kubetune-operator")
-    granted: dict[tuple[str, str], set[str]] = {}
-    for rule in role["rules"]:
-        assert "resourceNames" not in rule and "nonResourceURLs" not in rule
-        for group in rule["apiGroups"]:
-            for resource in rule["resources"]:
-                assert "*" not in (group, resource, *rule["verbs"])
-                granted.setdefault((group, resource), set()).update(rule["verbs"])
-    assert granted == CLUSTER_RULES
+    assert granted(role) == CLUSTER_RULES
     binding = one(rendered, "ClusterRoleBinding", "kubetune-operator")
     assert binding["roleRef"]["name"] == "kubetune-operator"
     assert binding["subjects"] == [
@@ -135,6 +171,104 @@ def test_role_reads_only_the_token_key(rendered: list[dict[str, Any]]) -> None:
     ]
     binding = one(rendered, "RoleBinding", "kubetune-operator")
     assert binding["subjects"][0]["name"] == "kubetune-operator"
+
+
+def test_namespaced_overlay_writes_only_in_the_watched_namespaces(
+    rendered: list[dict[str, Any]], namespaced: list[dict[str, Any]]
+) -> None:
+    """The base's objects, with the ClusterRole cut to cluster-wide reads (and node
+    cordons), the rest of its rights in a Role per watched namespace, and the
+    operator told to watch those namespaces only."""
+    base = {(d["kind"], d["metadata"]["name"]) for d in rendered}
+    extra = {
+        ("Role", "kubetune-operator-experiments"),
+        ("RoleBinding", "kubetune-operator-experiments"),
+    }
+    assert {(d["kind"], d["metadata"]["name"]) for d in namespaced} == base | extra
+
+    cluster = one(namespaced, "ClusterRole", "kubetune-operator")
+    assert granted(cluster) == NAMESPACED_CLUSTER_RULES
+    (role,) = [
+        d for d in namespaced if d["kind"] == "Role" and d["metadata"]["namespace"] == WATCHED
+    ]
+    # Exactly the base's rights that are not cluster-wide ones, now in one namespace.
+    assert granted(role) == {
+        key: verbs
+        for key, verbs in CLUSTER_RULES.items()
+        if key not in NAMESPACED_CLUSTER_RULES and key[1] != "namespaces"
+    } | {("", "pods"): CLUSTER_RULES[("", "pods")]}
+    (binding,) = [
+        d
+        for d in namespaced
+        if d["kind"] == "RoleBinding" and d["metadata"]["namespace"] == WATCHED
+    ]
+    assert binding["roleRef"] == {
+        "apiGroup": "rbac.authorization.k8s.io",
+        "kind": "Role",
+        "name": role["metadata"]["name"],
+    }
+    assert binding["subjects"] == [
+        {"kind": "ServiceAccount", "name": "kubetune-operator", "namespace": NAMESPACE}
+    ]
+    for document in namespaced:
+        if document["kind"] not in CLUSTER_SCOPED:
+            assert document["metadata"]["namespace"] in (NAMESPACE, WATCHED), document["kind"]
+
+    (container,) = one(namespaced, "Deployment", "kubetune-operator")["spec"]["template"]["spec"][
+        "containers"
+    ]
+    assert f"--namespace={WATCHED}" in container["args"]
+    assert "--namespace-all" not in container["args"]
+    parser = argparse.ArgumentParser()
+    operator_main.add_arguments(parser)
+    parsed = parser.parse_args(container["args"][1:])
+    assert parsed.namespace == [WATCHED] and not parsed.namespace_all
+    # Everything else is the base's, unchanged.
+    changed = {
+        ("ClusterRole", "kubetune-operator"),
+        ("Role", "kubetune-operator"),
+        ("Deployment", "kubetune-operator"),
+    }
+    key_role = one(namespaced, "Role", "kubetune-operator")
+    assert key_role["rules"][-1] == {
+        "apiGroups": [""],
+        "resources": ["secrets"],
+        "verbs": ["create"],
+    }
+    assert (
+        key_role["rules"][:-1]
+        == one(render(REPO / "manifests"), "Role", "kubetune-operator")["rules"]
+    )
+    for document in render(REPO / "manifests"):  # (another test edits `rendered`)
+        key = (document["kind"], document["metadata"]["name"])
+        if key not in changed:
+            assert one(namespaced, *key) == document, key
+
+
+def test_admission_policy_knows_kubetunes_secret_names(rendered: list[dict[str, Any]]) -> None:
+    """The policy refuses references to trial tokens by name: its pattern must match
+    the names the operator gives them, and the token key's name."""
+    policy = one(rendered, "ValidatingAdmissionPolicy", "kubetune-experiment-author")
+    variables = {v["name"]: v["expression"] for v in policy["spec"]["variables"]}
+    (pattern,) = re.findall(r"matches\('([^']+)'\)", variables["kubetuneSecretRefs"])
+    example = load_experiment(REPO / "manifests" / "examples" / "digits-asha.yaml")
+    engine = Engine(example.spec, example.metadata.name)
+    for number in (0, 7, 123):
+        assert re.fullmatch(pattern, token_secret_name(engine.trial_name(number)))
+    for users in ("db-password", "token", "digits-mlp-token", "x-1-tokens"):
+        assert not re.fullmatch(pattern, users), users
+    parser = argparse.ArgumentParser()
+    operator_main.add_arguments(parser)
+    key = parser.get_default("token_key_secret").split("/")[1]
+    assert f"r.name == '{key}'" in variables["kubetuneSecretRefs"]
+
+    scope = one(rendered, "ValidatingAdmissionPolicy", "kubetune-operator-scope")
+    (condition,) = scope["spec"]["matchConditions"]
+    assert f"'system:serviceaccount:{NAMESPACE}:kubetune-operator'" in condition["expression"]
+    for name in ("kubetune-experiment-author", "kubetune-operator-scope"):
+        binding = one(rendered, "ValidatingAdmissionPolicyBinding", name)
+        assert binding["spec"] == {"policyName": name, "validationActions": ["Deny"]}
+        assert one(rendered, "ValidatingAdmissionPolicy", name)["spec"]["failurePolicy"] == "Fail"
 
 
 def test_deployment(rendered: list[dict[str, Any]]) -> None:
