@@ -3,6 +3,10 @@
 One aiohttp stream per running pod, on the operator's event loop (no thread per pod),
 authenticated with the operator's own client credentials. A pod is followed only until
 its trial reports through the SDK: then its lines are just output.
+
+The stream is read in chunks, not lines, and split at `\n` and `\r` with long lines cut
+(logparse.LineSplitter): a progress bar redrawn with `\r` for an hour is not one line
+to hold in memory, nor one that ends the stream with "line too long".
 """
 
 from __future__ import annotations
@@ -10,12 +14,12 @@ from __future__ import annotations
 import asyncio
 import logging
 import ssl
-from collections.abc import Awaitable, Callable
+from collections.abc import AsyncIterable, Awaitable, Callable
 
 import aiohttp
 from kubernetes import client
 
-from kubetune.logparse import parse_metrics_line
+from kubetune.logparse import Line, LineSplitter, parse_metrics_line
 
 logger = logging.getLogger(__name__)
 
@@ -46,12 +50,21 @@ class LogStreams:
         return self._session
 
     async def follow(
-        self, namespace: str, pod: str, container: str, resource: str | None, on_line: LineReport
+        self,
+        namespace: str,
+        pod: str,
+        container: str,
+        resource: str | None,
+        on_line: LineReport,
+        objective: str | None = None,
     ) -> None:
-        """Stream the pod's log until it ends or `on_line` returns False (stop following)."""
+        """Stream the pod's log until it ends or `on_line` returns False (stop following).
+
+        With `objective`, lines that do not carry it are not reported: a chatty trial's
+        other values drive no decision and need not become events.
+        """
         url = f"{self.host}/api/v1/namespaces/{namespace}/pods/{pod}/log"
         params = {"follow": "true", "container": container}
-        count = 0
         for _ in range(30):  # the container may not have started yet: retry briefly
             try:
                 async with self.session().get(url, params=params, ssl=self.ssl) as response:
@@ -61,14 +74,9 @@ class LogStreams:
                     if response.status != 200:
                         logger.warning("logs of %s/%s: HTTP %s", namespace, pod, response.status)
                         return
-                    async for raw in response.content:
-                        line = raw.decode(errors="replace").strip()
-                        parsed = parse_metrics_line(line, resource, count + 1)
-                        if parsed is None:
-                            continue
-                        count += 1
-                        if not await on_line(*parsed):
-                            return
+                    await report_lines(
+                        response.content.iter_any(), resource, on_line, objective
+                    )
                     return
             except aiohttp.ClientError as error:
                 logger.warning("logs of %s/%s: %s", namespace, pod, error)
@@ -78,3 +86,32 @@ class LogStreams:
     async def close(self) -> None:
         if self._session is not None:
             await self._session.close()
+
+
+async def report_lines(
+    chunks: AsyncIterable[bytes],
+    resource: str | None,
+    on_line: LineReport,
+    objective: str | None = None,
+) -> bool:
+    """Report the metric lines in a stream of output chunks; False once `on_line` says stop."""
+    splitter = LineSplitter()
+    count = 0
+
+    async def report(lines: list[Line]) -> bool:
+        nonlocal count
+        for line in lines:
+            parsed = parse_metrics_line(line.data.decode(errors="replace"), resource, count + 1)
+            if parsed is None:
+                continue
+            count += 1
+            if objective is not None and objective not in parsed[1]:
+                continue
+            if not await on_line(*parsed):
+                return False
+        return True
+
+    async for chunk in chunks:
+        if not await report(splitter.feed(chunk)):
+            return False
+    return await report(splitter.close())
