@@ -38,6 +38,9 @@ def start_helper(parent: int, env: Mapping[str, str]) -> None:
     die_with_parent()
     if os.getppid() != parent:
         os._exit(0)
+    # Ctrl-C on a terminal reaches the whole foreground group: kubetune handles it and
+    # closes its helpers; a helper's own KeyboardInterrupt would only print a traceback.
+    signal.signal(signal.SIGINT, signal.SIG_IGN)
 
     # Belt and braces: a parent-death signal is tied to the thread that forked, so also
     # leave as soon as this process is orphaned (its parent id changes).

@@ -288,14 +288,16 @@ def test_a_second_ctrl_c_stops_at_once_without_a_traceback(tmp_path: Path) -> No
         stdout=subprocess.PIPE,
         stderr=subprocess.STDOUT,
         text=True,
+        start_new_session=True,  # its own process group, as a terminal's foreground job
     )
     try:
         wait_for(lambda: launched(state) == 2, what="both trials to start")
         time.sleep(0.5)
-        runner.send_signal(signal.SIGINT)
+        # Ctrl-C on a terminal: SIGINT to the whole foreground process group.
+        os.killpg(runner.pid, signal.SIGINT)
         time.sleep(1.0)
         started = time.monotonic()
-        runner.send_signal(signal.SIGINT)
+        os.killpg(runner.pid, signal.SIGINT)
         output, _ = runner.communicate(timeout=30)
     finally:
         runner.kill()
