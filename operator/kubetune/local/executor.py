@@ -122,9 +122,10 @@ class LocalExecutor:
                 start_new_session=True,
                 preexec_fn=die_with_parent,
             )
-        except OSError as error:
+        except (OSError, ValueError) as error:
             running.log.close()
-            self.on_exit(*key, 127, f"cannot start {argv[0]!r}: {error.strerror}")
+            reason = error.strerror if isinstance(error, OSError) else str(error)
+            self.on_exit(*key, 127, f"cannot start {argv[0]!r}: {reason}")
             return
         running.transport, running.pid = transport, transport.get_pid()
         self.reaper.watch(running.pid)
