@@ -15,7 +15,8 @@ Binaries come from ``tests/cluster/build.sh`` (versions pinned in ``versions.env
 
 What is real here: authentication by client certificates (the admin is in
 ``system:masters``), authorization ``Node,RBAC`` (RBAC is enforced for everyone
-else), the default admission plugins, service-account tokens signed by our own key
+else), the default admission plugins (PodSecurity and ValidatingAdmissionPolicy
+among them), service-account tokens signed by our own key
 (TokenRequest works), garbage collection, namespace deletion and every other
 controller of kube-controller-manager, and the scheduler (pods that fit no node stay
 Pending/Unschedulable). What is absent: a kubelet and a container runtime (see
@@ -805,6 +806,9 @@ class ControlPlane:
                 f"--service-account-key-file={pki / 'sa.pub'}",
                 f"--service-account-signing-key-file={pki / 'sa.key'}",
                 "--authorization-mode=Node,RBAC",
+                # On by default; named because kubetune's admission policies and the
+                # security tests rely on them (manifests/admission.yaml).
+                "--enable-admission-plugins=PodSecurity,ValidatingAdmissionPolicy",
                 f"--service-cluster-ip-range={SERVICE_CLUSTER_IP_RANGE}",
                 "--allow-privileged=true",
                 f"--kubelet-client-certificate={pki / 'apiserver-kubelet-client.crt'}",
