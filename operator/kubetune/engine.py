@@ -61,6 +61,7 @@ MAX_DURATION_REACHED = "MaxDurationReached"
 TOO_MANY_FAILED_TRIALS = "TooManyFailedTrials"
 NO_RESULTS = "NoTrialReportedObjective"
 BUDGET_EXHAUSTED = "BudgetExhausted"
+TARGET_REACHED = "TargetReached"
 # A CostObserved event is recorded when the cost grew by this share of maxCostUSD (or
 # the price of a trial-hour changed by more than COST_RATE_CHANGE): the history stays
 # bounded (about 100 cost events per budget) and decisions lag the cost by under 1%.
@@ -123,6 +124,9 @@ class Engine:
     stop_reasons: dict[int, str] = field(default_factory=dict)
     cost_usd: float = 0.0  # the last CostObserved: what the experiment has cost so far
     trial_usd_per_hour: float = 0.0  # and what one trial costs per hour now
+    # objective.target was reached (a StopRequested says so): the wind-down goes on even
+    # if reports that arrive meanwhile make another trial the best.
+    target_reached: bool = False
 
     def __post_init__(self) -> None:
         self.scheduler = self._make_scheduler()
@@ -175,6 +179,7 @@ class Engine:
                 self._apply_report(event)
             case StopRequested(number=number, reason=reason):
                 self.stop_reasons[number] = reason
+                self.target_reached |= reason == TARGET_REACHED
             case AttemptEnded():
                 self._apply_attempt_end(event)
             case CostObserved(usd=usd, trial_usd_per_hour=rate):
@@ -215,10 +220,14 @@ class Engine:
         attempt.ended_at = event.at
         verdict = attempt.decision
         if event.number in self.stop_reasons:
-            trial.phase, trial.reason = TrialPhase.STOPPED, self.stop_reasons.pop(event.number)
-        elif verdict is not None and verdict.decision is Decision.PAUSE:
+            reason = self.stop_reasons.pop(event.number)
+            # A trial stopped because it reached the target is done, not cut short.
+            done = reason == TARGET_REACHED and self._reaches_target(trial)
+            trial.phase = TrialPhase.COMPLETED if done else TrialPhase.STOPPED
+            trial.reason = reason
         elif event.kind is ExitKind.REFUSED:
             trial.phase, trial.reason = TrialPhase.FAILED, f"pod refused: {event.message}"
+        elif verdict is not None and verdict.decision is Decision.PAUSE:
             trial.phase, trial.reason = TrialPhase.PAUSED, verdict.reason
         elif verdict is not None and verdict.decision is Decision.STOP:
             trial.phase, trial.reason = verdict.final or TrialPhase.STOPPED, verdict.reason
@@ -315,6 +324,8 @@ class Engine:
         failed = sum(t.phase is TrialPhase.FAILED for t in self.trials)
         if budget.maxFailedTrials is not None and failed > budget.maxFailedTrials:
             return False
+        if self.ended.reason == TARGET_REACHED:
+            return False  # the objective (and its target) cannot change: it would end again
         if budget.maxCostUSD is not None and self.ended.reason == BUDGET_EXHAUSTED:
             return self._next_work_affordable()
         if budget.maxCostUSD is not None and self.cost_usd >= budget.maxCostUSD:
@@ -497,7 +508,21 @@ class Engine:
         if budget.maxCostUSD is not None and self.cost_usd >= budget.maxCostUSD:
             message = f"cost ${self.cost_usd:.2f} reached maxCostUSD (${budget.maxCostUSD:.2f})"
             return True, BUDGET_EXHAUSTED, message
+        # The same best as the status shows (comparable fidelity first); running trials
+        # are stopped, not waited for.
+        best = self.best() if self.spec.objective.target is not None else None
+        reached = best is not None and self.spec.objective.reached(best.value)
+        if reached or self.target_reached:
+            objective = self.spec.objective
+            message = f"{objective.metric} reached the target {objective.target:g}"
+            if best is not None and reached:
+                value = f"{objective.metric}={best.value:.6g}"
+                message = f"best trial {best.name}: {value} reached the target {objective.target:g}"
+            return True, TARGET_REACHED, message
         return None
+
+    def _reaches_target(self, trial: TrialRecord) -> bool:
+        return trial.value is not None and self.spec.objective.reached(trial.value)
 
     def _wind_down(self, succeeded: bool, reason: str, message: str, now: float) -> list[Action]:
         actions: list[Action] = []

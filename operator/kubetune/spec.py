@@ -51,6 +51,24 @@ class Goal(StrEnum):
 class Objective(_Model):
     metric: str = Field(pattern=NAME_PATTERN, description="Metric name the trials report.")
     goal: Goal = Field(description="Whether lower or higher metric values are better.")
+    target: float | None = Field(
+        default=None,
+        description="The experiment succeeds (reason TargetReached) as soon as the best "
+        "value reaches this: at most it when minimizing, at least it when maximizing.",
+    )
+
+    @field_validator("target")
+    @classmethod
+    def _finite_target(cls, value: float | None) -> float | None:
+        if value is not None and not math.isfinite(value):
+            raise ValueError(f"must be a finite number, got {value}")
+        return value
+
+    def reached(self, value: float) -> bool:
+        """True when `value` meets `target` (never when there is no target)."""
+        if self.target is None:
+            return False
+        return value <= self.target if self.goal is Goal.MINIMIZE else value >= self.target
 
     def is_better(self, a: float, b: float) -> bool:
         """True when value `a` is strictly better than `b` under this objective."""
