@@ -585,10 +585,7 @@ def _node_problem(root: yaml.Node) -> str | None:
             if height[key] > MAX_YAML_DEPTH:
                 return f"nested deeper than {MAX_YAML_DEPTH} levels"
             if size[key] > MAX_YAML_NODES:
-                return (
-                    f"expands to more than {MAX_YAML_NODES} values (aliases repeating "
-                    f"aliases?)"
-                )
+                return f"expands to more than {MAX_YAML_NODES} values (aliases repeating aliases?)"
             continue
         if key in size:
             continue

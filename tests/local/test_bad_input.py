@@ -129,9 +129,7 @@ def test_values_a_process_cannot_be_given_are_refused_up_front(
     assert f"spec.trialTemplate.spec.containers[0].{field}" in err
 
 
-def test_a_missing_working_dir_is_named(
-    capsys: pytest.CaptureFixture[str], tmp_path: Path
-) -> None:
+def test_a_missing_working_dir_is_named(capsys: pytest.CaptureFixture[str], tmp_path: Path) -> None:
     doc = document()
     container(doc)["workingDir"] = "no-such-dir"
     path = tmp_path / "experiment.yaml"

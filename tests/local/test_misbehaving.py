@@ -11,6 +11,7 @@ import sys
 import textwrap
 import time
 from pathlib import Path
+from typing import Any
 
 import pytest
 
@@ -32,6 +33,27 @@ def wait_for(predicate, timeout: float = 60, what: str = "") -> None:  # type: i
             return
         time.sleep(0.1)
     raise AssertionError(f"timed out waiting for {what}")
+
+
+def start(path: Path, **options: Any) -> subprocess.Popen[str]:
+    """`kubetune run` in the background (output discarded unless told otherwise)."""
+    options.setdefault("stdout", subprocess.DEVNULL)
+    options.setdefault("stderr", subprocess.DEVNULL)
+    return subprocess.Popen(
+        [*KUBETUNE, "run", str(path), "--no-live"], cwd=path.parent, text=True, **options
+    )
+
+
+def finish(path: Path) -> subprocess.CompletedProcess[str]:
+    """Run it again with trials that no longer wait (they read TRIAL_SLEEP)."""
+    return subprocess.run(
+        [*KUBETUNE, "run", str(path), "--no-live"],
+        cwd=path.parent,
+        capture_output=True,
+        text=True,
+        timeout=120,
+        env={**os.environ, "TRIAL_SLEEP": "0"},
+    )
 
 
 def launched(state: Path) -> int:
@@ -93,19 +115,14 @@ def test_the_runner_sleeps_while_its_trials_sleep(tmp_path: Path) -> None:
     )
     path = write(tmp_path, document)
     state = tmp_path / ".kubetune" / "sleepy"
-    runner = subprocess.Popen(
-        [*KUBETUNE, "run", str(path), "--no-live"],
-        cwd=tmp_path,
-        stdout=subprocess.DEVNULL,
-        stderr=subprocess.DEVNULL,
-    )
+    runner = start(path)
     try:
         wait_for(lambda: launched(state) == 2, what="both trials to start")
         time.sleep(0.5)
-        start_cpu, start = cpu_seconds(runner.pid), time.monotonic()
+        cpu_before, before = cpu_seconds(runner.pid), time.monotonic()
         time.sleep(4)
-        used = cpu_seconds(runner.pid) - start_cpu
-        share = used / (time.monotonic() - start)
+        used = cpu_seconds(runner.pid) - cpu_before
+        share = used / (time.monotonic() - before)
         assert runner.poll() is None, "the trials ended before the measurement did"
         assert share < 0.05, f"kubetune used {share:.0%} of a core while its trials slept"
         assert runner.wait(timeout=30) == 0
@@ -147,12 +164,7 @@ def test_a_second_run_on_the_same_state_is_refused_and_kill_9_leaves_no_lock(
     document = experiment("locked", command, budget={"maxTrials": 2, "parallelTrials": 2})
     path = write(tmp_path, document)
     state = tmp_path / ".kubetune" / "locked"
-    first = subprocess.Popen(
-        [*KUBETUNE, "run", str(path), "--no-live"],
-        cwd=tmp_path,
-        stdout=subprocess.DEVNULL,
-        stderr=subprocess.DEVNULL,
-    )
+    first = start(path)
     try:
         wait_for(lambda: launched(state) == 2, what="the first run's trials")
         for extra in ([], ["--fresh"]):
@@ -168,14 +180,7 @@ def test_a_second_run_on_the_same_state_is_refused_and_kill_9_leaves_no_lock(
     finally:
         first.kill()
     # The kernel released the lock with the process: the next run resumes and finishes.
-    result = subprocess.run(
-        [*KUBETUNE, "run", str(path), "--no-live"],
-        cwd=tmp_path,
-        capture_output=True,
-        text=True,
-        timeout=120,
-        env={**os.environ, "TRIAL_SLEEP": "0"},
-    )
+    result = finish(path)
     assert result.returncode == 0, result.stdout + result.stderr
     assert "resuming locked" in result.stdout
     ended = [e for e in events(state) if e["type"] == "ExperimentEnded"]
@@ -227,12 +232,7 @@ def test_kill_9_of_kubetune_leaves_no_trial_helper_or_grandchild(tmp_path: Path)
     document = experiment("orphans", command, budget={"maxTrials": 2, "parallelTrials": 2})
     path = write(tmp_path, document)
     state = tmp_path / ".kubetune" / "orphans"
-    runner = subprocess.Popen(
-        [*KUBETUNE, "run", str(path), "--no-live"],
-        cwd=tmp_path,
-        stdout=subprocess.DEVNULL,
-        stderr=subprocess.DEVNULL,
-    )
+    runner = start(path)
     try:
         wait_for(lambda: launched(state) == 2, what="both trials to start")
         wait_for(lambda: len(descendants(runner.pid)) >= 6, what="trials' own children")
@@ -282,12 +282,10 @@ def test_a_second_ctrl_c_stops_at_once_without_a_traceback(tmp_path: Path) -> No
     document = experiment("stubborn", command, budget={"maxTrials": 2, "parallelTrials": 2})
     path = write(tmp_path, document)
     state = tmp_path / ".kubetune" / "stubborn"
-    runner = subprocess.Popen(
-        [*KUBETUNE, "run", str(path), "--no-live"],
-        cwd=tmp_path,
+    runner = start(
+        path,
         stdout=subprocess.PIPE,
         stderr=subprocess.STDOUT,
-        text=True,
         start_new_session=True,  # its own process group, as a terminal's foreground job
     )
     try:
@@ -317,12 +315,7 @@ def test_a_resumed_run_prints_replayed_events_at_their_own_time(tmp_path: Path) 
     )
     path = write(tmp_path, experiment("later", command, budget={"maxTrials": 1}))
     state = tmp_path / ".kubetune" / "later"
-    runner = subprocess.Popen(
-        [*KUBETUNE, "run", str(path), "--no-live"],
-        cwd=tmp_path,
-        stdout=subprocess.DEVNULL,
-        stderr=subprocess.DEVNULL,
-    )
+    runner = start(path)
     try:
         wait_for(lambda: launched(state) == 1, what="the trial to start")
         runner.send_signal(signal.SIGKILL)
@@ -331,14 +324,7 @@ def test_a_resumed_run_prints_replayed_events_at_their_own_time(tmp_path: Path) 
         runner.kill()
     launch = next(e for e in events(state) if e["type"] == "TrialLaunched")
     wait_for(lambda: time.time() - launch["at"] > 2.5, what="the clock to move on")
-    result = subprocess.run(
-        [*KUBETUNE, "run", str(path), "--no-live"],
-        cwd=tmp_path,
-        capture_output=True,
-        text=True,
-        timeout=120,
-        env={**os.environ, "TRIAL_SLEEP": "0"},
-    )
+    result = finish(path)
     assert result.returncode == 0, result.stdout + result.stderr
     stamp = time.strftime("%H:%M:%S", time.localtime(launch["at"]))
     assert f"{stamp} later-0 started" in result.stdout, result.stdout

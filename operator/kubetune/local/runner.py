@@ -86,8 +86,7 @@ def check_working_dir(spec: ExperimentSpec, workdir: Path) -> None:
     where = trial_workdir(workdir, container.workingDir)
     if not where.is_dir():
         raise StateError(
-            f"spec.trialTemplate.spec.containers[0].workingDir: {str(where)!r} is not a "
-            f"directory"
+            f"spec.trialTemplate.spec.containers[0].workingDir: {str(where)!r} is not a directory"
         )
 
 

@@ -74,9 +74,7 @@ class LogStreams:
                     if response.status != 200:
                         logger.warning("logs of %s/%s: HTTP %s", namespace, pod, response.status)
                         return
-                    await report_lines(
-                        response.content.iter_any(), resource, on_line, objective
-                    )
+                    await report_lines(response.content.iter_any(), resource, on_line, objective)
                     return
             except aiohttp.ClientError as error:
                 logger.warning("logs of %s/%s: %s", namespace, pod, error)
