@@ -40,6 +40,7 @@ from typing import Any
 from kubernetes.client.rest import ApiException
 
 from kubetune import observability
+from kubetune.conditions import experiment_conditions
 from kubetune.engine import (
     Engine,
     EngineError,
@@ -281,18 +282,7 @@ class ExperimentController:
         )
         self.load_failure = message
         logger.warning("experiment %s/%s: %s", self.namespace, self.name, message)
-        now = _timestamp(time.time())
-        conditions = [
-            {
-                "type": kind,
-                "status": "True" if kind == "Failed" else "False",
-                "reason": HISTORY_UNREADABLE if kind == "Failed" else f"Not{kind}",
-                "message": message if kind == "Failed" else "",
-                "lastTransitionTime": now,
-                "observedGeneration": self.generation,
-            }
-            for kind in ("Running", "Succeeded", "Failed")
-        ]
+        conditions = self._conditions("Failed", HISTORY_UNREADABLE, message)
         status = {
             "phase": "Failed",
             "reason": HISTORY_UNREADABLE,
@@ -417,6 +407,8 @@ class ExperimentController:
                 return False
         created = await self.kube.create_trial(self.namespace, self._trial_object(trial))
         self.trial_uids[trial.number] = created["metadata"]["uid"]
+        # Its ADDED event, status still empty, is ours too.
+        self.trial_versions[trial.number].append(created["metadata"]["resourceVersion"])
         if restored:
             observability.object_restored("HPOTrial", "deleted")
             await self._event(
@@ -534,24 +526,9 @@ class ExperimentController:
         }
 
     def _conditions(self, phase: str, reason: str, message: str) -> list[dict[str, Any]]:
-        previous = {c["type"]: c for c in (self.last_status or {}).get("conditions", [])}
+        previous = (self.last_status or {}).get("conditions", [])
         now = _timestamp(time.time())
-        conditions = []
-        for kind in ("Running", "Succeeded", "Failed"):
-            value = "True" if phase == kind else "False"
-            old = previous.get(kind)
-            changed = old is None or old["status"] != value
-            conditions.append(
-                {
-                    "type": kind,
-                    "status": value,
-                    "reason": reason if value == "True" else f"Not{kind}",
-                    "message": message if value == "True" else "",
-                    "lastTransitionTime": now if changed else old["lastTransitionTime"],
-                    "observedGeneration": self.generation,
-                }
-            )
-        return conditions
+        return experiment_conditions(phase, reason, message, self.generation, previous, now)
 
     # ----- what happens -------------------------------------------------------------
 
@@ -620,8 +597,10 @@ class ExperimentController:
         for number, wait in list(self.quota_waits.items()):
             trial = self.engine.trials[number]
             attempt = trial.attempt
-            if trial.phase is not TrialPhase.RUNNING or attempt is None or (
-                attempt.number != wait.action.attempt
+            if (
+                trial.phase is not TrialPhase.RUNNING
+                or attempt is None
+                or (attempt.number != wait.action.attempt)
             ):
                 del self.quota_waits[number]  # that attempt is over
             elif wait.retry_at <= now:

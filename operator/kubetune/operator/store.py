@@ -142,9 +142,7 @@ class CheckedHistories:
     legacy: bool  # nothing was signed: an older operator wrote it all
 
 
-def check_histories(
-    histories: Sequence[Sequence[Any]], signer: HistorySigner
-) -> CheckedHistories:
+def check_histories(histories: Sequence[Sequence[Any]], signer: HistorySigner) -> CheckedHistories:
     signed = any(isinstance(r, dict) and MAC_FIELD in r for h in histories for r in h)
     if not signed:
         accepted = [[signer.sign(r) for r in h if isinstance(r, dict)] for h in histories]
