@@ -16,6 +16,7 @@ from typing import Any
 import kopf
 
 from kubetune import observability
+from kubetune.conditions import experiment_conditions
 from kubetune.ingest import NOT_READY, NotReady, ReportServer, ReportTarget
 from kubetune.offloop import SuggestionWorker
 from kubetune.operator.controller import ExperimentController, OperatorConfig
@@ -23,6 +24,7 @@ from kubetune.operator.kube import Kube
 from kubetune.operator.logs import LogStreams
 from kubetune.operator.naming import EXPERIMENTS, GROUP, LABEL_EXPERIMENT, TRIALS, VERSION
 from kubetune.spec import SchedulerName, SpecError, parse_experiment
+from kubetune.timestamps import rfc3339
 
 logger = logging.getLogger(__name__)
 
@@ -128,12 +130,24 @@ class Registry:
             "experiment %s/%s is invalid: %s", metadata["namespace"], metadata["name"], problems
         )
         status = body.get("status") or {}
-        if status.get("reason") == "Invalid" and status.get("message") == problems:
+        generation = metadata.get("generation")
+        written = (status.get("reason"), status.get("message"), status.get("observedGeneration"))
+        if written == ("Invalid", problems, generation):
             return
+        # Stalled (kstatus) and Failed, about this generation: GitOps tools see it failed.
+        previous = status.get("conditions") or []
+        now = rfc3339(time.time())
+        conditions = experiment_conditions("Failed", "Invalid", problems, generation, previous, now)
         await self.kube.patch_experiment_status(
             metadata["namespace"],
             metadata["name"],
-            {"phase": "Failed", "reason": "Invalid", "message": problems},
+            {
+                "phase": "Failed",
+                "reason": "Invalid",
+                "message": problems,
+                "observedGeneration": generation,
+                "conditions": conditions,
+            },
         )
         await self.kube.post_event(body, "HPOExperiment", "Invalid", problems, warning=True)
 
