@@ -70,6 +70,12 @@ def build_parser(*, operator_arguments: bool = False) -> argparse.ArgumentParser
     validate = commands.add_parser("validate", help="check an experiment YAML and exit")
     validate.add_argument("file", type=Path)
 
+    convert = commands.add_parser(
+        "convert", help="print the HPOExperiment equivalent to another tool's experiment"
+    )
+    convert.add_argument("tool", choices=["katib"], help="katib: a kubeflow.org/v1beta1 Experiment")
+    convert.add_argument("file", type=Path)
+
     operator = commands.add_parser(
         "operator", help="run the Kubernetes operator (needs the `operator` extra)"
     )
@@ -95,6 +101,10 @@ def main(argv: list[str] | None = None) -> int:
         from kubetune.operator.main import run
 
         return run(args)
+    if args.command == "convert":
+        from kubetune.convert.katib import main as convert_katib
+
+        return convert_katib(args.file, sys.stdout, sys.stderr)
     logging.basicConfig(level=logging.WARNING, format="%(levelname)s %(name)s: %(message)s")
     # Imported after parsing: pydantic's models are most of the start-up time of --help.
     from kubetune.spec import SpecError, load_experiment

@@ -1,0 +1,1 @@
+"""Converters from other tools' experiment formats to `HPOExperiment` (`kubetune convert`)."""
