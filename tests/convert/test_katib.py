@@ -182,6 +182,12 @@ def test_median_stop_distributions_containers_and_job_fields() -> None:
     assert "training-container moved first" in text
 
 
+def test_resume_policy_never_converts_with_a_note() -> None:
+    document, text = converted("never-resume")
+    assert document["metadata"]["name"] == "never-resume"
+    assert "# - spec.resumePolicy: Never: a kubetune experiment whose budget is raised" in text
+
+
 def test_push_collector_defaults_and_no_goal() -> None:
     document, text = converted("push-collector")
     assert "target" not in document["spec"]["objective"]

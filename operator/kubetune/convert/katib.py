@@ -496,7 +496,12 @@ def _refused_fields(spec: Mapping[str, Any], work: _Work) -> None:
     if spec.get("nasConfig") is not None:
         work.refuse("spec.nasConfig", "neural architecture search has no kubetune equivalent")
     policy = spec.get("resumePolicy")
-    if policy not in (None, "Never"):
+    if policy == "Never":
+        work.note(
+            "spec.resumePolicy",
+            "Never: a kubetune experiment whose budget is raised continues all the same",
+        )
+    elif policy is not None:
         work.refuse(
             "spec.resumePolicy",
             f"{policy}: kubetune keeps an experiment's history in its HPOTrials and continues "
