@@ -1,49 +1,56 @@
-"""Search quality of kubetune's samplers and ASHA scheduler, side by side with Optuna.
+"""Search quality of kubetune's samplers and ASHA scheduler, each beside the Optuna code it wraps.
 
-Everything runs in this one process, on the same seeds, with no data to download:
+Fair by construction: every kubetune method runs beside the Optuna sampler (or pruner) it
+is built on, driven directly, with the same protocol, in one run:
 
-1. Single fidelity, simple regret after N trials (default 60) on Branin (2-D, optimum
-   0.397887) and Hartmann-6 (6-D, optimum -3.32237): kubetune `bayesian` and `tpe`, run
-   through the virtual-clock simulator (`kubetune.simulate`) with 4 trials in parallel
-   and no scheduler, against Optuna's TPESampler used directly (sequential ask/tell,
-   default settings) and against random search (kubetune `random`, 4 in parallel).
+* the same parallelism p (1 and 4) and the same completion order: one simulated clock
+  for both. kubetune runs through `kubetune.simulate` (the real engine on a virtual
+  clock); Optuna runs one study with p workers on the same kind of clock: a worker asks
+  when its slot frees, running trials stay in the study as RUNNING, and events at the
+  same instant are handled in the order they were scheduled, as the simulator does.
+  "sync": every trial takes the same time; "async": a trial's duration depends on its
+  parameters, so trials end out of order (p=1 is the same in both);
+* the same sampler options (kubetune's `tpe` is Optuna's TPESampler with constant liar,
+  multivariate and group, so the Optuna row uses them too; `bayesian` is GPSampler with
+  its default 10 start-up trials), the same seeds, the same objective and noise.
 
-2. Multi-fidelity, Augmented Hartmann (BoTorch's `AugmentedHartmann`: Hartmann-6 with
-   alpha_1 lowered by 0.1 * (1 - s) at fidelity s in [0, 1]; s = 1 is Hartmann-6 itself).
-   A trial's resource step r in 1..27 is fidelity s = r / 27; no noise. kubetune `asha`
-   (tpe sampler, minResource 1, maxResource 27, eta 3, 4 in parallel, through the
-   simulator) against Optuna used directly: TPESampler + SuccessiveHalvingPruner
-   (min_resource=1, reduction_factor=3), sequential, a trial reporting its value at every
-   step and stopping when `trial.should_prune()` says so. Both get the same budget in
-   resource steps (every step any trial trains counts; trials are created until the budget
-   is spent). Measured: the resource spent until the best full-fidelity (r = 27) value
-   first comes within 0.5 of the optimum (the primary target, fixed before any run), and
-   within 0.1 (secondary: Hartmann-6's second-best local minimum, -3.2032, is 0.119 away,
-   so this means finding the global basin). A seed that never reaches a target counts as
-   the full budget, and the table says how many seeds reached it. A reference row runs
-   kubetune's ASHA one trial at a time, as Optuna runs here, to separate the cost of
-   parallelism from the scheduler itself.
+Problems (minimised; regret = true value of the best trial found - optimum):
+  Hartmann-6 (6-D, optimum -3.32237), the same with Gaussian observation noise (sd 0.05;
+  regret is the noise-free value of the trial with the best observed value), and a mixed
+  space (log-scaled float, int, categorical, and a float active for one category only).
 
-Regrets on these problems are bimodal (a search finds the global basin or stays in a
-local one), so a handful of seeds gives ratios that swing by a factor of two: the table
-prints medians and the ratios' standard errors as well. The default is 10 seeds, which
-keeps a run under 15 minutes on a busy 2-core machine (the GP sampler is ~85% of the
-time); `--seeds 20` or more gives tighter numbers.
+Multi-fidelity (Augmented Hartmann: Hartmann-6 with alpha_1 lowered by 0.1 * (1 - s) at
+fidelity s = r / 27 for resource step r in 1..27), same budget in resource steps, 4
+workers on one clock for every method: kubetune `asha` (TPE, eta 3, promoted trials resume
+from their checkpoint); Optuna TPESampler + SuccessiveHalvingPruner and + HyperbandPruner
+with 4 workers sharing one study (each asks, trains step by step, reports, stops when
+`should_prune()` says so); and Hyperband with restarts as Katib runs it (random
+configurations, synchronous rungs, a promoted configuration trains again from step 1).
+Measured: resource and simulated wall time until the best full-fidelity value first comes
+within 0.5 of the optimum (primary) and 0.1 (secondary); a seed that never does counts
+as the full budget.
 
-The last line printed is
-`RESULT hartmann6_regret_ratio_vs_random=<x> multifidelity_resource_ratio_vs_optuna_asha=<y>`
-with x = kubetune bayesian mean regret / random mean regret (Hartmann-6, N trials) and
-y = kubetune asha mean resource to the primary target / Optuna's mean resource to it.
-Lower is better for both.
+Sampler cost: seconds per suggestion at 50, 200 and 1000 finished trials with 4 and 64
+running, for every algorithm (`bayesian` hands over to TPE past gpMaxTrials = 200).
 
-    .venv/bin/python bench/search_quality.py            # 10 seeds, 5-10 minutes on 2 cores
-    .venv/bin/python bench/search_quality.py --quick    # smoke test, under a minute
+The last line is
+`RESULT bayesian_regret_ratio_vs_optuna_gp=<a> bayesian_h6_regret_p4=<b>
+tpe_regret_ratio_vs_optuna_tpe=<c> asha_resource_ratio_vs_optuna_sha_p4=<d>
+asha_resource_ratio_vs_restart_hyperband=<e>` (one line), with a = kubetune bayesian mean
+regret / Optuna GPSampler's (Hartmann-6, p=4, sync), b = kubetune's mean regret there,
+c = the same ratio for TPE, d and e = kubetune ASHA's mean resource to the primary target
+over Optuna SHA p=4's and over restart Hyperband's. Lower is better for all.
+
+    nice -n 10 .venv/bin/python bench/search_quality.py           # 10 seeds, ~30-40 min
+    .venv/bin/python bench/search_quality.py --quick              # smoke test, < 1 minute
 """
 
 from __future__ import annotations
 
 import argparse
+import heapq
 import math
+import random
 import statistics
 import sys
 import time
@@ -55,22 +62,33 @@ from typing import Any
 import numpy as np
 import optuna
 import torch
-from optuna.pruners import SuccessiveHalvingPruner
-from optuna.samplers import TPESampler
+from optuna.pruners import BasePruner, HyperbandPruner, SuccessiveHalvingPruner
+from optuna.samplers import (
+    BaseSampler,
+    CmaEsSampler,
+    GPSampler,
+    QMCSampler,
+    RandomSampler,
+    TPESampler,
+)
 
+from kubetune import samplers
 from kubetune.simulate import make_spec, simulate
+from kubetune.space import Params, suggest_params
+from kubetune.spec import ExperimentSpec
 
 optuna.logging.set_verbosity(optuna.logging.ERROR)
 # One thread: the GP sampler's small linear algebra gains nothing from more, and on a
 # shared machine torch's spinning worker threads made it 3-4 times slower.
 torch.set_num_threads(1)
 warnings.filterwarnings("ignore", category=FutureWarning)
+warnings.filterwarnings("ignore", category=UserWarning)
 warnings.filterwarnings("ignore", category=optuna.exceptions.ExperimentalWarning)
 
 # ----- test functions -----------------------------------------------------------------
 
-BRANIN_OPT = 0.397887
 HARTMANN6_OPT = -3.32237
+NOISE_SD = 0.05
 
 _H_ALPHA = np.array([1.0, 1.2, 3.0, 3.2])
 _H_A = np.array(
@@ -89,12 +107,7 @@ _H_P = 1e-4 * np.array(
         [4047, 8828, 8732, 5743, 1091, 381],
     ]
 )
-
-
-def branin(x1: float, x2: float) -> float:
-    b, c = 5.1 / (4 * math.pi**2), 5 / math.pi
-    r, s, t = 6.0, 10.0, 1 / (8 * math.pi)
-    return (x2 - b * x1**2 + c * x1 - r) ** 2 + s * (1 - t) * math.cos(x1) + s
+H6_NAMES = [f"x{i}" for i in range(6)]
 
 
 def augmented_hartmann(x: Sequence[float], fidelity: float) -> float:
@@ -105,256 +118,629 @@ def augmented_hartmann(x: Sequence[float], fidelity: float) -> float:
     return float(-np.sum(alpha * np.exp(-inner)))
 
 
-def hartmann6(x: Sequence[float]) -> float:
-    return augmented_hartmann(x, 1.0)
+def hartmann6(params: Params) -> float:
+    return augmented_hartmann([float(params[n]) for n in H6_NAMES], 1.0)
+
+
+def noisy(f: Callable[[Params], float], seed: int) -> Callable[[Params], float]:
+    """f plus Gaussian noise drawn from (seed, params): the same point always gets the same
+    draw, so the kubetune and Optuna runs see one noise process and runs are repeatable."""
+
+    def observe(params: Params) -> float:
+        key = f"{seed}:" + ",".join(f"{k}={params[k]!r}" for k in sorted(params))
+        return f(params) + random.Random(key).gauss(0.0, NOISE_SD)
+
+    return observe
+
+
+_OPTIMIZERS = {"sgd": (-1.5, 0.0), "adam": (-3.0, 0.05), "rmsprop": (-2.5, 0.1)}
+
+
+def mixed(params: Params) -> float:
+    """A training-like objective: the best learning rate depends on the optimizer; sgd is
+    best but only with its conditional momentum near 0.9. Optimum 0 at sgd, lr 10^-1.5,
+    layers 5, momentum 0.9."""
+    centre, penalty = _OPTIMIZERS[str(params["optimizer"])]
+    value = (math.log10(float(params["lr"])) - centre) ** 2 / 4 + penalty
+    value += ((int(params["layers"]) - 5) / 4) ** 2
+    if params["optimizer"] == "sgd":
+        value += 2 * (float(params["momentum"]) - 0.9) ** 2
+    return value
+
+
+H6_SPACE: list[dict[str, Any]] = [
+    {"name": n, "type": "float", "min": 0.0, "max": 1.0} for n in H6_NAMES
+]
+MIXED_SPACE: list[dict[str, Any]] = [
+    {"name": "lr", "type": "float", "min": 1e-5, "max": 1.0, "scale": "log"},
+    {"name": "layers", "type": "int", "min": 1, "max": 8},
+    {"name": "optimizer", "type": "categorical", "values": ["sgd", "adam", "rmsprop"]},
+    {"name": "momentum", "type": "float", "min": 0.0, "max": 1.0, "when": {"optimizer": "sgd"}},
+]
 
 
 @dataclass(frozen=True)
 class Problem:
     name: str
-    bounds: dict[str, tuple[float, float]]
+    space: list[dict[str, Any]]
+    truth: Callable[[Params], float]
     optimum: float
-    f: Callable[[list[float]], float]
+    noise: bool
+    duration: Callable[[Params], float]  # async: a trial's duration from its parameters
 
 
-PROBLEMS = [
-    Problem("Branin", {"x1": (-5.0, 10.0), "x2": (0.0, 15.0)}, BRANIN_OPT, lambda x: branin(*x)),
-    Problem("Hartmann-6", {f"x{i}": (0.0, 1.0) for i in range(6)}, HARTMANN6_OPT, hartmann6),
-]
-HARTMANN_BOUNDS = PROBLEMS[1].bounds
+PROBLEMS = {
+    "H6": Problem("Hartmann-6", H6_SPACE, hartmann6, HARTMANN6_OPT, False,
+                  lambda p: 0.5 + 2.0 * float(p["x0"])),
+    "H6n": Problem("Hartmann-6 + noise", H6_SPACE, hartmann6, HARTMANN6_OPT, True,
+                   lambda p: 0.5 + 2.0 * float(p["x0"])),
+    "mixed": Problem("mixed space", MIXED_SPACE, mixed, 0.0, False,
+                     lambda p: 0.5 + 0.5 * int(p["layers"])),
+}  # fmt: skip
 
 
-def parameters(bounds: dict[str, tuple[float, float]]) -> list[dict[str, Any]]:
-    return [{"name": n, "type": "float", "min": lo, "max": hi} for n, (lo, hi) in bounds.items()]
+def observe_fn(problem: Problem, seed: int) -> Callable[[Params], float]:
+    return noisy(problem.truth, seed) if problem.noise else problem.truth
 
 
-def point(params: dict[str, Any], bounds: dict[str, tuple[float, float]]) -> list[float]:
-    return [float(params[name]) for name in bounds]
+# ----- the samplers, kubetune's and Optuna's with the same options ------------------------
+
+ALGORITHMS = ["bayesian", "tpe", "cmaes", "sobol", "random"]
+OPTUNA_NAME = {
+    "bayesian": "GPSampler",
+    "tpe": "TPESampler",
+    "cmaes": "CmaEsSampler",
+    "sobol": "QMCSampler",
+    "random": "RandomSampler",
+}
 
 
-# ----- single fidelity ------------------------------------------------------------------
+def optuna_sampler(algorithm: str, seed: int) -> BaseSampler:
+    """The Optuna sampler kubetune's `algorithm` wraps, with the options kubetune passes."""
+    match algorithm:
+        case "bayesian":
+            return GPSampler(seed=seed, warn_independent_sampling=False)
+        case "tpe":
+            return TPESampler(seed=seed, constant_liar=True, multivariate=True, group=True)
+        case "cmaes":
+            return CmaEsSampler(
+                seed=seed,
+                independent_sampler=RandomSampler(seed=seed),
+                warn_independent_sampling=False,
+            )
+        case "sobol":
+            return QMCSampler(qmc_type="sobol", scramble=True, seed=seed)
+        case "random":
+            return RandomSampler(seed=seed)
+    raise ValueError(algorithm)
 
 
-def kubetune_best(problem: Problem, algorithm: str, seed: int, trials: int) -> float:
-    spec = make_spec(
-        parameters(problem.bounds),
-        algorithm={"name": algorithm, "seed": seed},
-        budget={"maxTrials": trials, "parallelTrials": 4},
+def spec_for(
+    problem: Problem,
+    algorithm: str,
+    seed: int,
+    trials: int,
+    parallel: int,
+    options: dict[str, Any] | None = None,
+) -> ExperimentSpec:
+    return make_spec(
+        problem.space,
+        algorithm={"name": algorithm, "seed": seed, **(options or {})},
+        budget={"maxTrials": trials, "parallelTrials": parallel},
         name=f"{algorithm}-{seed}",
     )
-    result = simulate(spec, lambda p, step: problem.f(point(p, problem.bounds)), max_steps=1)
-    assert result.best_value is not None and result.full_fidelity_evaluations == trials
-    return result.best_value
 
 
-def optuna_tpe_best(problem: Problem, seed: int, trials: int) -> float:
-    study = optuna.create_study(direction="minimize", sampler=TPESampler(seed=seed))
-    for _ in range(trials):
+# ----- single fidelity: one run ----------------------------------------------------------
+
+
+def regret(problem: Problem, trials: Sequence[tuple[Params, float]]) -> float:
+    """True regret of the trial with the best observed value."""
+    params, _ = min(trials, key=lambda t: t[1])
+    return problem.truth(params) - problem.optimum
+
+
+def kubetune_run(
+    problem: Problem,
+    algorithm: str,
+    seed: int,
+    trials: int,
+    parallel: int,
+    sync: bool,
+    batch: bool = False,
+    suggest: Callable[..., samplers.Suggestion | None] = samplers.suggest,
+    algorithm_options: dict[str, Any] | None = None,
+) -> float:
+    spec = spec_for(problem, algorithm, seed, trials, parallel, algorithm_options)
+    observe = observe_fn(problem, seed)
+    result = simulate(
+        spec,
+        lambda p, step: observe(p),
+        step_duration=1.0 if sync else problem.duration,
+        max_steps=1,
+        suggest=suggest,
+        together=batch,
+    )
+    done = [(t.params, t.value) for t in result.engine.trials if t.value is not None]
+    assert len(done) == trials, (len(done), trials)
+    return regret(problem, done)
+
+
+def optuna_run(
+    problem: Problem,
+    algorithm: str,
+    seed: int,
+    trials: int,
+    parallel: int,
+    sync: bool,
+    batch: bool = False,
+) -> float:
+    """Optuna driven directly: p workers share one study on the simulated clock."""
+    spec = spec_for(problem, algorithm, seed, trials, parallel)
+    observe = observe_fn(problem, seed)
+    study = optuna.create_study(direction="minimize", sampler=optuna_sampler(algorithm, seed))
+    queue: list[tuple[float, int, optuna.Trial, Params]] = []
+    asked = 0
+    done: list[tuple[Params, float]] = []
+
+    def ask(now: float) -> None:
+        nonlocal asked
         trial = study.ask()
-        x = [trial.suggest_float(name, lo, hi) for name, (lo, hi) in problem.bounds.items()]
-        study.tell(trial, problem.f(x))
-    return study.best_value
+        params = suggest_params(trial, spec.parameters)
+        duration = 1.0 if sync else problem.duration(params)
+        heapq.heappush(queue, (now + duration, asked, trial, params))
+        asked += 1
+
+    for _ in range(min(parallel, trials)):
+        ask(0.0)
+    while queue:
+        now, _, trial, params = heapq.heappop(queue)
+        value = observe(params)
+        study.tell(trial, value)
+        done.append((params, value))
+        if batch and queue and queue[0][0] == now:
+            continue  # tell every trial that ended now, then ask for all the free slots
+        while asked < trials and len(queue) < parallel:
+            ask(now)
+    return regret(problem, done)
 
 
-BAYESIAN, RANDOM = "kubetune bayesian (p=4)", "random (kubetune, p=4)"
-SINGLE_METHODS: list[tuple[str, Callable[[Problem, int, int], float]]] = [
-    (BAYESIAN, lambda pr, s, n: kubetune_best(pr, "bayesian", s, n)),
-    ("kubetune tpe (p=4)", lambda pr, s, n: kubetune_best(pr, "tpe", s, n)),
-    ("optuna TPESampler (seq.)", optuna_tpe_best),
-    (RANDOM, lambda pr, s, n: kubetune_best(pr, "random", s, n)),
-]
+def without_gp_kernel(spec: Any, trials: Any, attrs: Any, number: int) -> Any:
+    """Ablation: kubetune's suggest as if the GP's fitted kernel were not carried."""
+    kept = {k: v for k, v in attrs.items() if k != samplers.GP_KERNEL_ATTR}
+    return samplers.suggest(spec, trials, kept, number)
 
 
-# ----- multi-fidelity -------------------------------------------------------------------
+def per_trial_startup(spec: Any, trials: Any, attrs: Any, number: int) -> Any:
+    """Ablation: start-up points from a sampler seeded per trial, as before the fix."""
+    if samplers._in_startup(spec, trials):
+        sampler = samplers.make_sampler(spec, number, 0)
+        study = optuna.create_study(sampler=sampler)
+        for trial in trials:
+            study.add_trial(samplers._frozen(spec, trial))
+        params = suggest_params(study.ask(), spec.parameters)
+        return samplers.Suggestion(params, {}, dict(attrs))
+    return samplers.suggest(spec, trials, attrs, number)
+
+
+def before_fix(spec: Any, trials: Any, attrs: Any, number: int) -> Any:
+    """Ablation: both of the above, i.e. kubetune's `bayesian` before issue 12."""
+    kept = {k: v for k, v in attrs.items() if k != samplers.GP_KERNEL_ATTR}
+    return per_trial_startup(spec, trials, kept, number)
+
+
+# ----- single fidelity: the table --------------------------------------------------------
+
+
+def summary(values: Sequence[float]) -> str:
+    mean = statistics.fmean(values)
+    se = statistics.stdev(values) / math.sqrt(len(values)) if len(values) > 1 else 0.0
+    return f"{mean:7.3f} ± {se:5.3f} {statistics.median(values):7.3f}"
+
+
+def ratio(a: Sequence[float], b: Sequence[float]) -> float:
+    mb = statistics.fmean(b)
+    return statistics.fmean(a) / mb if mb > 0 else math.inf
+
+
+@dataclass(frozen=True)
+class Setting:
+    problem: str
+    parallel: int
+    sync: bool
+    batch: bool = False
+
+    @property
+    def label(self) -> str:
+        if self.parallel == 1:
+            return "p=1"
+        return f"p={self.parallel} {'batch' if self.batch else 'sync' if self.sync else 'async'}"
+
+
+def single_fidelity(
+    seeds: Sequence[int], algorithms: Sequence[str], plan: dict[str, tuple[int, list[Setting]]]
+) -> dict[tuple[str, str, str], list[float]]:
+    """Runs every (algorithm, side, setting); returns regrets keyed (algorithm, side, key)."""
+    results: dict[tuple[str, str, str], list[float]] = {}
+    header = (
+        f"{'problem':<20} {'setting':<11} {'algorithm':<9} {'side':<22} "
+        f"{'mean ± se':>15} {'median':>7} {'ratio':>6} {'wall s':>7}"
+    )
+    print(header)
+    print("-" * len(header))
+    for key, (trials, settings) in plan.items():
+        problem = PROBLEMS[key]
+        for setting in settings:
+            for algorithm in algorithms:
+                runs = (kubetune_run, optuna_run)
+                sides = [f"kubetune {algorithm}", f"optuna {OPTUNA_NAME[algorithm]}"]
+                for side, run in zip(sides, runs, strict=True):
+                    clock = time.perf_counter()
+                    values = [
+                        run(
+                            problem,
+                            algorithm,
+                            seed,
+                            trials,
+                            setting.parallel,
+                            setting.sync,
+                            setting.batch,
+                        )
+                        for seed in seeds
+                    ]
+                    results[(algorithm, side.split()[0], f"{key} {setting.label}")] = values
+                    shown = ""
+                    if side.startswith("optuna"):
+                        mine = results[(algorithm, "kubetune", f"{key} {setting.label}")]
+                        shown = f"{ratio(mine, values):6.2f}"
+                    print(
+                        f"{problem.name + f' ({trials})':<20} {setting.label:<11} "
+                        f"{algorithm:<9} {side:<22} {summary(values)} {shown:>6} "
+                        f"{time.perf_counter() - clock:7.1f}",
+                        flush=True,
+                    )
+                    if algorithm == "bayesian":
+                        print(f"{'':<20} per seed: " + " ".join(f"{v:.3f}" for v in values))
+    return results
+
+
+# ----- multi-fidelity --------------------------------------------------------------------
 
 MAX_RESOURCE = 27
-ASHA_P4, OPTUNA_SHA = "kubetune asha+tpe (p=4)", "optuna TPE+SuccessiveHalving"
+ETA = 3
 
 
-def mf_objective(params: dict[str, Any], step: int) -> float:
-    return augmented_hartmann(point(params, HARTMANN_BOUNDS), step / MAX_RESOURCE)
+def mf_value(params: Params, step: int) -> float:
+    return augmented_hartmann([float(params[n]) for n in H6_NAMES], step / MAX_RESOURCE)
 
 
 @dataclass(frozen=True)
 class MFRun:
-    trajectory: list[tuple[int, float]]  # (resource spent, best full-fidelity value so far)
+    trajectory: list[tuple[int, float, float]]  # (resource, best full-fidelity value, time)
     resource: int
-    trials: int
 
-    def resource_to(self, target: float, budget: int) -> tuple[int, bool]:
-        for resource, best in self.trajectory:
+    def reach(self, target: float, budget: int, end: float) -> tuple[int, float, bool]:
+        """(resource, simulated time, reached) when the best value first got to target."""
+        for resource, best, when in self.trajectory:
             if best <= target:
-                return resource, True
-        return budget, False
-
-    @property
-    def final(self) -> float:
-        return self.trajectory[-1][1] if self.trajectory else math.inf
+                return resource, when, True
+        return budget, end, False
 
 
-def kubetune_asha(seed: int, budget: int, parallel: int = 4) -> MFRun:
+def kubetune_asha(seed: int, budget: int, parallel: int = 4) -> tuple[MFRun, float]:
     spec = make_spec(
-        parameters(HARTMANN_BOUNDS),
+        H6_SPACE,
         algorithm={"name": "tpe", "seed": seed},
         scheduler={
             "name": "asha",
             "resource": "step",
             "minResource": 1,
             "maxResource": MAX_RESOURCE,
-            "reductionFactor": 3,
+            "reductionFactor": ETA,
         },
         budget={"maxTrials": 100_000, "parallelTrials": parallel},
         name=f"asha-{seed}",
     )
-    result = simulate(spec, mf_objective, resource_budget=budget)
-    trajectory = [(p.resource, p.best) for p in result.trajectory]
-    return MFRun(trajectory, result.resource, len(result.engine.trials))
+    result = simulate(spec, mf_value, resource_budget=budget)
+    trajectory = [(p.resource, p.best, p.time) for p in result.trajectory]
+    return MFRun(trajectory, result.resource), result.makespan
 
 
-def optuna_sha(seed: int, budget: int) -> MFRun:
+class _Steps:
+    """Step events of p workers on one simulated clock: (time, order scheduled)."""
+
+    def __init__(self) -> None:
+        self.queue: list[tuple[float, int, int]] = []
+        self.seq = 0
+        self.resource = 0
+        self.best = math.inf
+        self.trajectory: list[tuple[int, float, float]] = []
+
+    def schedule(self, at: float, worker: int) -> None:
+        heapq.heappush(self.queue, (at, self.seq, worker))
+        self.seq += 1
+
+    def trained(self, params: Params, step: int, now: float) -> float:
+        """Count one trained step; record it when it is a full-fidelity evaluation."""
+        self.resource += 1
+        value = mf_value(params, step)
+        if step == MAX_RESOURCE:
+            self.best = min(self.best, value)
+            self.trajectory.append((self.resource, self.best, now))
+        return value
+
+
+def optuna_pruned(
+    seed: int, budget: int, pruner: BasePruner, workers: int = 4
+) -> tuple[MFRun, float]:
+    """4 workers share one study: ask, train step by step, report, stop when pruned."""
     study = optuna.create_study(
-        direction="minimize",
-        sampler=TPESampler(seed=seed),
-        pruner=SuccessiveHalvingPruner(min_resource=1, reduction_factor=3),
+        direction="minimize", sampler=optuna_sampler("tpe", seed), pruner=pruner
     )
-    spent, best, trials = 0, math.inf, 0
-    trajectory: list[tuple[int, float]] = []
-    while spent < budget:
+    clock = _Steps()
+    running: dict[int, tuple[optuna.Trial, Params, int]] = {}
+    now = 0.0
+
+    def start(worker: int) -> None:
         trial = study.ask()
-        trials += 1
-        params = {n: trial.suggest_float(n, lo, hi) for n, (lo, hi) in HARTMANN_BOUNDS.items()}
-        value = math.nan
-        for step in range(1, MAX_RESOURCE + 1):
-            if spent >= budget:
-                break
-            spent += 1
-            value = mf_objective(params, step)
-            trial.report(value, step)
-            if step == MAX_RESOURCE:
-                best = min(best, value)
-                trajectory.append((spent, best))
-            if trial.should_prune():
-                study.tell(trial, state=optuna.trial.TrialState.PRUNED)
-                break
-        else:
+        running[worker] = (trial, suggest_params(trial, _spec_h6().parameters), 1)
+        clock.schedule(now + 1.0, worker)
+
+    for worker in range(workers):
+        start(worker)
+    while clock.resource < budget:
+        now, _, worker = heapq.heappop(clock.queue)
+        trial, params, step = running[worker]
+        value = clock.trained(params, step, now)
+        trial.report(value, step)
+        if step == MAX_RESOURCE:
             study.tell(trial, value)
-    return MFRun(trajectory, spent, trials)
+            start(worker)
+        elif trial.should_prune():
+            study.tell(trial, state=optuna.trial.TrialState.PRUNED)
+            start(worker)
+        else:
+            running[worker] = (trial, params, step + 1)
+            clock.schedule(now + 1.0, worker)
+    return MFRun(clock.trajectory, clock.resource), now
 
 
-# ----- running and printing -------------------------------------------------------------
+_H6_SPEC: list[ExperimentSpec] = []
 
 
-def mean_std(values: Sequence[float]) -> tuple[float, float]:
-    mean = statistics.fmean(values)
-    return mean, (statistics.stdev(values) if len(values) > 1 else 0.0)
+def _spec_h6() -> ExperimentSpec:
+    if not _H6_SPEC:
+        _H6_SPEC.append(spec_for(PROBLEMS["H6"], "random", 0, 1, 1))
+    return _H6_SPEC[0]
 
 
-def fmt(values: Sequence[float], digits: int = 3) -> str:
-    mean, std = mean_std(values)
-    return f"{mean:.{digits}f} ± {std:.{digits}f}"
+def hyperband_brackets() -> list[list[tuple[int, int]]]:
+    """Hyperband's brackets for R = 27, eta = 3: per rung, (configurations, resource)."""
+    s_max = round(math.log(MAX_RESOURCE, ETA))
+    brackets = []
+    for s in range(s_max, -1, -1):
+        n = math.ceil((s_max + 1) / (s + 1) * ETA**s)
+        r = MAX_RESOURCE * ETA**-s
+        brackets.append([(n // ETA**i, round(r * ETA**i)) for i in range(s + 1)])
+    return brackets
 
 
-def ratio_with_error(a: Sequence[float], b: Sequence[float]) -> str:
-    """mean(a) / mean(b) with a first-order standard error (seeds independent)."""
-    ma, mb = statistics.fmean(a), statistics.fmean(b)
-    if len(a) < 2 or ma == 0 or mb == 0:
-        return f"{ma / mb:.3f}"
-    ra = statistics.stdev(a) / math.sqrt(len(a)) / ma
-    rb = statistics.stdev(b) / math.sqrt(len(b)) / mb
-    return f"{ma / mb:.3f} ± {ma / mb * math.hypot(ra, rb):.3f}"
+def restart_hyperband(seed: int, budget: int, workers: int = 4) -> tuple[MFRun, float]:
+    """Hyperband as Katib runs it: random configurations, each rung a synchronous batch of
+    trials on `workers` slots, a promoted configuration retrained from step 1."""
+    rng = np.random.RandomState(seed)
+    clock = _Steps()
+    now = 0.0
+    while clock.resource < budget:
+        for rungs in hyperband_brackets():
+            configs = [
+                {n: float(v) for n, v in zip(H6_NAMES, rng.uniform(size=6), strict=True)}
+                for _ in range(rungs[0][0])
+            ]
+            for count, resource in rungs:
+                configs = configs[:count]
+                # The rung's trials run on the slots, each from step 1 to `resource`.
+                free = [now] * workers
+                events: list[tuple[float, int, int, int]] = []  # (time, order, config, step)
+                for index in range(len(configs)):
+                    slot = min(range(workers), key=lambda w: free[w])
+                    for step in range(1, resource + 1):
+                        events.append((free[slot] + step, len(events), index, step))
+                    free[slot] += resource
+                finals = [math.nan] * len(configs)
+                for at, _, index, step in sorted(events):
+                    if clock.resource >= budget:
+                        return MFRun(clock.trajectory, clock.resource), now
+                    now = at
+                    finals[index] = clock.trained(configs[index], step, at)
+                now = max(free)
+                order = sorted(range(len(configs)), key=lambda i: finals[i])
+                configs = [configs[i] for i in order]
+            if clock.resource >= budget:
+                break
+    return MFRun(clock.trajectory, clock.resource), now
+
+
+def multi_fidelity(seeds: Sequence[int], budget: int) -> dict[str, list[float]]:
+    primary, secondary = HARTMANN6_OPT + 0.5, HARTMANN6_OPT + 0.1
+    print(
+        f"resource (steps) and simulated time (1 step = 1 time unit) until the best full-fidelity "
+        f"value <= {primary:.5f} (regret 0.5) and <= {secondary:.5f} (regret 0.1); budget "
+        f"{budget} steps; a seed that misses counts as the budget (time: as its end); mean ± se "
+        f"(median), hit = seeds that reached it"
+    )
+    header = (
+        f"{'method (4 workers unless said)':<36} {'resource to 0.5':>22} {'hit':>5} "
+        f"{'time to 0.5':>20} {'resource to 0.1':>22} {'hit':>5} {'final regret':>15} "
+        f"{'wall s':>6}"
+    )
+    print(header)
+    print("-" * len(header))
+    methods: list[tuple[str, Callable[[int], tuple[MFRun, float]]]] = [
+        ("kubetune asha+tpe", lambda s: kubetune_asha(s, budget)),
+        ("optuna TPE+SuccessiveHalvingPruner", lambda s: optuna_pruned(
+            s, budget, SuccessiveHalvingPruner(min_resource=1, reduction_factor=ETA))),
+        ("optuna TPE+HyperbandPruner", lambda s: optuna_pruned(
+            s, budget, HyperbandPruner(min_resource=1, max_resource=MAX_RESOURCE,
+                                       reduction_factor=ETA))),
+        ("hyperband, restarts (Katib)", lambda s: restart_hyperband(s, budget)),
+        ("(ref.) kubetune asha+tpe, p=1", lambda s: kubetune_asha(s, budget, parallel=1)),
+    ]  # fmt: skip
+    to_primary: dict[str, list[float]] = {}
+    for label, run in methods:
+        clock = time.perf_counter()
+        runs = [run(seed) for seed in seeds]
+        first = [r.reach(primary, budget, end) for r, end in runs]
+        second = [r.reach(secondary, budget, end) for r, end in runs]
+        to_primary[label] = [float(x[0]) for x in first]
+        finals = [(r.trajectory[-1][1] if r.trajectory else 0.0) - HARTMANN6_OPT for r, _ in runs]
+
+        def cell(values: Sequence[float], width: int) -> str:
+            mean = statistics.fmean(values)
+            se = statistics.stdev(values) / math.sqrt(len(values)) if len(values) > 1 else 0.0
+            return f"{f'{mean:.0f} ± {se:.0f} ({statistics.median(values):.0f})':>{width}}"
+
+        print(
+            f"{label:<36} {cell(to_primary[label], 22)} "
+            f"{sum(x[2] for x in first):>2}/{len(seeds):<2} "
+            f"{cell([x[1] for x in first], 20)} {cell([float(x[0]) for x in second], 22)} "
+            f"{sum(x[2] for x in second):>2}/{len(seeds):<2} "
+            f"{statistics.fmean(finals):>15.3f} {time.perf_counter() - clock:>6.1f}",
+            flush=True,
+        )
+    return to_primary
+
+
+# ----- sampler cost ------------------------------------------------------------------------
+
+
+def synthetic_history(finished: int, running: int) -> list[samplers.SamplerTrial]:
+    rng = np.random.RandomState(0)
+    trials = []
+    for number in range(finished + running):
+        params: Params = {n: float(v) for n, v in zip(H6_NAMES, rng.uniform(size=6), strict=True)}
+        if number < finished:
+            trials.append(
+                samplers.SamplerTrial(
+                    number, params, samplers.SamplerState.COMPLETE, hartmann6(params)
+                )
+            )
+        else:
+            trials.append(samplers.SamplerTrial(number, params, samplers.SamplerState.RUNNING))
+    return trials
+
+
+def sampler_cost(finished_counts: Sequence[int], running_counts: Sequence[int]) -> float:
+    """Prints seconds per suggestion; returns the slowest `bayesian` one at 1000 finished."""
+    print(
+        f"{'algorithm':<10} "
+        + " ".join(f"{f'{f} done/{r} run':>16}" for f in finished_counts for r in running_counts)
+    )
+    worst = 0.0
+    for algorithm in ALGORITHMS:
+        cells = []
+        for finished in finished_counts:
+            for running in running_counts:
+                spec = spec_for(PROBLEMS["H6"], algorithm, 0, 100_000, running + 1)
+                history = synthetic_history(finished, running)
+                clock = time.perf_counter()
+                samplers.suggest(spec, history, {}, finished + running)
+                seconds = time.perf_counter() - clock
+                if algorithm == "bayesian" and finished >= 1000:
+                    worst = max(worst, seconds)
+                cells.append(f"{seconds:>16.3f}")
+        print(f"{algorithm:<10} " + " ".join(cells), flush=True)
+    return worst
+
+
+# ----- main ---------------------------------------------------------------------------------
 
 
 def main(argv: Sequence[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
-    parser.add_argument("--seeds", type=int, default=None, help="seeds per method (default 10)")
+    parser.add_argument("--seeds", type=int, default=None, help="seeds per row (default 10)")
     parser.add_argument("--quick", action="store_true", help="a small smoke-test run")
-    parser.add_argument("--trials", type=int, default=None, help="single-fidelity trials")
-    parser.add_argument("--budget", type=int, default=None, help="multi-fidelity resource")
+    parser.add_argument("--trials", type=int, default=None, help="Hartmann-6 trials (60)")
+    parser.add_argument("--budget", type=int, default=None, help="multi-fidelity steps (1500)")
+    parser.add_argument("--algorithms", default=",".join(ALGORITHMS), help="comma-separated")
+    parser.add_argument("--problems", default="H6,H6n,mixed", help="single-fidelity problems")
+    parser.add_argument("--single-only", action="store_true", help="skip multi-fidelity and cost")
+    parser.add_argument(
+        "--ablation",
+        action="store_true",
+        help="also run bayesian without its carried GP kernel (H6)",
+    )
     args = parser.parse_args(argv)
     seeds = list(range(args.seeds or (1 if args.quick else 10)))
     trials = args.trials or (14 if args.quick else 60)
+    small = 14 if args.quick else 40  # the noise and mixed rows: GP asks are the cost
     budget = args.budget or (250 if args.quick else 1500)
+    algorithms = ["bayesian", "tpe"] if args.quick else args.algorithms.split(",")
+    for required in ("bayesian", "tpe"):
+        if required not in algorithms:
+            algorithms.append(required)
     started = time.perf_counter()
+    p1, p4, p4a = Setting("", 1, True), Setting("", 4, True), Setting("", 4, False)
+    p4b = Setting("", 4, True, batch=True)
+    plan = {
+        "H6": (trials, [p1, p4, p4a] if args.quick else [p1, p4, p4a, p4b]),
+        "H6n": (small, [p1, p4] if args.quick else [p1, p4, p4a]),
+        "mixed": (small, [p4] if args.quick else [p1, p4, p4a]),
+    }
+    plan = {key: plan[key] for key in args.problems.split(",")}
 
     print(f"# kubetune search quality: seeds 0..{len(seeds) - 1}, optuna {optuna.__version__}")
     print()
     print(
-        f"## Single fidelity: simple regret after {trials} trials "
-        f"(mean ± std over {len(seeds)} seeds; median)"
+        "## Single fidelity: regret after N trials (N in brackets); mean ± standard error, "
+        "median; ratio = kubetune mean / Optuna mean (same protocol, seeds and options)"
     )
-    header = (
-        f"{'method':<26} {'Branin':>17} {'median':>7} {'Hartmann-6':>17} {'median':>7} "
-        f"{'wall s':>7}"
-    )
-    print(header)
-    print("-" * len(header))
-    regrets: dict[str, dict[str, list[float]]] = {}
-    for label, run in SINGLE_METHODS:
-        clock = time.perf_counter()
-        regrets[label] = {
-            problem.name: [run(problem, seed, trials) - problem.optimum for seed in seeds]
-            for problem in PROBLEMS
-        }
-        cells = [
-            f"{fmt(regrets[label][p.name]):>17} {statistics.median(regrets[label][p.name]):>7.3f}"
-            for p in PROBLEMS
-        ]
-        print(f"{label:<26} {cells[0]} {cells[1]} {time.perf_counter() - clock:>7.1f}")
+    regrets = single_fidelity(seeds, algorithms, plan)
+    if args.ablation:
+        print("\n### Ablations: kubetune bayesian, Hartmann-6, one change each (same seeds)")
+        h6 = PROBLEMS["H6"]
+        ablations: list[tuple[str, Setting, dict[str, Any]]] = [
+            ("before the fix (both below)", p1, {"suggest": before_fix}),
+            ("before the fix (both below)", p4, {"suggest": before_fix}),
+            ("fitted kernel not carried", p1, {"suggest": without_gp_kernel}),
+            ("fitted kernel not carried", p4, {"suggest": without_gp_kernel}),
+            ("start-up seeded per trial (before)", p1, {"suggest": per_trial_startup}),
+            ("start-up seeded per trial (before)", p4, {"suggest": per_trial_startup}),
+            ("startupTrials 7 (10 random at p=4)", p4,
+             {"algorithm_options": {"startupTrials": 7}}),
+        ]  # fmt: skip
+        for label, setting, options in ablations:
+            values = [
+                kubetune_run(h6, "bayesian", s, trials, setting.parallel, setting.sync, **options)
+                for s in seeds
+            ]
+            print(f"{label:<36} {setting.label:<8} {summary(values)}", flush=True)
+            print(f"{'':<20} per seed: " + " ".join(f"{v:.3f}" for v in values))
+    if args.single_only:
+        return 0
     print()
-
-    primary, secondary = HARTMANN6_OPT + 0.5, HARTMANN6_OPT + 0.1
-    print(
-        f"## Multi-fidelity: Augmented Hartmann, r in 1..{MAX_RESOURCE} -> s = r/{MAX_RESOURCE}, "
-        f"budget {budget} resource steps"
-    )
-    print(
-        f"resource to best full-fidelity value <= {primary:.5f} (regret 0.5, primary) and "
-        f"<= {secondary:.5f} (regret 0.1); a seed that misses counts as {budget}; "
-        f"hit = seeds that reached it"
-    )
-    header = (
-        f"{'method':<30} {'to regret 0.5':>15} {'median':>6} {'hit':>5} {'to regret 0.1':>15} "
-        f"{'hit':>5} {'final regret':>14} {'full evals':>10} {'trials':>6} {'wall s':>6}"
-    )
-    print(header)
-    print("-" * len(header))
-    mf_methods: list[tuple[str, Callable[[int, int], MFRun]]] = [
-        (ASHA_P4, kubetune_asha),
-        (OPTUNA_SHA, optuna_sha),
-        ("(ref.) kubetune asha+tpe p=1", lambda seed, b: kubetune_asha(seed, b, parallel=1)),
-    ]
-    to_primary: dict[str, list[float]] = {}
-    for label, run_mf in mf_methods:
-        clock = time.perf_counter()
-        runs = [run_mf(seed, budget) for seed in seeds]
-        first = [r.resource_to(primary, budget) for r in runs]
-        second = [r.resource_to(secondary, budget) for r in runs]
-        to_primary[label] = [float(resource) for resource, _ in first]
-        final = [r.final - HARTMANN6_OPT for r in runs]
-        evals = statistics.fmean(len(r.trajectory) for r in runs)
-        n_trials = statistics.fmean(r.trials for r in runs)
-        print(
-            f"{label:<30} {fmt(to_primary[label], 0):>15} "
-            f"{statistics.median(to_primary[label]):>6.0f} "
-            f"{sum(hit for _, hit in first):>2}/{len(seeds):<2} "
-            f"{fmt([float(x) for x, _ in second], 0):>15} "
-            f"{sum(hit for _, hit in second):>2}/{len(seeds):<2} "
-            f"{fmt(final):>14} {evals:>10.1f} {n_trials:>6.1f} {time.perf_counter() - clock:>6.1f}"
-        )
+    print(f"## Multi-fidelity: Augmented Hartmann, r in 1..{MAX_RESOURCE} -> s = r/{MAX_RESOURCE}")
+    to_primary = multi_fidelity(seeds, budget)
     print()
-    hartmann = {label: by_problem["Hartmann-6"] for label, by_problem in regrets.items()}
-    print(
-        "ratios (± first-order standard error over seeds): "
-        f"bayesian/random regret {ratio_with_error(hartmann[BAYESIAN], hartmann[RANDOM])}, "
-        f"asha p=4/optuna resource {ratio_with_error(to_primary[ASHA_P4], to_primary[OPTUNA_SHA])}"
-    )
-    print(f"total wall time {time.perf_counter() - started:.1f} s")
+    print("## Sampler cost: seconds per suggestion (Hartmann-6 history, finished/running)")
+    worst = sampler_cost([50] if args.quick else [50, 200, 1000], [4] if args.quick else [4, 64])
+    if not args.quick:
+        print(f"bayesian at 1000 finished (TPE past gpMaxTrials): {worst:.2f} s per suggestion")
+    print(f"\ntotal wall time {time.perf_counter() - started:.1f} s")
 
-    x = statistics.fmean(hartmann[BAYESIAN]) / statistics.fmean(hartmann[RANDOM])
-    y = statistics.fmean(to_primary[ASHA_P4]) / statistics.fmean(to_primary[OPTUNA_SHA])
+    def mean_of(algorithm: str, side: str) -> list[float]:
+        return regrets[(algorithm, side, "H6 p=4 sync")]
+
+    a = ratio(mean_of("bayesian", "kubetune"), mean_of("bayesian", "optuna"))
+    b = statistics.fmean(mean_of("bayesian", "kubetune"))
+    c = ratio(mean_of("tpe", "kubetune"), mean_of("tpe", "optuna"))
+    asha = to_primary["kubetune asha+tpe"]
+    d = ratio(asha, to_primary["optuna TPE+SuccessiveHalvingPruner"])
+    e = ratio(asha, to_primary["hyperband, restarts (Katib)"])
     print(
-        f"RESULT hartmann6_regret_ratio_vs_random={x:.4f} "
-        f"multifidelity_resource_ratio_vs_optuna_asha={y:.4f}"
+        f"RESULT bayesian_regret_ratio_vs_optuna_gp={a:.4f} bayesian_h6_regret_p4={b:.4f} "
+        f"tpe_regret_ratio_vs_optuna_tpe={c:.4f} asha_resource_ratio_vs_optuna_sha_p4={d:.4f} "
+        f"asha_resource_ratio_vs_restart_hyperband={e:.4f}"
     )
     return 0
 

@@ -12,8 +12,9 @@ import pytest
 
 ROOT = Path(__file__).resolve().parents[1]
 RESULT = re.compile(
-    r"^RESULT hartmann6_regret_ratio_vs_random=(\S+) "
-    r"multifidelity_resource_ratio_vs_optuna_asha=(\S+)$"
+    r"^RESULT bayesian_regret_ratio_vs_optuna_gp=(\S+) bayesian_h6_regret_p4=(\S+) "
+    r"tpe_regret_ratio_vs_optuna_tpe=(\S+) asha_resource_ratio_vs_optuna_sha_p4=(\S+) "
+    r"asha_resource_ratio_vs_restart_hyperband=(\S+)$"
 )
 
 
@@ -34,4 +35,11 @@ def test_quick_benchmark_prints_a_result_line():
     for text in match.groups():
         value = float(text)
         assert math.isfinite(value) and value > 0, text
-    assert any("Hartmann-6" in line for line in lines)
+    # Every kubetune row sits beside the Optuna sampler it wraps, in every setting.
+    for setting in ("p=1", "p=4 sync", "p=4 async"):
+        rows = [line for line in lines if line.startswith("Hartmann-6 (") and setting in line]
+        assert any("kubetune bayesian" in r for r in rows), setting
+        assert any("optuna GPSampler" in r for r in rows), setting
+        assert any("optuna TPESampler" in r for r in rows), setting
+    assert any("optuna TPE+SuccessiveHalvingPruner" in line for line in lines)
+    assert any("hyperband, restarts (Katib)" in line for line in lines)

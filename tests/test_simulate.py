@@ -160,3 +160,31 @@ def test_a_substituted_suggest_is_used_and_exhaustion_ends_the_run():
     assert [t.params["x"] for t in result.engine.trials] == points
     assert result.finished is not None and result.finished.reason == SEARCH_SPACE_EXHAUSTED
     assert result.best_value == 0.25
+
+
+def test_trials_ending_together_are_replaced_in_one_batch_when_asked():
+    """`together`: the sampler sees every trial that ended at an instant before it suggests
+    their successors; without it, each successor is suggested while the others that ended
+    at the same instant still look running."""
+    spec = make_spec(
+        X, algorithm={"name": "random", "seed": 5}, budget={"maxTrials": 8, "parallelTrials": 4}
+    )
+    seen: dict[bool, list[int]] = {True: [], False: []}
+
+    def counting(together: bool):
+        from kubetune.samplers import SamplerState, suggest
+
+        def wrapped(spec, trials, attrs, number):
+            if number >= 4:
+                seen[together].append(sum(t.state is SamplerState.COMPLETE for t in trials))
+            return suggest(spec, trials, attrs, number)
+
+        return wrapped
+
+    for together in (False, True):
+        result = simulate(spec, quadratic, max_steps=1, suggest=counting(together),
+                          together=together)  # fmt: skip
+        assert len(result.engine.trials) == 8
+        assert result.makespan == pytest.approx(2.0)  # same clock either way
+    assert seen[False] == [1, 2, 3, 4]  # one ended trial visible per suggestion
+    assert seen[True] == [4, 4, 4, 4]  # all four visible to the whole batch

@@ -126,13 +126,17 @@ def simulate(
     experiment: str = "sim",
     suggest: Callable[..., samplers.Suggestion | None] = samplers.suggest,
     max_events: int = 10_000_000,
+    together: bool = False,
 ) -> SimulationResult:
     """Run `spec` on a virtual clock until the engine finishes (or the budget is spent).
 
     `max_steps` is where a trial ends by itself when the spec's scheduler has no
     `maxResource`; with one, trials end at `maxResource` and `max_steps` must be unset or
     equal. `resource_budget` caps the total trained steps. `suggest` is
-    `samplers.suggest` unless a test substitutes it.
+    `samplers.suggest` unless a test substitutes it. With `together`, every step that ends
+    at the same virtual time is reported before the engine decides, so trials that end
+    together are replaced by one batch of suggestions (as the operator's `suggest_many`
+    makes them); without it, each is replaced before the next is reported.
     """
     max_resource = spec.scheduler.maxResource
     if max_resource is not None and max_steps is not None and max_steps != max_resource:
@@ -207,7 +211,12 @@ def simulate(
 
     decide()
     events = 0
+    undecided = False  # `together`: steps handled at `now`, the engine not yet asked
     while finished is None:
+        if undecided and (not queue or queue[0].time > now):
+            undecided = False
+            decide()
+            continue
         if not queue:
             raise SimulationError(
                 f"the engine stalled at t={now}: nothing running and nothing to do "
@@ -235,7 +244,10 @@ def simulate(
             schedule(trial, event.step + 1)
         else:
             end_attempt(trial)
-        decide()
+        if together:
+            undecided = True
+        else:
+            decide()
 
     started = engine.started_at or 0.0
     return SimulationResult(
