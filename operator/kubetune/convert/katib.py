@@ -730,9 +730,9 @@ def load(path: Path) -> Mapping[str, Any]:
     try:
         text = path.read_bytes().decode("utf-8")
     except OSError as error:
-        raise Refused([("", f"cannot read {path}: {error.strerror}")]) from None
+        raise Refused([("", f"cannot read the file: {error.strerror}")]) from None
     except UnicodeDecodeError as error:
-        raise Refused([("", f"{path} is not UTF-8 text (offset {error.start})")]) from None
+        raise Refused([("", f"not UTF-8 text (byte offset {error.start})")]) from None
     try:
         documents = [d for d in load_yaml_documents(text) if d is not None]
     except yaml.YAMLError as error:
