@@ -684,7 +684,12 @@ def _experiment_status() -> Schema:
             "seq": _int("Sequence number of the operator's last status write."),
             "history": _history(1000, "The experiment's recent events, oldest first (bounded)."),
             "studyAttrs": _free_object("Attributes of the sampler's study, kept across restarts."),
-            "conditions": conditions_schema(),
+            "conditions": {
+                **conditions_schema(),
+                "description": "Running, Succeeded and Failed (the phase), and the kstatus "
+                "conditions GitOps tools read: Reconciling (running), Ready (succeeded), "
+                "Stalled (failed or invalid).",
+            },
         },
     }
 
