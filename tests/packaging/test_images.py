@@ -110,7 +110,6 @@ class Build:
     work: Path
     torch: Path
     stages: dict[str, Stage] = field(default_factory=dict)
-    log: list[str] = field(default_factory=list)
 
     @property
     def root(self) -> Path:
@@ -131,7 +130,6 @@ class Build:
         stage: Stage | None = None
         for step in df.expand_args(df.parse(self.dockerfile)):
             where = f"Dockerfile line {step.line}: {step.keyword} {step.value}"
-            self.log.append(where)
             if step.keyword == "FROM":
                 stage = self.start(step.value, len(self.stages))
                 continue
