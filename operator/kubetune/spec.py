@@ -9,7 +9,9 @@ of being silently ignored. `load_experiment` turns pydantic's errors into one
 from __future__ import annotations
 
 import math
+import os
 import re
+import stat
 from collections.abc import Iterator, Mapping, Sequence
 from enum import StrEnum
 from pathlib import Path
@@ -623,13 +625,58 @@ def load_yaml_documents(text: str) -> list[Any]:
     return documents
 
 
+# Largest experiment file read. A large categorical (60k values) is well under 1 MiB;
+# the limit is what stops `/dev/zero` or a log file given by mistake from filling memory.
+MAX_FILE_BYTES = 8 * 1024 * 1024
+
+
+class _NotReadable(Exception):
+    pass
+
+
+def read_bounded(path: Path, limit: int) -> bytes:
+    """A regular file's bytes, refusing anything else or anything larger than `limit`.
+
+    Opened without blocking and checked before reading: a FIFO would wait forever for a
+    writer, and a device such as /dev/zero or /dev/urandom never ends.
+    """
+    try:
+        fd = os.open(path, os.O_RDONLY | os.O_NONBLOCK | os.O_CLOEXEC)
+    except OSError as error:
+        raise _NotReadable(f"cannot read file: {error.strerror}") from None
+    mode = os.fstat(fd).st_mode
+    if not stat.S_ISREG(mode):
+        os.close(fd)
+        if stat.S_ISDIR(mode):
+            raise _NotReadable("cannot read file: Is a directory")
+        raise _NotReadable(f"not a regular file (a {_file_kind(mode)}); give a YAML file")
+    with os.fdopen(fd, "rb") as handle:
+        try:
+            data = handle.read(limit + 1)
+        except OSError as error:
+            raise _NotReadable(f"cannot read file: {error.strerror}") from None
+    if len(data) > limit:
+        raise _NotReadable(f"larger than {limit // (1024 * 1024)} MiB; is it an experiment?")
+    return data
+
+
+def _file_kind(mode: int) -> str:
+    kinds = {
+        stat.S_ISFIFO: "FIFO or pipe",
+        stat.S_ISCHR: "character device",
+        stat.S_ISBLK: "block device",
+        stat.S_ISSOCK: "socket",
+    }
+    return next((name for test, name in kinds.items() if test(mode)), "special file")
+
+
 def load_experiment(path: str | Path) -> Experiment:
     """Read and validate an experiment YAML file."""
     path = Path(path)
     try:
-        data = path.read_bytes()
-    except OSError as error:
-        raise SpecError([("", f"cannot read file: {error.strerror}")], str(path)) from None
+        data = read_bounded(path, MAX_FILE_BYTES)
+    except _NotReadable as error:
+        raise SpecError([("", str(error))], str(path)) from None
     try:
         text = data.decode("utf-8")
     except UnicodeDecodeError as error:

@@ -4,6 +4,11 @@ never a silently different experiment, nothing written (issue 10, items 7-10).""
 from __future__ import annotations
 
 import copy
+import json
+import os
+import resource
+import stat
+import subprocess
 import time
 from pathlib import Path
 from typing import Any
@@ -13,7 +18,7 @@ import yaml
 
 from kubetune.cli import main
 from kubetune.spec import parse_experiment
-from tests.local.test_run import experiment
+from tests.local.test_run import KUBETUNE, experiment
 
 BASE = experiment("bad", ["python", "train.py", "--x={{params.x}}"])
 
@@ -175,3 +180,68 @@ def test_a_large_categorical_validates_in_linear_time() -> None:
     doc["spec"]["parameters"][-1]["values"] = [*values, 1, 1.5, True, "v59999"]
     with pytest.raises(ValueError, match="duplicate value 'v59999'"):
         parse_experiment(doc)
+
+
+def _validate_bounded(target: Path) -> subprocess.CompletedProcess[str]:
+    """`kubetune validate` in a child held to 20 s and 2 GiB, so that a regression (a
+    FIFO read forever, /dev/zero read into memory) fails the test instead of the machine."""
+
+    def limit_memory() -> None:
+        resource.setrlimit(resource.RLIMIT_AS, (2 << 30, 2 << 30))
+
+    try:
+        return subprocess.run(
+            [*KUBETUNE, "validate", str(target)],
+            capture_output=True,
+            text=True,
+            timeout=20,
+            preexec_fn=limit_memory,
+        )
+    except subprocess.TimeoutExpired:
+        pytest.fail(f"kubetune validate {target} did not return")
+
+
+@pytest.mark.parametrize("special", ["fifo", "/dev/zero", "/dev/urandom", "large"])
+def test_a_file_that_never_ends_is_refused_at_once(tmp_path: Path, special: str) -> None:
+    target = Path(special)
+    if special == "fifo":
+        target = tmp_path / "experiment.yaml"
+        os.mkfifo(target)  # no writer: reading would wait forever
+    elif special == "large":
+        target = tmp_path / "experiment.yaml"
+        target.write_text(dump(BASE) + "#" * (9 << 20))
+    started = time.monotonic()
+    result = _validate_bounded(target)
+    assert result.returncode == 2, result.stderr
+    assert "Traceback" not in result.stderr
+    expected = "larger than 8 MiB" if special == "large" else "not a regular file"
+    assert expected in result.stderr
+    assert time.monotonic() - started < 10
+
+
+def test_output_onto_a_fifo_writes_into_it_and_keeps_it(tmp_path: Path) -> None:
+    """A device or FIFO given as -o is written into: replacing it (as a rename does) turned
+    /dev/null into a plain file when run as root."""
+    path = tmp_path / "experiment.yaml"
+    path.write_text(dump(experiment("fifo", ["python", "-c", "print('loss=1')"])))
+    fifo = tmp_path / "results"
+    os.mkfifo(fifo)
+    reader = os.open(fifo, os.O_RDONLY | os.O_NONBLOCK)  # a reader, so writing can start
+    try:
+        assert main(["run", str(path), "--no-live", "-o", str(fifo)]) == 0
+        assert stat.S_ISFIFO(os.stat(fifo).st_mode)
+        received = os.read(reader, 1 << 20)
+    finally:
+        os.close(reader)
+    assert json.loads(received)["phase"] == "Succeeded"
+
+
+def test_output_through_a_symlink_keeps_the_link(tmp_path: Path) -> None:
+    path = tmp_path / "experiment.yaml"
+    path.write_text(dump(experiment("link", ["python", "-c", "print('loss=1')"])))
+    (tmp_path / "store").mkdir()
+    link = tmp_path / "results.json"
+    link.symlink_to(tmp_path / "store" / "results.json")
+    assert main(["run", str(path), "--no-live", "-o", str(link)]) == 0
+    assert link.is_symlink()
+    assert json.loads((tmp_path / "store" / "results.json").read_text())["phase"] == "Succeeded"

@@ -75,6 +75,8 @@ def check_output(path: Path) -> None:
     """Refuse an `--output` that could not be written, before any trial runs."""
     if path.is_dir():
         raise StateError(f"--output {path} is a directory; give a file name")
+    if path.exists() and not path.is_file():
+        return  # a device or a FIFO (/dev/null, /dev/stdout): written into, not replaced
     if not path.parent.is_dir():
         raise StateError(f"--output {path}: the folder {path.parent} does not exist")
     if not os.access(path.parent, os.W_OK):
@@ -398,10 +400,22 @@ def _phase(engine: Engine) -> str:
 
 
 def write_results(engine: Engine, path: Path) -> None:
-    tmp = path.with_name(path.name + ".tmp")
+    """Write the results to `path`: a file is replaced whole (never left half written),
+    through a symlink if it is one; a device or FIFO is written into, never replaced
+    (renaming over /dev/null, as root, would make it a plain file for everyone)."""
+    text = json.dumps(results_document(engine), indent=2) + "\n"
+    target = path.resolve() if path.is_symlink() else path
+    if target.exists() and not target.is_file():
+        try:
+            with target.open("w") as handle:
+                handle.write(text)
+        except OSError as error:
+            raise StateError(f"cannot write --output {path}: {error.strerror}") from None
+        return
+    tmp = target.with_name(target.name + ".tmp")
     try:
-        tmp.write_text(json.dumps(results_document(engine), indent=2) + "\n")
-        tmp.replace(path)
+        tmp.write_text(text)
+        tmp.replace(target)
     except OSError as error:
         tmp.unlink(missing_ok=True)
         raise StateError(f"cannot write --output {path}: {error.strerror}") from None
