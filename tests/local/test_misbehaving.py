@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import json
 import os
+import resource
 import signal
 import subprocess
 import sys
@@ -328,3 +329,45 @@ def test_a_resumed_run_prints_replayed_events_at_their_own_time(tmp_path: Path) 
     assert result.returncode == 0, result.stdout + result.stderr
     stamp = time.strftime("%H:%M:%S", time.localtime(launch["at"]))
     assert f"{stamp} later-0 started" in result.stdout, result.stdout
+
+
+def test_a_full_disk_stops_the_run_with_one_line_and_the_next_run_continues(
+    tmp_path: Path,
+) -> None:
+    """Writes refused mid-run (here: a file size limit, as a full disk would) stop the run:
+    no hang, no traceback, no trial counted as failed for kubetune's own disk; trial logs
+    that cannot be written are given up while their reports are still read."""
+    command = script(
+        tmp_path,
+        "steps.py",
+        """
+        import time
+        for step in range(1, 4):
+            print("noise " * 600, flush=True)  # the log outgrows the limit first
+            print(f"step={step} loss={1 / step}", flush=True)
+            time.sleep(0.3)
+        """,
+    )
+    document = experiment("full", command, budget={"maxTrials": 4, "parallelTrials": 2})
+    path = write(tmp_path, document)
+
+    def limit_file_size() -> None:
+        resource.setrlimit(resource.RLIMIT_FSIZE, (2048, 2048))
+
+    limited = subprocess.run(
+        [*KUBETUNE, "run", str(path), "--no-live"],
+        cwd=tmp_path,
+        capture_output=True,
+        text=True,
+        timeout=60,
+        preexec_fn=limit_file_size,
+    )
+    assert limited.returncode == 2, limited.stdout + limited.stderr
+    assert "Traceback" not in limited.stdout + limited.stderr
+    assert "cannot write" in limited.stderr and "events.jsonl" in limited.stderr
+    assert "failed" not in limited.stdout
+    result = run(path, "-o", str(tmp_path / "out.json"), timeout=120)
+    assert result.returncode == 0, result.stdout + result.stderr
+    trials = json.loads((tmp_path / "out.json").read_text())["trials"]
+    assert [t["state"] for t in trials] == ["Completed"] * 4
+    assert [t["value"] for t in trials] == [1 / 3] * 4

@@ -14,6 +14,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import logging
 import os
 import signal
 import sys
@@ -37,6 +38,8 @@ LogReportCallback = Callable[[int, int, int, dict[str, float]], bool]
 # before they are killed; its output is read until then.
 LEFTOVER_GRACE_SECONDS = 2.0
 
+log = logging.getLogger(__name__)
+
 
 class _Output(asyncio.SubprocessProtocol):
     def __init__(self, on_data: Callable[[bytes], None]) -> None:
@@ -56,7 +59,7 @@ class _Output(asyncio.SubprocessProtocol):
 
 @dataclass
 class _Running:
-    log: IO[bytes]
+    log: IO[bytes] | None  # None once writing it failed (a full disk): output still parsed
     splitter: LineSplitter = field(default_factory=LineSplitter)
     transport: asyncio.SubprocessTransport | None = None
     pid: int = 0
@@ -108,7 +111,7 @@ class LocalExecutor:
             return
         if self.reaper is None:
             self.reaper = Reaper()
-        running = _Running(self.log_path(action.name, action.attempt).open("ab"))
+        running = _Running(_open_log(self.log_path(action.name, action.attempt)))
         loop = asyncio.get_running_loop()
         try:
             transport, protocol = await loop.subprocess_exec(
@@ -123,7 +126,7 @@ class LocalExecutor:
                 preexec_fn=die_with_parent,
             )
         except (OSError, ValueError) as error:
-            running.log.close()
+            _close_log(running)
             reason = error.strerror if isinstance(error, OSError) else str(error)
             self.on_exit(*key, 127, f"cannot start {argv[0]!r}: {reason}")
             return
@@ -138,8 +141,7 @@ class LocalExecutor:
     def _lines(self, key: tuple[int, int], running: _Running, lines: list[Line]) -> None:
         if not lines:
             return
-        running.log.write(b"".join(for_log(line) for line in lines))
-        running.log.flush()
+        _write_log(running, b"".join(for_log(line) for line in lines))
         resource = self.spec.scheduler.resource
         for line in lines:
             text = line.data.decode(errors="replace").strip()
@@ -174,7 +176,7 @@ class LocalExecutor:
             if self.reaper is not None:
                 self.reaper.forget(running.pid)
             self._lines(key, running, running.splitter.close())
-            running.log.close()
+            _close_log(running)
             self.running.pop(key, None)
         message = "" if code == 0 else _last_error_line(list(running.tail))
         self.on_exit(*key, code, message)
@@ -209,6 +211,38 @@ class LocalExecutor:
         if self.reaper is not None:
             self.reaper.close()
             self.reaper = None
+
+
+def _open_log(path: Path) -> IO[bytes] | None:
+    try:
+        return path.open("ab")
+    except OSError as error:
+        log.warning("cannot write %s (%s): the trial runs without its log", path, error.strerror)
+        return None
+
+
+def _write_log(running: _Running, data: bytes) -> None:
+    """Keep a trial's output; a log that cannot be written is given up, not the trial:
+    its lines are still read for reports and it still ends as it ends."""
+    if running.log is None:
+        return
+    try:
+        running.log.write(data)
+        running.log.flush()
+    except OSError as error:
+        log.warning(
+            "cannot write %s (%s): the rest of its output is not kept",
+            running.log.name,
+            error.strerror,
+        )
+        _close_log(running)
+
+
+def _close_log(running: _Running) -> None:
+    if running.log is not None:
+        with contextlib.suppress(OSError):  # what a full disk did not take is lost anyway
+            running.log.close()
+        running.log = None
 
 
 def trial_workdir(base: Path, working_dir: str | None) -> Path:

@@ -138,13 +138,27 @@ class LocalRun:
         # Log-line reports waiting to be handed to the engine: the latest per attempt.
         self.waiting: dict[tuple[int, int], tuple[int, dict[str, float]]] = {}
         self.flushed_at = time.monotonic()
+        # Set when the state could not be written (a full disk): the run stops, as if
+        # interrupted, and says why; nothing is carried out that is not on disk.
+        self.write_error: StateError | None = None
 
     # ----- engine access, always followed by a durable write ---------------------------
 
     def _write(self, sync: bool = True) -> None:
-        self.state.append(self.engine.history, sync)
+        self._append(sync)
         observability.track("", self.name, self.engine)  # trial metrics
         self.view.refresh(self.engine)
+
+    def _append(self, sync: bool = True) -> None:
+        """Write the new events. A refused write stops the run; it is recorded and the
+        loop woken rather than raised, as most writes happen in callbacks."""
+        try:
+            self.state.append(self.engine.history, sync)
+        except StateError as error:
+            if self.write_error is None:
+                self.write_error = error
+                self.stopping = True  # trials stopped now resume next run, not fail
+                self.changed.set()
 
     def _persist(self, sync: bool = True) -> None:
         """Write what changed and wake the loop to decide on it."""
@@ -195,7 +209,7 @@ class LocalRun:
         for key in list(self.waiting):
             self._hand_over(key)
         self.flushed_at = time.monotonic()
-        self.state.append(self.engine.history)  # fsync what was batched
+        self._append()  # fsync what was batched
 
     def _on_exit(self, number: int, attempt: int, code: int, message: str) -> None:
         if self.stopping:
@@ -301,10 +315,15 @@ class LocalRun:
                 self.executor.close()
                 for signum in (signal.SIGINT, signal.SIGTERM):
                     loop.remove_signal_handler(signum)
+        if self.write_error is not None:
+            raise StateError(
+                f"{self.write_error}; the run stopped there: make room and run the same "
+                f"command again to continue"
+            )
         return self._result(interrupted.is_set())
 
     async def _drive(self, worker: SuggestionWorker, interrupted: asyncio.Event) -> None:
-        while self.finished is None and not interrupted.is_set():
+        while self.finished is None and not interrupted.is_set() and not self.write_error:
             self.changed.clear()
             if time.monotonic() - self.flushed_at >= batching.FLUSH_SECONDS:
                 self._flush_waiting()
@@ -312,6 +331,8 @@ class LocalRun:
             # Write ahead: decisions are durable before they are carried out. Not _persist:
             # waking ourselves up here would make this loop spin.
             self._write()
+            if self.write_error is not None:
+                break  # not durable: not carried out
             for action in actions:
                 await self._carry_out(action, worker)
             if self.finished is not None:
@@ -352,7 +373,7 @@ class LocalRun:
             self.engine.attempt_ended(
                 trial.number, attempt, ExitKind.INTERRUPTED, None, now, "kubetune run stopped"
             )
-        self.state.append(self.engine.history)
+        self._append()
 
     def _result(self, interrupted: bool) -> RunResult:
         if self.options.output is not None:

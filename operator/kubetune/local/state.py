@@ -53,8 +53,9 @@ class StateLock:
                 f"{self.path.parent} is in use by another kubetune run (pid {holder}); "
                 f"wait for it to end or stop it first"
             ) from None
-        os.ftruncate(fd, 0)
-        os.pwrite(fd, f"{os.getpid()}\n".encode(), 0)
+        with contextlib.suppress(OSError):  # the PID only names the holder (a full disk)
+            os.ftruncate(fd, 0)
+            os.pwrite(fd, f"{os.getpid()}\n".encode(), 0)
         self._fd = fd
 
     def release(self) -> None:
@@ -82,17 +83,24 @@ class ExperimentState:
         self.directory = directory
         self.events_path = directory / "events.jsonl"
         self.logs = directory / "logs"
-        self._file = None
+        self._fd: int | None = None
         self._written = 0
         self._unsynced = False
+        self._failed: StateError | None = None
 
     def open(self, spec: ExperimentSpec) -> list[Event]:
         """Create or reopen the state; returns the history so far."""
-        self.directory.mkdir(parents=True, exist_ok=True)
-        self.logs.mkdir(exist_ok=True)
-        self._check_spec(spec)
-        history = self._load()
-        self._file = self.events_path.open("a", encoding="utf-8")
+        try:
+            self.directory.mkdir(parents=True, exist_ok=True)
+            self.logs.mkdir(exist_ok=True)
+            self._check_spec(spec)
+            history = self._load()
+            flags = os.O_WRONLY | os.O_APPEND | os.O_CREAT | os.O_CLOEXEC
+            self._fd = os.open(self.events_path, flags, 0o644)
+        except OSError as error:
+            raise StateError(
+                f"cannot use the state directory {self.directory}: {error.strerror}"
+            ) from None
         self._written = len(history)
         return history
 
@@ -137,27 +145,52 @@ class ExperimentState:
 
         Without `sync` they are still handed to the kernel, so a killed process loses
         nothing: only a machine crash could, and only events no decision rests on.
+        Raises StateError when the disk refuses (full, read-only, failing), and again on
+        every later call: what is on disk is then a prefix of the history (at most its
+        last line torn, which the next run drops), so nothing more may be written.
         """
-        assert self._file is not None, "open() first"
-        if self._written < len(history):
-            for event in history[self._written :]:
-                self._file.write(json.dumps(to_record(event), separators=(",", ":")) + "\n")
-            self._file.flush()
-            self._written = len(history)
-            self._unsynced = True
-        if sync and self._unsynced:
-            os.fsync(self._file.fileno())
-            self._unsynced = False
+        assert self._fd is not None, "open() first"
+        if self._failed is not None:
+            raise self._failed
+        try:
+            if self._written < len(history):
+                lines = (to_record(event) for event in history[self._written :])
+                data = "".join(json.dumps(r, separators=(",", ":")) + "\n" for r in lines)
+                _write_all(self._fd, data.encode())
+                self._written = len(history)
+                self._unsynced = True
+            if sync and self._unsynced:
+                os.fsync(self._fd)
+                self._unsynced = False
+        except OSError as error:
+            self._failed = StateError(f"cannot write {self.events_path}: {error.strerror}")
+            raise self._failed from None
 
     def tokens(self, scope: str) -> TokenAuthority:
         path = self.directory / "token.key"
-        if not path.exists():
-            fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)
-            with os.fdopen(fd, "wb") as handle:
-                handle.write(TokenAuthority.new_key())
-        return TokenAuthority(path.read_bytes(), scope)
+        try:
+            if not path.exists():
+                # Written aside and renamed: a key cut short by a full disk would make
+                # every later run's tokens guessable.
+                tmp = path.with_name("token.key.tmp")
+                tmp.unlink(missing_ok=True)
+                fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)
+                with os.fdopen(fd, "wb") as handle:
+                    handle.write(TokenAuthority.new_key())
+                    handle.flush()
+                    os.fsync(handle.fileno())
+                tmp.replace(path)
+            return TokenAuthority(path.read_bytes(), scope)
+        except OSError as error:
+            raise StateError(f"cannot write {path}: {error.strerror}") from None
 
     def close(self) -> None:
-        if self._file is not None:
-            self._file.close()
-            self._file = None
+        if self._fd is not None:
+            os.close(self._fd)
+            self._fd = None
+
+
+def _write_all(fd: int, data: bytes) -> None:
+    view = memoryview(data)
+    while view:
+        view = view[os.write(fd, view) :]
