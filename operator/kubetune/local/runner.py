@@ -16,7 +16,6 @@ from __future__ import annotations
 import asyncio
 import json
 import os
-import shutil
 import signal
 import time
 from dataclasses import dataclass
@@ -99,13 +98,28 @@ def _lock_state(options: RunOptions) -> StateLock:
     lock = StateLock(directory)
     lock.acquire()
     if options.fresh and any(p.name != "lock" for p in directory.iterdir()):
-        aside = directory.with_name(f"{directory.name}.old-{int(time.time())}")
-        shutil.move(directory, aside)
+        aside = _aside_name(directory)
+        try:
+            directory.rename(aside)  # not shutil.move: onto an existing folder it nests
+        except OSError as error:
+            lock.release()
+            raise StateError(f"cannot move {directory} aside: {error.strerror}") from None
         lock.release()
         prepare_directory(directory)
         lock = StateLock(directory)
         lock.acquire()
     return lock
+
+
+def _aside_name(directory: Path) -> Path:
+    """A free name for the state that --fresh moves aside (two --fresh in one second)."""
+    stamp = int(time.time())
+    aside = directory.with_name(f"{directory.name}.old-{stamp}")
+    number = 1
+    while aside.exists():
+        number += 1
+        aside = directory.with_name(f"{directory.name}.old-{stamp}-{number}")
+    return aside
 
 
 class LocalRun:

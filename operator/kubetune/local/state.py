@@ -40,8 +40,28 @@ class StateLock:
         self._fd: int | None = None
 
     def acquire(self) -> None:
+        # A run with --fresh moves the directory aside while it holds the lock: a lock
+        # taken on the file it had there would guard the old state, not this path's.
+        # Locked, the file must still be the one at the path; else take the new one.
+        for _ in range(5):
+            fd = self._lock_file()
+            try:
+                same = os.path.samestat(os.fstat(fd), os.stat(self.path))
+            except FileNotFoundError:
+                same = False
+            if same:
+                break
+            os.close(fd)
+        else:
+            raise StateError(f"{self.path.parent} keeps being moved; is another run using it?")
+        with contextlib.suppress(OSError):  # the PID only names the holder (a full disk)
+            os.ftruncate(fd, 0)
+            os.pwrite(fd, f"{os.getpid()}\n".encode(), 0)
+        self._fd = fd
+
+    def _lock_file(self) -> int:
         try:
-            fd = os.open(self.path, os.O_RDWR | os.O_CREAT, 0o644)
+            fd = os.open(self.path, os.O_RDWR | os.O_CREAT | os.O_CLOEXEC, 0o644)
         except OSError as error:
             raise StateError(f"cannot use {self.path.parent}: {error.strerror}") from None
         try:
@@ -53,10 +73,7 @@ class StateLock:
                 f"{self.path.parent} is in use by another kubetune run (pid {holder}); "
                 f"wait for it to end or stop it first"
             ) from None
-        with contextlib.suppress(OSError):  # the PID only names the holder (a full disk)
-            os.ftruncate(fd, 0)
-            os.pwrite(fd, f"{os.getpid()}\n".encode(), 0)
-        self._fd = fd
+        return fd
 
     def release(self) -> None:
         if self._fd is not None:
