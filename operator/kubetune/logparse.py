@@ -8,6 +8,12 @@ from dataclasses import dataclass
 
 _PAIR = re.compile(r"^([A-Za-z_][A-Za-z0-9_.]*)=(\S+)$")
 
+# The report endpoint's bounds (ingest.py), so a log line cannot report what the SDK may
+# not: a step of 1e300 is a 301-digit resource in every event, output and summary line,
+# and a line of thousands of pairs an event as large.
+MAX_STEP = 10**9
+MAX_METRICS = 64
+
 
 def parse_metrics_line(
     line: str, resource: str | None, count: int
@@ -18,7 +24,7 @@ def parse_metrics_line(
     `count`, the number of such lines so far including this one.
     """
     parts = line.split()
-    if not parts:
+    if not parts or len(parts) > MAX_METRICS + 1:  # the resource may come on top
         return None
     metrics: dict[str, float] = {}
     for part in parts:
@@ -32,9 +38,11 @@ def parse_metrics_line(
     step = count
     if resource is not None and resource in metrics:
         value = metrics.pop(resource)
-        if not (math.isfinite(value) and value >= 0 and value.is_integer()):
+        if not (math.isfinite(value) and 0 <= value <= MAX_STEP and value.is_integer()):
             return None
         step = int(value)
+    if len(metrics) > MAX_METRICS:
+        return None
     return step, metrics
 
 

@@ -20,6 +20,7 @@ from kubetune.operator.logs import LogStreams, report_lines
         ("val_loss=0.41", None, 2, (2, {"val_loss": 0.41})),
         ("  loss=1e-3  ", None, 1, (1, {"loss": 0.001})),
         ("train.loss=2", None, 1, (1, {"train.loss": 2.0})),
+        ("epoch=1000000000 loss=1", "epoch", 1, (10**9, {"loss": 1.0})),
     ],
 )
 def test_metric_lines(line, resource, count, expected) -> None:
@@ -37,6 +38,10 @@ def test_metric_lines(line, resource, count, expected) -> None:
         "=3",
         "3=val",
         "url=http://x",
+        # Beyond what the report endpoint accepts (a step over 10^9, over 64 metrics).
+        "epoch=1e300 val_loss=0.3",
+        "epoch=1000000001 val_loss=0.3",
+        " ".join(f"m{i}=1" for i in range(65)),
     ],
 )
 def test_other_lines_are_output(line: str) -> None:
