@@ -60,8 +60,14 @@ def heavy_in(modules: list[str]) -> list[str]:
 
 @pytest.mark.parametrize(
     "argv",
-    [("--help",), ("validate", str(EXAMPLE)), ("run", "--help"), ("--version",)],
-    ids=["help", "validate", "run-help", "version"],
+    [
+        ("--help",),
+        ("validate", str(EXAMPLE)),
+        ("run", "--help"),
+        ("convert", "--help"),
+        ("--version",),
+    ],
+    ids=["help", "validate", "run-help", "convert-help", "version"],
 )
 def test_quick_commands_import_nothing_heavy(tmp_path: Path, argv: tuple[str, ...]) -> None:
     done, code, modules = run_cli(tmp_path, *argv, hidden=OPERATOR_EXTRA)
