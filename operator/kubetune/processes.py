@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import ctypes
 import os
+import resource
 import signal
 import sys
 import threading
@@ -26,6 +27,32 @@ def die_with_parent() -> None:
     if sys.platform.startswith("linux"):
         libc = ctypes.CDLL(None, use_errno=True)
         libc.prctl(PR_SET_PDEATHSIG, signal.SIGKILL)
+
+
+def raise_open_file_limit() -> tuple[int, int]:
+    """Raise this process's soft limit on open files to its hard limit (the soft one is
+    often 1024 while the hard one is far higher); (soft before, soft now).
+
+    Each running trial holds files open in kubetune (its output, its log, a report
+    connection): the limit caps how many can run at once.
+    """
+    soft, hard = resource.getrlimit(resource.RLIMIT_NOFILE)
+    if hard != resource.RLIM_INFINITY and soft >= hard:
+        return soft, soft
+    wanted = hard if hard != resource.RLIM_INFINITY else max(soft, 1 << 20)
+    try:
+        resource.setrlimit(resource.RLIMIT_NOFILE, (wanted, hard))
+    except (ValueError, OSError):
+        return soft, soft
+    return soft, wanted
+
+
+def start_trial(open_files: int) -> None:
+    """Initializer of a trial process: it dies with kubetune, and gets back the open-file
+    limit kubetune was given (code using select() relies on staying under 1024)."""
+    die_with_parent()
+    _, hard = resource.getrlimit(resource.RLIMIT_NOFILE)
+    resource.setrlimit(resource.RLIMIT_NOFILE, (open_files, hard))
 
 
 def start_helper(parent: int, env: Mapping[str, str]) -> None:

@@ -371,3 +371,29 @@ def test_a_full_disk_stops_the_run_with_one_line_and_the_next_run_continues(
     trials = json.loads((tmp_path / "out.json").read_text())["trials"]
     assert [t["state"] for t in trials] == ["Completed"] * 4
     assert [t["value"] for t in trials] == [1 / 3] * 4
+
+
+def test_parallel_trials_are_held_to_the_open_file_limit(tmp_path: Path) -> None:
+    """--parallel 1000 under `ulimit -n 128`: trials past the limit used to fail to start
+    ("Too many open files") and count as failed trials."""
+    command = script(tmp_path, "nap.py", "import time\ntime.sleep(2)\nprint('loss=1')\n")
+    document = experiment(
+        "files", command, budget={"maxTrials": 60, "parallelTrials": 2}, algorithm="random"
+    )
+    path = write(tmp_path, document)
+
+    def limit_open_files() -> None:
+        resource.setrlimit(resource.RLIMIT_NOFILE, (128, 128))
+
+    result = subprocess.run(
+        [*KUBETUNE, "run", str(path), "--no-live", "--parallel", "1000", "-o", "out.json"],
+        cwd=tmp_path,
+        capture_output=True,
+        text=True,
+        timeout=180,
+        preexec_fn=limit_open_files,
+    )
+    assert result.returncode == 0, result.stdout + result.stderr
+    assert "running at most 16 trials at once, not 1000" in result.stdout
+    trials = json.loads((tmp_path / "out.json").read_text())["trials"]
+    assert [t["state"] for t in trials] == ["Completed"] * 60

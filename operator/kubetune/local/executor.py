@@ -14,8 +14,10 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import functools
 import logging
 import os
+import resource
 import signal
 import sys
 from collections import deque
@@ -27,7 +29,7 @@ from typing import IO
 from kubetune.engine import LaunchTrial
 from kubetune.local.reaper import Reaper
 from kubetune.logparse import Line, LineSplitter, for_log, parse_metrics_line
-from kubetune.processes import die_with_parent
+from kubetune.processes import start_trial
 from kubetune.spec import ExperimentSpec
 from kubetune.trialenv import AttemptContext, rendered_command, rendered_env, trial_env
 
@@ -79,6 +81,7 @@ class LocalExecutor:
         on_exit: ExitCallback,
         on_log_report: LogReportCallback,
         grace_seconds: float = 10.0,
+        open_files: int | None = None,
     ) -> None:
         self.spec = spec
         self.contexts = contexts
@@ -87,6 +90,8 @@ class LocalExecutor:
         self.on_exit = on_exit
         self.on_log_report = on_log_report
         self.grace_seconds = grace_seconds
+        # The open-file limit trials get: kubetune's own before it raised it.
+        self.open_files = open_files or resource.getrlimit(resource.RLIMIT_NOFILE)[0]
         self.running: dict[tuple[int, int], _Running] = {}
         self.reaper: Reaper | None = None
 
@@ -123,7 +128,7 @@ class LocalExecutor:
                 stdout=asyncio.subprocess.PIPE,
                 stderr=asyncio.subprocess.STDOUT,
                 start_new_session=True,
-                preexec_fn=die_with_parent,
+                preexec_fn=functools.partial(start_trial, self.open_files),
             )
         except (OSError, ValueError) as error:
             _close_log(running)
@@ -142,13 +147,13 @@ class LocalExecutor:
         if not lines:
             return
         _write_log(running, b"".join(for_log(line) for line in lines))
-        resource = self.spec.scheduler.resource
+        step_name = self.spec.scheduler.resource
         for line in lines:
             text = line.data.decode(errors="replace").strip()
             if not text:
                 continue
             running.tail.append(text)
-            parsed = parse_metrics_line(text, resource, running.log_lines + 1)
+            parsed = parse_metrics_line(text, step_name, running.log_lines + 1)
             if parsed is not None:
                 running.log_lines += 1
                 if not self.on_log_report(*key, *parsed):

@@ -38,6 +38,7 @@ from kubetune.local.executor import LocalExecutor, trial_workdir
 from kubetune.local.progress import ProgressView
 from kubetune.local.state import ExperimentState, StateError, StateLock, prepare_directory
 from kubetune.offloop import SuggestionWorker
+from kubetune.processes import raise_open_file_limit
 from kubetune.spec import Experiment, ExperimentSpec
 from kubetune.trialenv import AttemptContext, checkpoint_uri
 from kubetune.trials import Decision, Verdict
@@ -45,6 +46,12 @@ from kubetune.trials import Decision, Verdict
 EXIT_OK = 0
 EXIT_EXPERIMENT_FAILED = 1
 EXIT_INTERRUPTED = 130
+
+# Open files kubetune holds per running trial (its output pipe, its log, a report
+# connection, and a spare while it starts), and for itself (event log, lock, sockets,
+# the sampler worker's pipes): the open-file limit caps the trials run at once.
+FILES_PER_TRIAL = 4
+FILES_RESERVED = 64
 
 
 @dataclass
@@ -125,8 +132,20 @@ def _aside_name(directory: Path) -> Path:
 class LocalRun:
     def __init__(self, experiment: Experiment, experiment_file: Path, options: RunOptions) -> None:
         spec = experiment.spec
-        if options.parallel is not None:
-            budget = spec.budget.model_copy(update={"parallelTrials": options.parallel})
+        parallel = options.parallel or spec.budget.parallelTrials
+        self.open_files, limit = raise_open_file_limit()
+        fits = max(1, (limit - FILES_RESERVED) // FILES_PER_TRIAL)
+        self.limited_note = ""
+        if parallel > fits:
+            # Started anyway, the trials past the limit would fail to start and be
+            # counted as failed trials for kubetune's own lack of files.
+            self.limited_note = (
+                f"running at most {fits} trials at once, not {parallel}: the open-file "
+                f"limit is {limit} (ulimit -n)"
+            )
+            parallel = fits
+        if parallel != spec.budget.parallelTrials:
+            budget = spec.budget.model_copy(update={"parallelTrials": parallel})
             spec = spec.model_copy(update={"budget": budget})
         self.spec = spec
         self.name = experiment.name
@@ -276,6 +295,8 @@ class LocalRun:
             )
         if self.engine.reopen(now):
             self.view.note(f"the budget of {self.name} was raised: continuing")
+        if self.limited_note:
+            self.view.note(self.limited_note)
         if history:
             self.view.note(
                 f"resuming {self.name} from {self.state.directory} ({len(history)} events)"
@@ -297,6 +318,7 @@ class LocalRun:
             self._on_exit,
             self._on_log_report,
             self.options.grace_seconds,
+            self.open_files,
         )
         worker = SuggestionWorker()
         interrupted = asyncio.Event()
