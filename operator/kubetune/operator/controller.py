@@ -162,6 +162,7 @@ class ExperimentController:
         self.writing_status: dict[int, dict[str, Any]] = {}
         self.trial_versions: dict[int, deque[str]] = defaultdict(lambda: deque(maxlen=8))
         self.experiment_versions: deque[str] = deque(maxlen=8)
+        self.experiment_versions.append(metadata.get("resourceVersion", ""))
         self.writing_experiment: dict[str, Any] | None = None
         self.refused: list[tuple[LaunchTrial, str]] = []
         self.quota_waits: dict[int, QuotaWait] = {}
@@ -226,9 +227,12 @@ class ExperimentController:
                 number = trial["spec"]["number"]
                 if number >= len(self.engine.trials):
                     continue
+                # The watch delivers these versions again: they are known, not news.
+                self.trial_versions[number].append(trial["metadata"]["resourceVersion"])
                 expected = self._trial_status(
                     self.engine.trials[number], store.compact(self.trial_history[number])
                 )
+                self.written_status[number] = expected
                 if store.canonical(trial.get("status") or {}) != store.canonical(expected):
                     self.dirty_trials.add(number)
                     if not checked.legacy:
