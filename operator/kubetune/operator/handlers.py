@@ -17,6 +17,7 @@ import kopf
 
 from kubetune import observability
 from kubetune.conditions import experiment_conditions
+from kubetune.httpserver import OneLineLog
 from kubetune.ingest import NOT_READY, NotReady, ReportServer, ReportTarget
 from kubetune.offloop import SuggestionWorker
 from kubetune.operator.controller import ExperimentController, OperatorConfig
@@ -27,6 +28,7 @@ from kubetune.spec import SchedulerName, SpecError, parse_experiment
 from kubetune.timestamps import rfc3339
 
 logger = logging.getLogger(__name__)
+RESYNC_LOG = OneLineLog(logger, burst=10)
 
 RESYNC_SECONDS = 5.0
 # When experiments cannot be listed at start-up: how long an unknown one may still be
@@ -174,8 +176,12 @@ class Registry:
                     await controller.step()
                 except Exception as error:  # one broken experiment must not stop the others
                     observability.reconcile_error("resync", error)
-                    logger.exception(
-                        "resync of %s/%s failed", controller.namespace, controller.name
+                    # Every 5 s while it lasts: one short line each, rate-limited.
+                    RESYNC_LOG.warning(
+                        "resync of %s/%s failed",
+                        controller.namespace,
+                        controller.name,
+                        exc_info=error,
                     )
 
 
