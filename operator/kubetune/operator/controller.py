@@ -286,7 +286,11 @@ class ExperimentController:
         )
         self.load_failure = message
         logger.warning("experiment %s/%s: %s", self.namespace, self.name, message)
-        conditions = self._conditions("Failed", HISTORY_UNREADABLE, message)
+        previous = (self.body.get("status") or {}).get("conditions") or []
+        now = _timestamp(time.time())
+        conditions = experiment_conditions(
+            "Failed", HISTORY_UNREADABLE, message, self.generation, previous, now
+        )
         status = {
             "phase": "Failed",
             "reason": HISTORY_UNREADABLE,
