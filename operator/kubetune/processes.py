@@ -6,6 +6,7 @@ unpickled, and the sooner it runs, the shorter the time it could outlive kubetun
 
 from __future__ import annotations
 
+import contextlib
 import ctypes
 import os
 import resource
@@ -27,6 +28,42 @@ def die_with_parent() -> None:
     if sys.platform.startswith("linux"):
         libc = ctypes.CDLL(None, use_errno=True)
         libc.prctl(PR_SET_PDEATHSIG, signal.SIGKILL)
+
+
+def processes_with_env(wanted: Mapping[str, str]) -> list[int]:
+    """This user's processes started with every `wanted` variable in their environment
+    (Linux's /proc; none elsewhere, and none for an empty `wanted`).
+
+    How a trial's descendants are found after they left its session (setsid, a daemon's
+    double fork), where signalling its process group does not reach: they keep the
+    environment the trial was given.
+    """
+    needles = {f"{name}={value}".encode() for name, value in wanted.items()}
+    if not needles:
+        return []
+    try:
+        entries = os.listdir("/proc")
+    except OSError:
+        return []
+    found: list[int] = []
+    me = os.getpid()
+    for entry in entries:
+        if not entry.isdigit() or int(entry) == me:
+            continue
+        try:
+            with open(f"/proc/{entry}/environ", "rb") as handle:
+                environment = handle.read()
+        except OSError:  # gone, or another user's
+            continue
+        if needles.issubset(environment.split(b"\0")):
+            found.append(int(entry))
+    return found
+
+
+def signal_all(pids: list[int], signum: int) -> None:
+    for pid in pids:
+        with contextlib.suppress(ProcessLookupError, PermissionError):
+            os.kill(pid, signum)
 
 
 def raise_open_file_limit() -> tuple[int, int]:

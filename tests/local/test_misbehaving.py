@@ -397,3 +397,40 @@ def test_parallel_trials_are_held_to_the_open_file_limit(tmp_path: Path) -> None
     assert "running at most 16 trials at once, not 1000" in result.stdout
     trials = json.loads((tmp_path / "out.json").read_text())["trials"]
     assert [t["state"] for t in trials] == ["Completed"] * 60
+
+
+ESCAPER = """
+import os, signal, sys, time
+# A child that leaves the trial's session (as a daemon does) and ignores SIGTERM:
+# signalling the trial's process group no longer reaches it.
+child = os.fork()
+if child == 0:
+    os.setsid()
+    signal.signal(signal.SIGTERM, signal.SIG_IGN)
+    time.sleep(120)
+    os._exit(0)
+with open(f"child-{child}", "w"):
+    pass
+print("loss=1", flush=True)
+time.sleep(float(sys.argv[1]))
+"""
+
+
+@pytest.mark.parametrize("ending", ["trial exits", "kubetune killed"])
+def test_a_trial_s_child_that_left_its_session_ends_with_it(tmp_path: Path, ending: str) -> None:
+    command = script(tmp_path, "escaper.py", ESCAPER)
+    command.append("0" if ending == "trial exits" else "120")
+    path = write(tmp_path, experiment("escape", command, budget={"maxTrials": 1}))
+    if ending == "trial exits":
+        result = run(path, timeout=60)
+        assert result.returncode == 0, result.stdout + result.stderr
+    else:
+        runner = start(path)
+        try:
+            wait_for(lambda: any(tmp_path.glob("child-*")), what="the trial's child")
+            runner.send_signal(signal.SIGKILL)
+            runner.wait(timeout=10)
+        finally:
+            runner.kill()
+    [child] = [int(p.name.removeprefix("child-")) for p in tmp_path.glob("child-*")]
+    wait_for(lambda: not _alive(child), timeout=10, what="the child to end")

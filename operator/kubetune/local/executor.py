@@ -29,7 +29,7 @@ from typing import IO
 from kubetune.engine import LaunchTrial
 from kubetune.local.reaper import Reaper
 from kubetune.logparse import Line, LineSplitter, for_log, parse_metrics_line
-from kubetune.processes import start_trial
+from kubetune.processes import processes_with_env, signal_all, start_trial
 from kubetune.spec import ExperimentSpec
 from kubetune.trialenv import AttemptContext, rendered_command, rendered_env, trial_env
 
@@ -41,6 +41,11 @@ LogReportCallback = Callable[[int, int, int, dict[str, float]], bool]
 LEFTOVER_GRACE_SECONDS = 2.0
 
 log = logging.getLogger(__name__)
+
+# Set in every trial's environment (trialenv.py): the run's report endpoint is unique to
+# the run, and with the trial and attempt, to one attempt.
+_RUN_MARKER = "KUBETUNE_ENDPOINT"
+_ATTEMPT_MARKERS = (_RUN_MARKER, "KUBETUNE_TRIAL", "KUBETUNE_ATTEMPT")
 
 
 class _Output(asyncio.SubprocessProtocol):
@@ -68,6 +73,9 @@ class _Running:
     task: asyncio.Task[None] | None = None
     kill_timer: asyncio.TimerHandle | None = None
     log_lines: int = 0
+    # Variables only this attempt's processes have: how its descendants that left its
+    # session are found (signalling its process group does not reach them).
+    markers: dict[str, str] = field(default_factory=dict)
     tail: deque[str] = field(default_factory=lambda: deque(maxlen=20))
 
 
@@ -116,7 +124,9 @@ class LocalExecutor:
             return
         if self.reaper is None:
             self.reaper = Reaper()
+            self.reaper.mark(_RUN_MARKER, env[_RUN_MARKER])
         running = _Running(_open_log(self.log_path(action.name, action.attempt)))
+        running.markers = {name: env[name] for name in _ATTEMPT_MARKERS}
         loop = asyncio.get_running_loop()
         try:
             transport, protocol = await loop.subprocess_exec(
@@ -167,9 +177,13 @@ class LocalExecutor:
             # Whatever it left behind ends with it: a child holding its stdout would keep
             # the output open forever, and one without would outlive kubetune.
             _signal_group(running.pid, signal.SIGTERM)
+            strays = await asyncio.to_thread(processes_with_env, running.markers)
+            signal_all(strays, signal.SIGTERM)
             with contextlib.suppress(TimeoutError):
                 await asyncio.wait_for(protocol.closed.wait(), LEFTOVER_GRACE_SECONDS)
             _signal_group(running.pid, signal.SIGKILL)
+            strays += await asyncio.to_thread(processes_with_env, running.markers)
+            signal_all(strays, signal.SIGKILL)
             with contextlib.suppress(TimeoutError):
                 await asyncio.wait_for(protocol.closed.wait(), 1.0)
             code = transport.get_returncode()
