@@ -434,3 +434,53 @@ def test_a_trial_s_child_that_left_its_session_ends_with_it(tmp_path: Path, endi
             runner.kill()
     [child] = [int(p.name.removeprefix("child-")) for p in tmp_path.glob("child-*")]
     wait_for(lambda: not _alive(child), timeout=10, what="the child to end")
+
+
+def rss_bytes(pid: int) -> int:
+    for line in Path(f"/proc/{pid}/status").read_text().splitlines():
+        if line.startswith("VmRSS:"):
+            return int(line.split()[1]) * 1024
+    raise AssertionError(f"no VmRSS for {pid}")
+
+
+def test_the_runner_s_memory_does_not_grow_with_its_trials_long_lines(tmp_path: Path) -> None:
+    """60 trials printing 20 lines of 64 KiB each: kept whole for a failure message, their
+    tails held 78 MB in kubetune (gigabytes with more trials)."""
+    command = script(
+        tmp_path,
+        "wide.py",
+        """
+        import os, sys, time
+        while not os.path.exists("go"):
+            time.sleep(0.05)
+        for _ in range(20):
+            sys.stdout.write("y" * 65536 + "\\n")
+        sys.stdout.flush()
+        while not os.path.exists("done"):
+            time.sleep(0.05)
+        print("loss=1")
+        """,
+    )
+    document = experiment(
+        "wide", command, budget={"maxTrials": 60, "parallelTrials": 60}, algorithm="random"
+    )
+    path = write(tmp_path, document)
+    state = tmp_path / ".kubetune" / "wide"
+    runner = start(path)
+    try:
+        wait_for(lambda: launched(state) == 60, what="all trials to start")
+        time.sleep(1)
+        before = rss_bytes(runner.pid)
+        (tmp_path / "go").touch()
+        logs = state / "logs"
+        wait_for(
+            lambda: sum(p.stat().st_size for p in logs.iterdir()) >= 60 * 20 * 65536,
+            what="every trial's output",
+        )
+        time.sleep(1)
+        grown = rss_bytes(runner.pid) - before
+        (tmp_path / "done").touch()
+        assert runner.wait(timeout=60) == 0
+    finally:
+        runner.kill()
+    assert grown < 25 << 20, f"kubetune grew by {grown >> 20} MiB"

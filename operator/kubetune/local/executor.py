@@ -40,6 +40,10 @@ LogReportCallback = Callable[[int, int, int, dict[str, float]], bool]
 # before they are killed; its output is read until then.
 LEFTOVER_GRACE_SECONDS = 2.0
 
+# How much of a failed trial's last line its message keeps; its tail keeps no more per
+# line (20 lines of 64 KiB per running trial added up to gigabytes over many trials).
+MAX_MESSAGE_CHARS = 300
+
 log = logging.getLogger(__name__)
 
 # Set in every trial's environment (trialenv.py): the run's report endpoint is unique to
@@ -162,7 +166,7 @@ class LocalExecutor:
             text = line.data.decode(errors="replace").strip()
             if not text:
                 continue
-            running.tail.append(text)
+            running.tail.append(text[:MAX_MESSAGE_CHARS])
             parsed = parse_metrics_line(text, step_name, running.log_lines + 1)
             if parsed is not None:
                 running.log_lines += 1
@@ -278,4 +282,4 @@ def _signal_group(pid: int, signum: int) -> None:
 
 def _last_error_line(tail: list[str]) -> str:
     lines = [line for line in tail if line.strip()]
-    return lines[-1][:300] if lines else ""
+    return lines[-1] if lines else ""
