@@ -484,3 +484,46 @@ def test_the_runner_s_memory_does_not_grow_with_its_trials_long_lines(tmp_path: 
     finally:
         runner.kill()
     assert grown < 25 << 20, f"kubetune grew by {grown >> 20} MiB"
+
+
+CHECKPOINTER = """
+import os, signal, sys, time
+def save(*_):
+    open("checkpointed-" + os.environ["KUBETUNE_TRIAL"], "w").close()
+    sys.exit(0)
+signal.signal(signal.SIGTERM, save)
+while not os.path.exists("done"):
+    time.sleep(0.05)
+print("loss=1")
+"""
+
+
+@pytest.mark.parametrize("hangup", ["default", "ignored (nohup)"])
+def test_a_closed_terminal_stops_the_run_gracefully_unless_under_nohup(
+    tmp_path: Path, hangup: str
+) -> None:
+    """SIGHUP killed kubetune outright: its trials got SIGKILL (parent-death signal) with
+    no chance to save a checkpoint. Under nohup the run must go on."""
+    command = script(tmp_path, "checkpointer.py", CHECKPOINTER)
+    document = experiment("hangup", command, budget={"maxTrials": 2, "parallelTrials": 2})
+    path = write(tmp_path, document)
+    state = tmp_path / ".kubetune" / "hangup"
+    disposition = signal.SIG_DFL if hangup == "default" else signal.SIG_IGN
+    runner = start(path, preexec_fn=lambda: signal.signal(signal.SIGHUP, disposition))
+    try:
+        wait_for(lambda: launched(state) == 2, what="both trials to start")
+        time.sleep(0.5)
+        runner.send_signal(signal.SIGHUP)
+        if hangup == "default":
+            assert runner.wait(timeout=30) == 130
+            assert len(list(tmp_path.glob("checkpointed-*"))) == 2
+            ended = [e for e in events(state) if e["type"] == "AttemptEnded"]
+            assert [e["kind"] for e in ended] == ["interrupted"] * 2
+        else:
+            time.sleep(1)
+            assert runner.poll() is None
+            (tmp_path / "done").touch()
+            assert runner.wait(timeout=30) == 0
+            assert not list(tmp_path.glob("checkpointed-*"))
+    finally:
+        runner.kill()

@@ -331,7 +331,8 @@ class LocalRun:
                 self.executor.kill_all()
             interrupted.set()
 
-        for signum in (signal.SIGINT, signal.SIGTERM):
+        stop_signals = _stop_signals()
+        for signum in stop_signals:
             loop.add_signal_handler(signum, on_signal)
         self._write()
         try:
@@ -349,7 +350,7 @@ class LocalRun:
                 self._mark_interrupted()
             finally:
                 self.executor.close()
-                for signum in (signal.SIGINT, signal.SIGTERM):
+                for signum in stop_signals:
                     loop.remove_signal_handler(signum)
         if self.write_error is not None:
             raise StateError(
@@ -422,6 +423,16 @@ class LocalRun:
         self.view.summary(self.engine)
         code = EXIT_OK if ended.succeeded else EXIT_EXPERIMENT_FAILED
         return RunResult(code, ended.succeeded, ended.reason, ended.message)
+
+
+def _stop_signals() -> list[signal.Signals]:
+    """The signals that stop a run gracefully (trials get their grace period to save a
+    checkpoint). SIGHUP (the terminal closed) among them, unless it is ignored: under
+    `nohup` the run must go on."""
+    signals = [signal.SIGINT, signal.SIGTERM]
+    if signal.getsignal(signal.SIGHUP) is not signal.SIG_IGN:
+        signals.append(signal.SIGHUP)
+    return signals
 
 
 def results_document(engine: Engine) -> dict[str, Any]:
