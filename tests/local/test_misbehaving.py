@@ -527,3 +527,22 @@ def test_a_closed_terminal_stops_the_run_gracefully_unless_under_nohup(
             assert not list(tmp_path.glob("checkpointed-*"))
     finally:
         runner.kill()
+
+
+def test_a_reader_that_goes_away_does_not_stop_the_run(tmp_path: Path) -> None:
+    """`kubetune run exp.yaml | head -1`: the closed pipe ended the run with exit code 1
+    (a failed experiment, by kubetune's codes) and its trials interrupted."""
+    command = script(tmp_path, "nap.py", "import time\ntime.sleep(0.3)\nprint('loss=1')\n")
+    document = experiment("head", command, budget={"maxTrials": 4, "parallelTrials": 2})
+    path = write(tmp_path, document)
+    runner = start(path, stdout=subprocess.PIPE, stderr=subprocess.PIPE)
+    try:
+        assert runner.stdout is not None and runner.stderr is not None
+        runner.stdout.readline()
+        runner.stdout.close()
+        assert runner.wait(timeout=60) == 0, runner.stderr.read()
+        assert "Traceback" not in runner.stderr.read()
+    finally:
+        runner.kill()
+    ended = [e for e in events(tmp_path / ".kubetune" / "head") if e["type"] == "AttemptEnded"]
+    assert [e["kind"] for e in ended] == ["exited"] * 4

@@ -23,11 +23,26 @@ from kubetune.spec import ExperimentSpec
 from kubetune.trials import TrialPhase
 
 
+class _Console(Console):
+    """A console that goes quiet when its reader goes away (`kubetune run | head`, a
+    closed terminal) instead of rich's SystemExit(1): the run is what matters, its
+    results are in the state directory and -o, and exit code 1 means a failed experiment."""
+
+    def on_broken_pipe(self) -> None:
+        self.quiet = True
+
+    def print(self, *objects: object, **options: object) -> None:  # type: ignore[override]
+        try:
+            super().print(*objects, **options)  # type: ignore[arg-type]
+        except OSError:  # EIO from a terminal that is gone
+            self.quiet = True
+
+
 class ProgressView:
     def __init__(self, spec: ExperimentSpec, experiment: str, live: bool | None = None) -> None:
         self.spec = spec
         self.experiment = experiment
-        self.console = Console(file=sys.stdout, highlight=False, soft_wrap=True)
+        self.console = _Console(file=sys.stdout, highlight=False, soft_wrap=True)
         self.live_enabled = self.console.is_terminal if live is None else live
         self._live: Live | None = None
         self._seen = 0
