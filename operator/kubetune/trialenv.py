@@ -57,6 +57,42 @@ def rendered_command(container: Container, params: Mapping[str, Scalar]) -> list
     return [render(part, params) for part in (*container.command, *container.args)]
 
 
-def rendered_env(container: Container, params: Mapping[str, Scalar]) -> dict[str, str]:
-    """The container's own `env` entries with literal values, parameters substituted."""
-    return {e.name: render(e.value, params) for e in container.env if e.value is not None}
+def expand_references(text: str, variables: Mapping[str, str]) -> str:
+    """Kubernetes' `$(NAME)` expansion of a container's command, args and env values: a
+    defined NAME is replaced by its value, `$$` is a literal `$`, anything else is kept as
+    written. A pod gets this from the kubelet; a local trial must get it here, or
+    `--trial=$(KUBETUNE_TRIAL)` reaches it as literal text."""
+    out: list[str] = []
+    i = 0
+    while i < len(text):
+        if text[i] != "$" or i + 1 == len(text):
+            out.append(text[i])
+            i += 1
+            continue
+        following = text[i + 1]
+        if following == "$":
+            out.append("$")
+            i += 2
+        elif following == "(" and (end := text.find(")", i + 2)) != -1:
+            name = text[i + 2 : end]
+            out.append(variables.get(name, text[i : end + 1]) if name else "$()")
+            i = end + 1
+        else:
+            out.append(text[i : i + 2])
+            i += 2
+    return "".join(out)
+
+
+def local_launch(
+    container: Container, params: Mapping[str, Scalar], ours: Mapping[str, str]
+) -> tuple[list[str], dict[str, str]]:
+    """A local trial's argv and its container env (before `ours`, the KUBETUNE_* vars, are
+    added), with `$(NAME)` expanded as the kubelet would: env values from the entries
+    above them, command and args from the container's whole environment."""
+    env: dict[str, str] = {}
+    for entry in container.env:
+        if entry.value is not None:
+            env[entry.name] = expand_references(render(entry.value, params), env)
+    known = {**env, **ours}
+    argv = [expand_references(part, known) for part in rendered_command(container, params)]
+    return argv, env

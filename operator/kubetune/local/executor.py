@@ -31,7 +31,7 @@ from kubetune.local.reaper import Reaper
 from kubetune.logparse import Line, LineSplitter, for_log, parse_metrics_line
 from kubetune.processes import processes_with_env, signal_all, start_trial
 from kubetune.spec import ExperimentSpec
-from kubetune.trialenv import AttemptContext, rendered_command, rendered_env, trial_env
+from kubetune.trialenv import AttemptContext, local_launch, trial_env
 
 ExitCallback = Callable[[int, int, int, str], None]
 LogReportCallback = Callable[[int, int, int, dict[str, float]], bool]
@@ -118,10 +118,11 @@ class LocalExecutor:
         # venv's packages (torch, the SDK) are there without activating it.
         env["PATH"] = os.pathsep.join([str(Path(sys.executable).parent), env.get("PATH", "")])
         env["PYTHONUNBUFFERED"] = "1"
-        env.update(rendered_env(container, action.params))
-        env.update(trial_env(self.spec, context))
+        ours = trial_env(self.spec, context)
+        argv, container_env = local_launch(container, action.params, ours)
+        env.update(container_env)
+        env.update(ours)
         workdir = trial_workdir(self.workdir, container.workingDir)
-        argv = rendered_command(container, action.params)
         key = (action.number, action.attempt)
         if not workdir.is_dir():
             self.on_exit(*key, 127, f"workingDir {str(workdir)!r} is not a directory")
