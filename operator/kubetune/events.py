@@ -147,6 +147,30 @@ _TYPES: dict[str, type] = {
         CostObserved,
     )
 }
+EVENT_TYPES = _TYPES  # every event class, by the name records carry
+
+# ----- The stored form: a versioned record ------------------------------------------
+#
+# A record is a JSON object: `type` (the event's class name), `v` (the format's major
+# version) and one key per field. Histories outlive the operator that wrote them, so
+# decoding is explicit per field and tolerant in the one direction that is safe:
+# * a key this version does not know is ignored (a later minor change added it);
+# * a missing field that has a default, or may be None, takes it (an earlier version
+#   did not write it, or the API server pruned a null);
+# * a missing required field, a value of the wrong kind, an unknown `type` or a major
+#   version above FORMAT_VERSION raise HistoryFormatError naming the record and field.
+# Records without `v` are version 0: what kubetune v0.1.0 (f13db72) wrote, the same
+# shape as version 1. Adding a field with a default is not a version change; renaming
+# or removing one, or changing a field's meaning, is: bump FORMAT_VERSION and decode
+# the older version here. The operator's MAC (store.HistorySigner) covers each record
+# as it was stored, `v` included, so records of any version keep verifying.
+
+FORMAT_VERSION = 1
+VERSION_FIELD = "v"
+
+
+class HistoryFormatError(ValueError):
+    """A stored record this kubetune cannot read; the message names what and why."""
 
 
 def _encode_float(value: float) -> float | str:
@@ -157,7 +181,7 @@ def _encode_float(value: float) -> float | str:
 
 
 def to_record(event: Event) -> dict[str, Any]:
-    record: dict[str, Any] = {"type": type(event).__name__}
+    record: dict[str, Any] = {"type": type(event).__name__, VERSION_FIELD: FORMAT_VERSION}
     for item in dataclasses.fields(event):
         value = getattr(event, item.name)
         if isinstance(value, Verdict):
@@ -172,25 +196,118 @@ def to_record(event: Event) -> dict[str, Any]:
     return record
 
 
+def _int(value: Any) -> int:
+    # Go's JSON may hand back 3.0 for 3; a bool is not a number here.
+    if isinstance(value, bool) or not isinstance(value, int | float) or value != int(value):
+        raise TypeError(f"expected an integer, got {value!r}")
+    return int(value)
+
+
+def _number(value: Any) -> float:
+    # Kept as stored (an int stays an int): replay must see the values that were decided on.
+    if isinstance(value, bool) or not isinstance(value, int | float):
+        raise TypeError(f"expected a number, got {value!r}")
+    return value
+
+
+def _str(value: Any) -> str:
+    if not isinstance(value, str):
+        raise TypeError(f"expected a string, got {value!r}")
+    return value
+
+
+def _bool(value: Any) -> bool:
+    if not isinstance(value, bool):
+        raise TypeError(f"expected true or false, got {value!r}")
+    return value
+
+
+def _object(value: Any) -> dict[str, Any]:
+    if not isinstance(value, dict):
+        raise TypeError(f"expected an object, got {value!r}")
+    return dict(value)
+
+
+def _metrics(value: Any) -> dict[str, float]:
+    return {str(k): float(v) for k, v in _object(value).items()}
+
+
+def _verdict(value: Any) -> Verdict:
+    data = _object(value)
+    final = data.get("final")
+    return Verdict(
+        Decision(data["decision"]),
+        _str(data.get("reason", "")),
+        TrialPhase(final) if final else None,
+    )
+
+
+def _optional(decode: Any) -> Any:
+    return lambda value: None if value is None else decode(value)
+
+
+# Every field of every event, by name, and how to read it. A field added to an event
+# must be added here (test_records checks the table covers every field).
+FIELD_DECODERS: dict[str, Any] = {
+    "at": _number,
+    "number": _int,
+    "bracket": _int,
+    "target": _optional(_int),
+    "params": _object,
+    "sampler_attrs": _object,
+    "study_attrs": _object,
+    "attempt": _int,
+    "resume": _bool,
+    "step": _int,
+    "metrics": _metrics,
+    "verdict": _verdict,
+    "rung": _optional(_int),
+    "reason": _str,
+    "kind": ExitKind,
+    "exit_code": _optional(_int),
+    "message": _str,
+    "succeeded": _bool,
+    "usd": _number,
+    "trial_usd_per_hour": _number,
+}
+
+
+def record_version(record: dict[str, Any]) -> int:
+    version = record.get(VERSION_FIELD, 0)
+    if isinstance(version, bool) or not isinstance(version, int):
+        raise HistoryFormatError(f"history record has a bad format version {version!r}")
+    return version
+
+
 def from_record(record: dict[str, Any]) -> Event:
-    data = dict(record)
-    cls = _TYPES.get(data.pop("type", None))
-    if cls is None:
-        raise ValueError(f"unknown event type in history: {record.get('type')!r}")
-    if "verdict" in data:
-        verdict = data["verdict"]
-        data["verdict"] = Verdict(
-            Decision(verdict["decision"]),
-            verdict.get("reason", ""),
-            TrialPhase(verdict["final"]) if verdict.get("final") else None,
+    if not isinstance(record, dict):
+        raise HistoryFormatError(f"history record is not an object: {record!r:.80}")
+    version = record_version(record)
+    kind = record.get("type")
+    if version > FORMAT_VERSION:
+        raise HistoryFormatError(
+            f"history record {kind!r} has format version {version}, newer than this "
+            f"kubetune reads ({FORMAT_VERSION}): it was written by a later kubetune"
         )
-    if "metrics" in data:
-        data["metrics"] = {k: float(v) for k, v in data["metrics"].items()}
-    if "kind" in data:
-        data["kind"] = ExitKind(data["kind"])
-    # The API server drops null fields inside the history lists (a merge patch prunes
-    # them): a field that may be None and is missing was None.
+    cls = _TYPES.get(kind) if isinstance(kind, str) else None
+    if cls is None:
+        raise HistoryFormatError(f"unknown event type in history: {kind!r}")
+    values: dict[str, Any] = {}
     for item in dataclasses.fields(cls):
-        if item.name not in data and "None" in str(item.type):
-            data[item.name] = None
-    return cls(**data)
+        if item.name not in record or record[item.name] is None:
+            # The API server drops null fields inside the history lists (a merge patch
+            # prunes them): a field that may be None and is missing was None.
+            if "None" in str(item.type):
+                values[item.name] = None
+            elif (
+                item.default is dataclasses.MISSING and item.default_factory is dataclasses.MISSING
+            ):
+                raise HistoryFormatError(f"history record {kind}: field {item.name!r} is missing")
+            continue
+        try:
+            values[item.name] = FIELD_DECODERS[item.name](record[item.name])
+        except (TypeError, ValueError, KeyError) as error:
+            raise HistoryFormatError(
+                f"history record {kind}: field {item.name!r} is unreadable ({error})"
+            ) from None
+    return cls(**values)
