@@ -52,3 +52,16 @@ def test_a_local_trial_sees_its_references_expanded(tmp_path: Path) -> None:
     args, greeting = json.loads((tmp_path / "seen.json").read_text())
     assert args == ["--trial=refs-0", "hello-world", "$(GREETING)"]
     assert greeting == "hello-world"
+
+
+@pytest.mark.slow
+def test_env_a_local_run_cannot_resolve_is_named(tmp_path: Path) -> None:
+    """valueFrom and envFrom need the cluster: a local trial ran without them, unsaid."""
+    document = experiment("from", ["python", "-c", "print('loss=1')"], budget={"maxTrials": 1})
+    container = document["spec"]["trialTemplate"]["spec"]["containers"][0]
+    container["env"] = [{"name": "KEY", "valueFrom": {"secretKeyRef": {"name": "s", "key": "k"}}}]
+    container["envFrom"] = [{"configMapRef": {"name": "settings"}}]
+    result = run(write(tmp_path, document), timeout=60)
+    assert result.returncode == 0, result.stdout + result.stderr
+    assert "env 'KEY' (valueFrom) cannot be resolved locally" in result.stdout
+    assert "envFrom cannot be resolved locally" in result.stdout

@@ -98,6 +98,20 @@ def check_working_dir(spec: ExperimentSpec, workdir: Path) -> None:
         )
 
 
+def unresolved_env(spec: ExperimentSpec) -> list[str]:
+    """What of the container's environment a local trial will not have: valueFrom and
+    envFrom need the cluster (Secrets, ConfigMaps, the downward API)."""
+    container = spec.trialTemplate.spec.containers[0]
+    missing = [f"env {e.name!r} (valueFrom)" for e in container.env if e.value is None]
+    if (container.model_extra or {}).get("envFrom"):
+        missing.append("envFrom")
+    return [
+        f"spec.trialTemplate.spec.containers[0]: {what} cannot be resolved locally; "
+        f"trials run without it"
+        for what in missing
+    ]
+
+
 def _lock_state(options: RunOptions) -> StateLock:
     """Lock the state directory (moving it aside first with --fresh); refuse if in use."""
     directory = options.state_dir
@@ -297,6 +311,8 @@ class LocalRun:
             self.view.note(f"the budget of {self.name} was raised: continuing")
         if self.limited_note:
             self.view.note(self.limited_note)
+        for note in unresolved_env(self.spec):
+            self.view.note(note)
         if history:
             self.view.note(
                 f"resuming {self.name} from {self.state.directory} ({len(history)} events)"
