@@ -145,7 +145,14 @@ def test_a_missing_working_dir_is_named(capsys: pytest.CaptureFixture[str], tmp_
     assert not (tmp_path / ".kubetune").exists()
 
 
-@pytest.mark.parametrize("target", ["missing/out.json", "folder"])
+@pytest.mark.parametrize(
+    "target",
+    [
+        "missing/out.json",
+        "folder",
+        "experiment.yaml",  # was overwritten with the results: the experiment lost
+    ],
+)
 def test_an_unwritable_output_is_refused_before_the_run(
     capsys: pytest.CaptureFixture[str], tmp_path: Path, target: str
 ) -> None:
@@ -158,6 +165,7 @@ def test_an_unwritable_output_is_refused_before_the_run(
     assert "--output" in capsys.readouterr().err
     assert not (tmp_path / ".kubetune").exists()
     assert not list(tmp_path.rglob("*.tmp"))
+    assert path.read_text() == dump(document())
 
 
 def test_a_state_dir_that_is_a_file_is_refused(
@@ -245,3 +253,18 @@ def test_output_through_a_symlink_keeps_the_link(tmp_path: Path) -> None:
     assert main(["run", str(path), "--no-live", "-o", str(link)]) == 0
     assert link.is_symlink()
     assert json.loads((tmp_path / "store" / "results.json").read_text())["phase"] == "Succeeded"
+
+
+def test_output_into_the_state_directory_is_refused(
+    capsys: pytest.CaptureFixture[str], tmp_path: Path
+) -> None:
+    """-o .kubetune/NAME/events.jsonl replaced the run's history with its results."""
+    path = tmp_path / "experiment.yaml"
+    path.write_text(dump(experiment("own", ["python", "-c", "print('loss=1')"])))
+    assert main(["run", str(path), "--no-live"]) == 0
+    history = tmp_path / ".kubetune" / "own" / "events.jsonl"
+    before = history.read_bytes()
+    capsys.readouterr()
+    assert main(["run", str(path), "--no-live", "-o", str(history)]) == 2
+    assert "inside the state directory" in capsys.readouterr().err
+    assert history.read_bytes() == before

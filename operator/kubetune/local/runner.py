@@ -77,10 +77,16 @@ def default_state_dir(experiment_file: Path, experiment: Experiment) -> Path:
     return experiment_file.resolve().parent / ".kubetune" / experiment.name
 
 
-def check_output(path: Path) -> None:
-    """Refuse an `--output` that could not be written, before any trial runs."""
+def check_output(path: Path, experiment_file: Path, state_dir: Path) -> None:
+    """Refuse an `--output` that could not be written, or would overwrite the experiment
+    or the run's state, before any trial runs."""
     if path.is_dir():
         raise StateError(f"--output {path} is a directory; give a file name")
+    target = path.resolve()
+    if target == experiment_file.resolve():
+        raise StateError(f"--output {path} is the experiment file; give another name")
+    if target.is_relative_to(state_dir.resolve()):
+        raise StateError(f"--output {path} is inside the state directory {state_dir}")
     if path.exists() and not path.is_file():
         return  # a device or a FIFO (/dev/null, /dev/stdout): written into, not replaced
     if not path.parent.is_dir():
@@ -167,7 +173,7 @@ class LocalRun:
         self.workdir = experiment_file.resolve().parent
         # Everything that can be refused is refused before anything is written.
         if options.output is not None:
-            check_output(options.output)
+            check_output(options.output, experiment_file, options.state_dir)
         check_working_dir(spec, self.workdir)
         self.lock = _lock_state(options)
         self.state = ExperimentState(options.state_dir)
