@@ -268,3 +268,22 @@ def test_output_into_the_state_directory_is_refused(
     assert main(["run", str(path), "--no-live", "-o", str(history)]) == 2
     assert "inside the state directory" in capsys.readouterr().err
     assert history.read_bytes() == before
+
+
+@pytest.mark.parametrize("fresh", [[], ["--fresh"]])
+def test_a_state_dir_holding_other_files_is_refused(
+    capsys: pytest.CaptureFixture[str], tmp_path: Path, fresh: list[str]
+) -> None:
+    """`--state-dir . --fresh` moved the whole project folder aside (as it would ~)."""
+    project = tmp_path / "project"
+    project.mkdir()
+    path = project / "experiment.yaml"
+    path.write_text(dump(experiment("mine", ["python", "-c", "print('loss=1')"])))
+    (project / "train.py").write_text("# the user's code\n")
+    code = main(["run", str(path), "--no-live", "--state-dir", str(project), *fresh])
+    assert code == 2
+    assert "holds files that are not kubetune's (experiment.yaml, train.py)" in (
+        capsys.readouterr().err
+    )
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["project"]
+    assert sorted(p.name for p in project.iterdir()) == ["experiment.yaml", "train.py"]

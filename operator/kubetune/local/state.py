@@ -83,16 +83,33 @@ class StateLock:
             self._fd = None
 
 
+# Everything a run writes in its state directory (checkpoints: the default file:// URI).
+STATE_ENTRIES = frozenset(
+    {"events.jsonl", "spec.json", "spec.tmp", "token.key", "token.key.tmp", "lock", "logs"}
+    | {"checkpoints"}
+)
+
+
 def prepare_directory(directory: Path) -> None:
-    """Create the state directory, or say in one line why it cannot be one."""
+    """Create the state directory, or say in one line why it cannot be one.
+
+    A folder holding anything a run does not write is refused: --fresh moves the whole
+    state directory aside, and `--state-dir .` (or ~) would move the user's project."""
     if directory.exists() and not directory.is_dir():
         raise StateError(f"--state-dir {directory} is a file, not a directory")
     try:
         directory.mkdir(parents=True, exist_ok=True)
+        foreign = sorted(p.name for p in directory.iterdir() if p.name not in STATE_ENTRIES)
     except OSError as error:
         raise StateError(
             f"cannot create the state directory {directory}: {error.strerror}"
         ) from None
+    if foreign:
+        shown = ", ".join(foreign[:3]) + (", ..." if len(foreign) > 3 else "")
+        raise StateError(
+            f"--state-dir {directory} holds files that are not kubetune's ({shown}); "
+            f"give a new or empty folder"
+        )
 
 
 class ExperimentState:
