@@ -2,7 +2,9 @@
 
 from __future__ import annotations
 
+import errno
 import fcntl
+import os
 from pathlib import Path
 
 import pytest
@@ -54,3 +56,14 @@ def test_fresh_twice_in_one_second_keeps_both_old_states_side_by_side(
     assert aside == ["state.old-1700000000", "state.old-1700000000-2"]
     kept = [(tmp_path / name / "events.jsonl").read_text() for name in aside]
     assert kept == ["first", "second"]
+
+
+def test_a_file_system_without_locks_is_named(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    def no_locks(fd: int, operation: int) -> None:
+        raise OSError(errno.ENOLCK, os.strerror(errno.ENOLCK))
+
+    monkeypatch.setattr(state.fcntl, "flock", no_locks)
+    with pytest.raises(StateError, match=r"cannot lock .*lock: No locks available"):
+        StateLock(tmp_path).acquire()

@@ -73,6 +73,12 @@ class StateLock:
                 f"{self.path.parent} is in use by another kubetune run (pid {holder}); "
                 f"wait for it to end or stop it first"
             ) from None
+        except OSError as error:  # a file system without locks (some network mounts)
+            os.close(fd)
+            raise StateError(
+                f"cannot lock {self.path}: {error.strerror}; put the state on a local disk "
+                f"(--state-dir)"
+            ) from None
         return fd
 
     def release(self) -> None:
