@@ -8,6 +8,7 @@ of being silently ignored. `load_experiment` turns pydantic's errors into one
 
 from __future__ import annotations
 
+import json
 import math
 import os
 import re
@@ -692,4 +693,31 @@ def load_experiment(path: str | Path) -> Experiment:
     if len(experiments) != 1:
         found = f"found {len(experiments)}" if documents else "the file is empty"
         raise SpecError([("", f"expected exactly one {KIND} document, {found}")], str(path))
-    return parse_experiment(experiments[0], str(path))
+    experiment = parse_experiment(experiments[0], str(path))
+    _check_types_as_kubernetes(experiments[0], str(path))
+    return experiment
+
+
+def _check_types_as_kubernetes(document: Mapping[str, Any], source: str) -> None:
+    """Refuse what only lax conversion made valid: `maxTrials: "3"`, `parallelTrials: yes`
+    (a YAML 1.1 boolean, taken as 1). kubectl apply refuses these; a local run took them.
+
+    The document is validated again as JSON in strict mode, which converts no types (an
+    integer is still accepted as a float), as the API server's schema would.
+    """
+    try:
+        Experiment.model_validate_json(json.dumps(document, default=str), strict=True)
+    except ValidationError as error:
+        problems = [
+            (
+                _format_location(detail["loc"]),
+                f"{detail['msg'].removeprefix('Value error, ')}, got {json.dumps(detail['input'])}"
+                if detail["type"] in _STRICT_TYPE_ERRORS
+                else detail["msg"],
+            )
+            for detail in error.errors(include_url=False)
+        ]
+        raise SpecError(problems, source) from None
+
+
+_STRICT_TYPE_ERRORS = frozenset({"int_type", "float_type", "string_type", "bool_type"})

@@ -287,3 +287,21 @@ def test_a_state_dir_holding_other_files_is_refused(
     )
     assert sorted(p.name for p in tmp_path.iterdir()) == ["project"]
     assert sorted(p.name for p in project.iterdir()) == ["experiment.yaml", "train.py"]
+
+
+@pytest.mark.parametrize(
+    ("old", "new", "field"),
+    [
+        ("maxTrials: 6", 'maxTrials: "6"', "spec.budget.maxTrials"),
+        ("parallelTrials: 2", "parallelTrials: yes", "spec.budget.parallelTrials"),  # YAML 1.1
+        ("min: -1.0", 'min: "-1"', "spec.parameters[0].min"),
+    ],
+)
+def test_values_of_the_wrong_type_are_not_converted(
+    capsys: pytest.CaptureFixture[str], tmp_path: Path, old: str, new: str, field: str
+) -> None:
+    """kubectl apply refuses these; a local run took "6" as 6 and `yes` as 1 trial at once."""
+    text = dump(BASE)
+    assert old in text
+    err = refused(capsys, tmp_path, text.replace(old, new, 1))
+    assert f"{field}: Input should be a valid" in err
