@@ -127,6 +127,8 @@ def test_base_has_exactly_these_objects(rendered: list[dict[str, Any]]) -> None:
             ("ValidatingAdmissionPolicyBinding", "kubetune-experiment-author"),
             ("ValidatingAdmissionPolicy", "kubetune-operator-scope"),
             ("ValidatingAdmissionPolicyBinding", "kubetune-operator-scope"),
+            ("ValidatingAdmissionPolicy", "kubetune-owned-objects"),
+            ("ValidatingAdmissionPolicyBinding", "kubetune-owned-objects"),
         ]
     )
     for document in rendered:
@@ -265,7 +267,10 @@ def test_admission_policy_knows_kubetunes_secret_names(rendered: list[dict[str, 
     scope = one(rendered, "ValidatingAdmissionPolicy", "kubetune-operator-scope")
     (condition,) = scope["spec"]["matchConditions"]
     assert f"'system:serviceaccount:{NAMESPACE}:kubetune-operator'" in condition["expression"]
-    for name in ("kubetune-experiment-author", "kubetune-operator-scope"):
+    owned = one(rendered, "ValidatingAdmissionPolicy", "kubetune-owned-objects")
+    condition = owned["spec"]["matchConditions"][0]["expression"]
+    assert f"'system:serviceaccount:{NAMESPACE}:kubetune-operator'" in condition
+    for name in ("kubetune-experiment-author", "kubetune-operator-scope", "kubetune-owned-objects"):
         binding = one(rendered, "ValidatingAdmissionPolicyBinding", name)
         assert binding["spec"] == {"policyName": name, "validationActions": ["Deny"]}
         assert one(rendered, "ValidatingAdmissionPolicy", name)["spec"]["failurePolicy"] == "Fail"
