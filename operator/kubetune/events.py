@@ -279,6 +279,15 @@ def record_version(record: dict[str, Any]) -> int:
     return version
 
 
+def last_launch_version(records: list[dict[str, Any]]) -> int | None:
+    """The format version of a trial's last TrialLaunched record (None: never launched).
+
+    Version 0 means kubetune v0.1.0 launched the pod that runs now: it holds a token of
+    that release's scope (`tokens.release_0_scope`)."""
+    launches = [r for r in records if isinstance(r, dict) and r.get("type") == "TrialLaunched"]
+    return record_version(launches[-1]) if launches else None
+
+
 def from_record(record: dict[str, Any]) -> Event:
     if not isinstance(record, dict):
         raise HistoryFormatError(f"history record is not an object: {record!r:.80}")

@@ -35,6 +35,12 @@ def experiment_scope(namespace: str, name: str, uid: str) -> str:
     return f"{namespace}/{name}/{uid}"
 
 
+def release_0_scope(namespace: str, name: str) -> str:
+    """The scope kubetune v0.1.0's operator derived tokens under (no UID). Pods it
+    launched still hold such tokens when a later operator takes their experiment over."""
+    return f"{namespace}/{name}"
+
+
 class TokenAuthority:
     def __init__(self, key: bytes, scope: str, cache_size: int = DEFAULT_CACHE_SIZE) -> None:
         if len(key) < 16:
@@ -43,6 +49,7 @@ class TokenAuthority:
         self._scope = scope
         self._cache_size = cache_size
         self._verified: OrderedDict[str, str] = OrderedDict()
+        self._release_0: tuple[str, frozenset[str]] | None = None
 
     @staticmethod
     def new_key() -> bytes:
@@ -52,8 +59,17 @@ class TokenAuthority:
         """The trial's token (pure: nothing is stored)."""
         return hmac.new(self._key, f"{self._scope}/{trial}".encode(), hashlib.sha256).hexdigest()
 
+    def accept_release_0(self, scope: str, trials: Iterable[str]) -> None:
+        """Also accept, for these trials only, the tokens derived under `scope` by an
+        operator before the UID was in the scope: their running pods were launched by
+        it (their last launch record says so) and hold those tokens. Replaces any
+        earlier call's trials."""
+        self._release_0 = (scope, frozenset(trials))
+
     def verify(self, token: str, trial: str) -> bool:
-        if not hmac.compare_digest(self.token_for(trial), token):
+        if not hmac.compare_digest(self.token_for(trial), token) and not self._release_0_token(
+            token, trial
+        ):
             return False
         self._remember(token, trial)
         return True
@@ -75,6 +91,13 @@ class TokenAuthority:
     def cached(self) -> int:
         """How many verified tokens are remembered (at most the cache size)."""
         return len(self._verified)
+
+    def _release_0_token(self, token: str, trial: str) -> bool:
+        if self._release_0 is None or trial not in self._release_0[1]:
+            return False
+        message = f"{self._release_0[0]}/{trial}".encode()
+        expected = hmac.new(self._key, message, hashlib.sha256).hexdigest()
+        return hmac.compare_digest(expected, token)
 
     def _remember(self, token: str, trial: str) -> None:
         self._verified[token] = trial

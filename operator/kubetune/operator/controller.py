@@ -49,7 +49,7 @@ from kubetune.engine import (
     SampleTrial,
     StopTrial,
 )
-from kubetune.events import ExitKind
+from kubetune.events import ExitKind, last_launch_version
 from kubetune.ingest import Report, ReportTarget
 from kubetune.offloop import SuggestionWorker
 from kubetune.operator import store
@@ -70,7 +70,7 @@ from kubetune.operator.pods import owner_reference, token_secret, trial_pod
 from kubetune.schedulers import make_scheduler
 from kubetune.spec import ExperimentSpec
 from kubetune.timestamps import parse_rfc3339, rfc3339
-from kubetune.tokens import TokenAuthority, experiment_scope
+from kubetune.tokens import TokenAuthority, experiment_scope, release_0_scope
 from kubetune.trialenv import AttemptContext, checkpoint_uri
 from kubetune.trials import Decision, TrialPhase, TrialRecord, Verdict
 
@@ -212,6 +212,16 @@ class ExperimentController:
                 node = (trial.get("status") or {}).get("node")
                 if node:
                     self.nodes[number] = node
+            # Pods launched by kubetune v0.1.0 hold tokens of its scope (no UID): they
+            # keep reporting after an upgrade (their launch records are version 0).
+            self.tokens.accept_release_0(
+                release_0_scope(self.namespace, self.name),
+                (
+                    self.engine.trial_name(number)
+                    for number, history in self.trial_history.items()
+                    if last_launch_version(history) == 0
+                ),
+            )
             owners = ["the experiment"] + [t["metadata"]["name"] for t in trials]
             await self._report_refused(owners, checked.refused)
             for seq, plan in made:
