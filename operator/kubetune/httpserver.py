@@ -10,6 +10,10 @@ so it carries the limits such a server needs:
   connection within `keepalive_timeout` of its last response, so idle or trickling
   half-open connections cannot pile up (handlers bound their body reads themselves,
   `body_timeout`);
+* a deadline for writing: a connection whose answers have waited unread in its send
+  buffer for `write_timeout` is aborted (a client that pipelines requests and reads
+  none held its connection for ever, so a few such clients filled the connection cap
+  and every trial got 503);
 * errors, aiohttp's own included, logged as one bounded line each and at most `burst`
   lines a minute: a client can cause a 4xx or a 500, never a traceback in the log.
 """
@@ -23,7 +27,7 @@ import time
 import weakref
 from collections.abc import Awaitable, Callable
 from dataclasses import dataclass
-from typing import Any
+from typing import Any, cast
 
 from aiohttp import web
 from aiohttp.web_protocol import RequestHandler
@@ -37,6 +41,7 @@ class Limits:
     header_timeout: float = 10.0
     keepalive_timeout: float = 15.0
     body_timeout: float = 10.0
+    write_timeout: float = 10.0
 
 
 class OneLineLog(logging.LoggerAdapter):  # type: ignore[type-arg]
@@ -137,6 +142,12 @@ class AppServer:
         # Transports whose connection sent a whole request head in time.
         self._started: weakref.WeakSet[asyncio.BaseTransport] = weakref.WeakSet()
         self.refused_connections = 0
+        # Since when each connection's send buffer has held answers its client left unread.
+        self._unread: weakref.WeakKeyDictionary[asyncio.BaseTransport, float] = (
+            weakref.WeakKeyDictionary()
+        )
+        self._sweeper: asyncio.Task[None] | None = None
+        self.aborted_connections = 0
         self.port: int | None = None
 
     async def start(self, host: str = "127.0.0.1", port: int = 0) -> str:
@@ -150,12 +161,16 @@ class AppServer:
         await self._runner.setup()
         site = _GuardedSite(self._runner, host, port, self._protocol)
         await site.start()
-        server = site._server
+        server = cast(asyncio.Server | None, site._server)
         assert server is not None and server.sockets
         self.port = server.sockets[0].getsockname()[1]
+        self._sweeper = asyncio.get_running_loop().create_task(self._sweep_unread())
         return f"http://{host}:{self.port}"
 
     async def stop(self) -> None:
+        if self._sweeper is not None:
+            self._sweeper.cancel()
+            self._sweeper = None
         if self._runner is not None:
             await self._runner.cleanup()
             self._runner = None
@@ -181,6 +196,30 @@ class AppServer:
         loop.call_soon(self._made)
         loop.call_later(self.limits.header_timeout, self._head_deadline, handler)
         return handler
+
+    async def _sweep_unread(self) -> None:
+        period = min(1.0, self.limits.write_timeout / 4)
+        while True:
+            await asyncio.sleep(period)
+            self.abort_unread(time.monotonic())
+
+    def abort_unread(self, now: float) -> None:
+        """Aborts the connections whose send buffer has not been empty since
+        `write_timeout` ago. A handler blocked writing to such a client is in no
+        other deadline's reach: its head came in time, and it is not idle."""
+        server = self._runner.server if self._runner is not None else None
+        for handler in list(server.connections if server is not None else ()):
+            transport = handler.transport
+            if not isinstance(transport, asyncio.WriteTransport) or transport.is_closing():
+                continue
+            if transport.get_write_buffer_size() == 0:
+                self._unread.pop(transport, None)
+                continue
+            since = self._unread.setdefault(transport, now)
+            if now - since >= self.limits.write_timeout:
+                self.aborted_connections += 1
+                self.log.warning("connection aborted: answers left unread for %.0f s", now - since)
+                transport.abort()
 
     def _made(self) -> None:
         self._connecting -= 1
