@@ -10,9 +10,13 @@ What a sampler remembers between asks in Optuna's storage (CMA-ES keeps its opti
 trial system attributes, QMC a sample counter in the study's) is returned with the
 suggestion, stored in the history, and written back when the study is rebuilt. The GP
 sampler remembers one thing outside the storage: its fitted kernel parameters, the
-starting point of the next fit. Without them every fit starts from default values and
-often lands on a poor model (Hartmann-6 at 4 parallel: mean regret 0.48 against 0.05
-with them, bench/search_quality.py), so kubetune carries them in a study attribute too.
+starting point of the next fit, which kubetune carries in a study attribute too.
+
+`bayesian` and `tpe` draw their start-up trials at random; a long-lived Optuna sampler
+draws them from one random stream, so kubetune replays that stream (the experiment's
+seed, trial `number`'s draw) instead of seeding each start-up trial on its own. With
+both, `bayesian` is where Optuna's own GPSampler is on the same seeds; before, its mean
+regret on Hartmann-6 was several times Optuna's (bench/search_quality.py --ablation).
 
 Trials that are still running are added as RUNNING, so parallel workers do not all get
 the same suggestion: TPE's constant liar and the GP sampler's handling of running
