@@ -932,7 +932,7 @@ def rendered() -> dict[str, str]:
 
 def drift(out: Path) -> str:
     """A unified diff between the files in `out` and what the models generate ("" if none)."""
-    diffs = []
+    diffs: list[str] = []
     for name, want in rendered().items():
         path = out / name
         have = path.read_text() if path.exists() else ""

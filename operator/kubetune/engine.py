@@ -389,6 +389,7 @@ class Engine:
         free = budget.parallelTrials - sum(t.phase.holds_slot for t in self.trials)
         committed = self._committed_cost(now)  # budget.maxCostUSD: what work under way costs
         unaffordable = False
+        target: int | None
         for trial, target in self.scheduler.promotions(self.trials, max(free, 0)):
             if not self._affordable(committed, cost := self._work_cost(target, trial.last_step)):
                 unaffordable = True
@@ -487,8 +488,8 @@ class Engine:
             return limit is None
         promotions = self.scheduler.promotions(self.trials, 1)
         if promotions:
-            trial, target = promotions[0]
-            return self._affordable(self.cost_usd, self._work_cost(target, trial.last_step))
+            trial, resource = promotions[0]
+            return self._affordable(self.cost_usd, self._work_cost(resource, trial.last_step))
         if self.exhausted or len(self.trials) >= self.spec.budget.maxTrials:
             return False
         target = self.scheduler.initial_target(len(self.trials))

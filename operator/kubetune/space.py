@@ -2,10 +2,8 @@
 
 from __future__ import annotations
 
-import itertools
-import math
-from collections.abc import Iterator, Mapping, Sequence
-from typing import Any
+from collections.abc import Mapping, Sequence
+from typing import Any, cast
 
 import optuna
 from optuna.distributions import (
@@ -15,6 +13,10 @@ from optuna.distributions import (
     IntDistribution,
 )
 
+from kubetune.grid import MAX_GRID_POINTS as MAX_GRID_POINTS  # re-exported: space's API
+from kubetune.grid import grid_size as grid_size
+from kubetune.grid import is_active as is_active
+from kubetune.grid import iter_grid as iter_grid
 from kubetune.spec import (
     PARAM_REFERENCE,
     CategoricalParameter,
@@ -26,35 +28,6 @@ from kubetune.spec import (
 
 AnyParameter = FloatParameter | IntParameter | CategoricalParameter
 Params = dict[str, Scalar]
-
-# A grid larger than this is refused: nobody means to run it, and enumerating it costs memory.
-MAX_GRID_POINTS = 100_000
-
-
-def is_active(parameter: AnyParameter, chosen: Mapping[str, Scalar]) -> bool:
-    """A conditional parameter is active when every parent it names has a matching value."""
-    for parent, expected in (parameter.when or {}).items():
-        if parent not in chosen:
-            return False
-        options = expected if isinstance(expected, list) else [expected]
-        value = chosen[parent]
-        if not any(_same_value(value, option) for option in options):
-            return False
-    return True
-
-
-def _same_value(value: Scalar, option: Scalar) -> bool:
-    # True is not 1 and "1" is not 1, but a float parameter's 1.0 is the condition's 1 (the
-    # spec accepts `when: {x: 1}` for a float x, and YAML writes whole numbers as ints).
-    numbers = (int, float)
-    if (
-        isinstance(value, numbers)
-        and isinstance(option, numbers)
-        and not isinstance(value, bool)
-        and not isinstance(option, bool)
-    ):
-        return value == option
-    return type(value) is type(option) and value == option
 
 
 def distribution(parameter: AnyParameter) -> BaseDistribution:
@@ -97,45 +70,10 @@ def suggest_params(trial: optuna.Trial, parameters: Sequence[AnyParameter]) -> P
                 step=parameter.step,
             )
         else:
-            chosen[parameter.name] = trial.suggest_categorical(parameter.name, parameter.values)
+            chosen[parameter.name] = cast(
+                Scalar, trial.suggest_categorical(parameter.name, parameter.values)
+            )
     return chosen
-
-
-def _grid_values(parameter: AnyParameter) -> list[Scalar]:
-    if isinstance(parameter, CategoricalParameter):
-        return list(parameter.values)
-    if isinstance(parameter, IntParameter):
-        return list(range(parameter.min, parameter.max + 1, parameter.step))
-    assert parameter.step is not None, "validated: grid floats have a step"
-    count = math.floor((parameter.max - parameter.min) / parameter.step + 1e-9) + 1
-    return [round(parameter.min + i * parameter.step, 12) for i in range(count)]
-
-
-def grid_size(parameters: Sequence[AnyParameter]) -> int:
-    """Number of grid points, counting each conditional branch once; stops past the cap."""
-    count = 0
-    for _ in itertools.islice(iter_grid(parameters), MAX_GRID_POINTS + 1):
-        count += 1
-    return count
-
-
-def iter_grid(parameters: Sequence[AnyParameter]) -> Iterator[Params]:
-    """Every valid combination, expanding only the branches whose conditions hold."""
-
-    def expand(index: int, chosen: Params) -> Iterator[Params]:
-        if index == len(parameters):
-            yield dict(chosen)
-            return
-        parameter = parameters[index]
-        if not is_active(parameter, chosen):
-            yield from expand(index + 1, chosen)
-            return
-        for value in _grid_values(parameter):
-            chosen[parameter.name] = value
-            yield from expand(index + 1, chosen)
-        del chosen[parameter.name]
-
-    yield from expand(0, {})
 
 
 def render(text: str, params: Mapping[str, Scalar]) -> str:

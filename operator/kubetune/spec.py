@@ -28,6 +28,8 @@ from pydantic import (
     model_validator,
 )
 
+from kubetune.grid import MAX_GRID_POINTS, grid_size
+
 API_GROUP = "kubetune.dev"
 API_VERSION = f"{API_GROUP}/v1alpha1"
 KIND = "HPOExperiment"
@@ -430,11 +432,12 @@ def _cross_field_errors(spec: ExperimentSpec) -> Iterator[tuple[str, str]]:
             grid_ready = False
             yield f"{where}.step", "required for float parameters with algorithm grid"
 
-    if grid_ready and len(seen) == len(spec.parameters):
-        from kubetune.space import MAX_GRID_POINTS, grid_size  # space builds on this module
-
-        if grid_size(spec.parameters) > MAX_GRID_POINTS:
-            yield "parameters", f"the grid has more than {MAX_GRID_POINTS} points"
+    if (
+        grid_ready
+        and len(seen) == len(spec.parameters)
+        and grid_size(spec.parameters) > MAX_GRID_POINTS
+    ):
+        yield "parameters", f"the grid has more than {MAX_GRID_POINTS} points"
 
     container = spec.trialTemplate.spec.containers[0]
     texts: list[tuple[str, str]] = [

@@ -14,8 +14,8 @@ import pytest
 import yaml
 
 from kubetune.engine import Engine
+from kubetune.names import token_secret_name
 from kubetune.operator import main as operator_main
-from kubetune.operator.naming import token_secret_name
 from kubetune.spec import load_experiment
 from tests.cluster.controlplane import Binaries
 from tests.prereq import missing

@@ -11,6 +11,7 @@ from kubetune.operator import store
 from kubetune.operator.outcomes import Refusal, api_message, attempt_outcome, refusal
 from kubetune.operator.pods import token_secret, trial_pod
 from kubetune.schedulers import make_scheduler
+from kubetune.schedulers.base import is_milestone
 from kubetune.spec import parse_experiment
 from kubetune.trialenv import AttemptContext
 from kubetune.trials import Decision, TrialPhase, Verdict
@@ -104,7 +105,7 @@ def test_compact_keeps_decisions_rungs_milestones_and_attempt_bounds() -> None:
     events += [TrialLaunched(3, 2, True, 900, 0.0)]
     events += [reported(s, attempt=2) for s in range(302, 601)]
     records = [store.encode(seq, e) for seq, e in enumerate(events)]
-    kept = store.compact(records, limit=200)
+    kept = store.compact(records, is_milestone, limit=200)
     assert len(kept) == 200
     steps = {(r["attempt"], r["step"]) for r in kept if r["type"] == "Reported"}
     assert {(1, 1), (1, 301), (2, 302), (2, 600)} <= steps
@@ -114,7 +115,30 @@ def test_compact_keeps_decisions_rungs_milestones_and_attempt_bounds() -> None:
     assert [r["seq"] for r in kept] == sorted(r["seq"] for r in kept)
     # More essential records than the limit: all of them are kept (the milestones, the
     # pause at 301, attempt 2's first report at 302, the two launches), nothing else.
-    assert len(store.compact(records, limit=100)) == len(milestones) + 2 + 2
+    assert len(store.compact(records, is_milestone, limit=100)) == len(milestones) + 2 + 2
+
+
+def test_compaction_keeps_what_the_experiment_s_scheduler_reads() -> None:
+    """The store asks the policy: median stopping keeps its milestones; ASHA, which only
+    reads rung reports (marked with their rung), leaves every plain report optional."""
+    median = make_scheduler(
+        make_spec(scheduler={"name": "median", "resource": "step", "maxResource": 2000}), None
+    )
+    asha = make_scheduler(
+        make_spec(scheduler={"name": "asha", "resource": "step", "maxResource": 300}), None
+    )
+    assert [s for s in (5, 99, 100, 105, 110, 1000, 1010) if median.must_keep(s)] == [
+        5,
+        99,
+        100,
+        110,
+        1000,
+    ]
+    assert not any(asha.must_keep(s) for s in (1, 5, 100))
+    records = [store.encode(seq, reported(s)) for seq, s in enumerate(range(1, 301), start=1)]
+    kept = {r["step"] for r in store.compact(records, asha.must_keep, limit=30)}
+    assert len(kept) == 30 and {1, 300} <= kept
+    assert not set(range(1, 100)) <= kept  # milestones are not ASHA's to keep
 
 
 def test_median_decides_the_same_after_a_restart_from_compacted_histories() -> None:
@@ -144,7 +168,7 @@ def test_median_decides_the_same_after_a_restart_from_compacted_histories() -> N
     for seq, event in enumerate(live.engine.history):
         by_owner.setdefault(store.trial_number_of(event), []).append(store.encode(seq, event))
     stored = [
-        records if owner is None else store.compact(records)
+        records if owner is None else store.compact(records, live.engine.scheduler.must_keep)
         for owner, records in by_owner.items()
     ]
     assert sum(map(len, stored)) < len(live.engine.history) / 2  # it was compacted

@@ -22,7 +22,7 @@ from typing import Any
 import pytest
 import yaml
 
-from kubetune.operator.naming import token_secret_name
+from kubetune.names import token_secret_name
 from tests.cluster.controlplane import ControlPlane, wait_until
 
 pytestmark = pytest.mark.cluster

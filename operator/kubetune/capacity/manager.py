@@ -51,12 +51,13 @@ from kubetune.capacity.pools import (
     trial_gpus,
 )
 from kubetune.capacity.scaling import GroupState, PendingPod, Plan, PoolNode, plan
+from kubetune.names import LABEL_EXPERIMENT
+from kubetune.placement import CostTarget
 from kubetune.spec import ExperimentSpec
 from kubetune.timestamps import parse_rfc3339, rfc3339
 
 logger = logging.getLogger(__name__)
 
-LABEL_EXPERIMENT = "kubetune.dev/experiment"
 SCALE_DOWN_ANNOTATION = "kubetune.dev/scale-down"
 CONDITION = "NodePoolReady"
 EVENT_REPEAT_SECONDS = 300.0
@@ -135,7 +136,7 @@ class CapacityManager:
     def __init__(
         self,
         core: Any,
-        controllers: Callable[[], Mapping[tuple[str, str], Any]],
+        controllers: Callable[[], Mapping[tuple[str, str], CostTarget]],
         aws: Aws | None = None,
         configmap: tuple[str, str] = (CONFIGMAP_NAMESPACE, CONFIGMAP_NAME),
         interval: float = 15.0,
@@ -471,15 +472,15 @@ class CapacityManager:
         pool_of_node: dict[str, str] = {}
         for node in nodes:
             labels = node["metadata"].get("labels") or {}
-            pool = next((p for p in self.pools.values() if node_in_pool(p, labels)), None)
-            if pool is None:
+            home = next((p for p in self.pools.values() if node_in_pool(p, labels)), None)
+            if home is None:
                 continue
             name = node["metadata"]["name"]
             seen.add(name)
-            pool_of_node[name] = pool.name
-            price = costs.node_price(pool, labels, prices[pool.name]) or 0.0
+            pool_of_node[name] = home.name
+            price = costs.node_price(home, labels, prices[home.name]) or 0.0
             start = parse_rfc3339(node["metadata"].get("creationTimestamp")) or now
-            self.nodes[name] = (pool.name, start, price)
+            self.nodes[name] = (home.name, start, price)
         for name, (pool_name, start, price) in list(self.nodes.items()):
             end = None if name in seen else now
             spans.append(costs.NodeSpan(name, pool_name, start, end, price))
@@ -495,13 +496,13 @@ class CapacityManager:
                     _observe("observe_spot_interruption", pool_name)
         live: dict[str, costs.UsageSpan] = {}
         for pod in pods:
-            node = (pod.get("spec") or {}).get("nodeName")
+            on_node = (pod.get("spec") or {}).get("nodeName")
             key = _experiment_of(pod)
-            if not node or node not in pool_of_node or key is None:
+            if not on_node or on_node not in pool_of_node or key is None:
                 continue
-            start, end = _usage_times(pod, now)
-            if start is not None:
-                span = costs.UsageSpan(key, pool_of_node[node], pod_gpus(pod), start, end)
+            since, until = _usage_times(pod, now)
+            if since is not None:
+                span = costs.UsageSpan(key, pool_of_node[on_node], pod_gpus(pod), since, until)
                 live[pod["metadata"]["uid"]] = span
         usage = list(live.values())
         for uid, span in self.usage.items():
@@ -514,11 +515,11 @@ class CapacityManager:
         self.usage = live
         waiting: dict[str, dict[costs.ExperimentKey, int]] = {}
         for pod in pods:
-            pool_name = (pod["metadata"].get("labels") or {}).get(LABEL_POOL)
+            pool_label = (pod["metadata"].get("labels") or {}).get(LABEL_POOL)
             key = _experiment_of(pod)
             bound = (pod.get("spec") or {}).get("nodeName")
-            if pool_name and key and not bound and not _terminal(pod):
-                by_pool = waiting.setdefault(pool_name, {})
+            if pool_label and key and not bound and not _terminal(pod):
+                by_pool = waiting.setdefault(pool_label, {})
                 by_pool[key] = by_pool.get(key, 0) + max(pod_gpus(pod), 1)
         floors = {p.name: p.minNodes for p in self.pools.values()}
         if self.last_tick is None:
@@ -566,8 +567,8 @@ class CapacityManager:
         """Hand each experiment its cost and its pool's condition; post failures."""
         now = self.clock()
         for key, controller in list(self.controllers().items()):
-            spec = getattr(controller, "spec", None)
-            pool = spec.capacity.nodePool if spec is not None and spec.capacity else None
+            spec = controller.spec
+            pool = spec.capacity.nodePool if spec.capacity else None
             if key not in self.ledger.experiments and pool is None:
                 continue
             usd = round(self.cost_of(key, controller), 6)
@@ -626,7 +627,7 @@ class CapacityManager:
         key: str,
     ) -> None:
         """An Event, not repeated for the same object and cause within EVENT_REPEAT_SECONDS."""
-        from kubetune.operator.kube import event_body  # the Kubernetes client, only when used
+        from kubetune.kubeevents import event_body  # the Kubernetes client, only when used
 
         metadata = involved["metadata"]
         ident = (f"{metadata.get('namespace')}/{metadata['name']}", reason, key)

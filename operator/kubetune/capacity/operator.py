@@ -20,10 +20,9 @@ import kopf
 from kubetune.capacity.aws import Aws
 from kubetune.capacity.manager import CapacityManager
 from kubetune.capacity.pools import CONFIGMAP_NAME, CONFIGMAP_NAMESPACE
+from kubetune.placement import CostTarget
 
 logger = logging.getLogger(__name__)
-
-MANAGER: CapacityManager | None = None
 
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
@@ -62,7 +61,6 @@ def build(args: argparse.Namespace, api: Any) -> CapacityManager:
     """The capacity manager, with the node pools read once."""
     from kubernetes import client
 
-    global MANAGER
     namespace, _, name = args.node_pools_configmap.partition("/")
     if not name:
         raise SystemExit("--node-pools-configmap: expected NAMESPACE/NAME")
@@ -79,21 +77,21 @@ def build(args: argparse.Namespace, api: Any) -> CapacityManager:
         manager.load()
     except Exception as error:  # the loop reads it again every tick
         logger.warning("could not read the node pools yet: %s", error)
-    MANAGER = manager
     return manager
 
 
 def attach(manager: CapacityManager, registry: Any) -> None:
     """The loop reads the registry's controllers, by (namespace, name), every tick."""
 
-    def controllers() -> Mapping[tuple[str, str], Any]:
+    def controllers() -> Mapping[tuple[str, str], CostTarget]:
         return {k: c for k, c in registry.controllers.items() if getattr(c, "loaded", True)}
 
     manager.controllers = controllers
 
 
 @kopf.on.startup()
-async def _start_capacity(**_: Any) -> None:
-    if MANAGER is not None:
-        asyncio.get_running_loop().create_task(MANAGER.run_forever())
-        logger.info("capacity loop started (every %ss)", MANAGER.interval)
+async def _start_capacity(memo: kopf.Memo, **_: Any) -> None:
+    manager = memo.get("capacity")  # put in kopf's memo by kubetune.operator.main
+    if isinstance(manager, CapacityManager):
+        asyncio.get_running_loop().create_task(manager.run_forever())
+        logger.info("capacity loop started (every %ss)", manager.interval)

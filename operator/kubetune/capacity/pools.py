@@ -33,23 +33,22 @@ to the conditions and Events of the experiments that use the pool.
 
 from __future__ import annotations
 
-import copy
 import re
 from collections.abc import Iterable, Mapping, Sequence
-from dataclasses import dataclass, field
 from enum import StrEnum
 from typing import Annotated, Any, Literal
 
 import yaml
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, model_validator
 
+from kubetune.names import LABEL_POOL as LABEL_POOL  # re-exported: pools' API
+from kubetune.placement import Placement as Placement
+from kubetune.placement import apply_placement as apply_placement
 from kubetune.spec import OBJECT_NAME_PATTERN, ExperimentSpec, problems_from_validation_error
 
 CONFIGMAP_NAMESPACE = "kubetune-system"
 CONFIGMAP_NAME = "kubetune-node-pools"
 CONFIGMAP_KEY = "pools.yaml"
-# On trial pods: the pool they were placed on (the scaler counts the pool's pending pods).
-LABEL_POOL = "kubetune.dev/node-pool"
 GPU_RESOURCE = "nvidia.com/gpu"
 NODE_TEMPLATE = "k8s.io/cluster-autoscaler/node-template"
 REGION_PATTERN = r"^[a-z]{2}(-[a-z]+)+-[0-9]+$"
@@ -213,38 +212,10 @@ def _drop_tags(path: str) -> str:
 # ----- where trial pods go ------------------------------------------------------------
 
 
-@dataclass(frozen=True)
-class Placement:
-    """What a trial pod needs to land on a pool's nodes."""
-
-    pool: str
-    node_selector: Mapping[str, str]
-    tolerations: Sequence[Mapping[str, str]] = field(default_factory=tuple)
-
-
 def placement(pool: NodePool) -> Placement:
     return Placement(
         pool.name, dict(pool.nodeLabels), tuple(taint.toleration() for taint in pool.taints)
     )
-
-
-def apply_placement(pod: dict[str, Any], where: Placement) -> dict[str, Any]:
-    """A copy of `pod` with the pool's node selector, tolerations and pool label added.
-
-    The template's own nodeSelector entries stay unless the pool sets the same key; its
-    tolerations stay and the pool's are added once.
-    """
-    pod = copy.deepcopy(pod)
-    spec = pod["spec"]
-    spec["nodeSelector"] = {**(spec.get("nodeSelector") or {}), **where.node_selector}
-    tolerations = list(spec.get("tolerations") or [])
-    for toleration in where.tolerations:
-        if dict(toleration) not in tolerations:
-            tolerations.append(dict(toleration))
-    if tolerations:
-        spec["tolerations"] = tolerations
-    pod["metadata"].setdefault("labels", {})[LABEL_POOL] = where.pool
-    return pod
 
 
 def node_in_pool(pool: NodePool, labels: Mapping[str, str]) -> bool:

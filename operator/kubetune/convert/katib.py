@@ -610,7 +610,7 @@ def _trial_parameters(
         elif reference not in renamed:
             work.refuse(f"{path}.reference", f"{reference!r} names no parameter")
         else:
-            out[name] = renamed[reference]
+            out[name] = renamed[str(reference)]  # a str: only str keys are in `renamed`
     return out
 
 

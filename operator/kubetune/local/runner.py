@@ -18,6 +18,7 @@ import json
 import os
 import signal
 import time
+from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -39,9 +40,16 @@ from kubetune.local.progress import ProgressView
 from kubetune.local.state import ExperimentState, StateError, StateLock, prepare_directory
 from kubetune.offloop import SuggestionWorker
 from kubetune.processes import raise_open_file_limit
+from kubetune.shell.core import (
+    LogReport,
+    attempt_context,
+    decide,
+    experiment_phase,
+    take_log_report,
+)
 from kubetune.spec import Experiment, ExperimentSpec
-from kubetune.trialenv import AttemptContext, checkpoint_uri
-from kubetune.trials import Decision, Verdict
+from kubetune.trialenv import AttemptContext
+from kubetune.trials import Verdict
 
 EXIT_OK = 0
 EXIT_EXPERIMENT_FAILED = 1
@@ -239,13 +247,13 @@ class LocalRun:
             self.waiting[key] = (step, metrics)
             return True
         self._hand_over(key)
-        try:
-            verdict = self.engine.report(number, attempt, step, metrics, time.time())
-        except EngineError:
-            return True
-        self._persist()
-        # A script without the SDK cannot hear a pause or a stop: it is stopped instead.
-        return verdict.decision is Decision.CONTINUE
+        taken = take_log_report(
+            self.engine, self.sdk_reporters, number, attempt, step, metrics, time.time()
+        )
+        if taken is LogReport.CONTINUE or taken is LogReport.HALT:
+            self._persist()
+        # The process runs on unless it must pause or stop and cannot hear it (no SDK).
+        return taken is not LogReport.HALT
 
     def _hand_over(self, key: tuple[int, int]) -> None:
         """Give the engine an attempt's waiting report (written, not yet fsynced)."""
@@ -275,16 +283,7 @@ class LocalRun:
             self._persist()
 
     def _context(self, action: LaunchTrial) -> AttemptContext:
-        return AttemptContext(
-            experiment=self.name,
-            trial=action.name,
-            attempt=action.attempt,
-            params=action.params,
-            resume=action.resume,
-            endpoint=self.endpoint,
-            token=self.tokens.token_for(action.name),
-            checkpoint_uri=checkpoint_uri(self.checkpoint_base, self.name, action.name),
-        )
+        return attempt_context(action, self.name, self.endpoint, self.tokens, self.checkpoint_base)
 
     # ----- the loop ---------------------------------------------------------------------
 
@@ -382,18 +381,14 @@ class LocalRun:
         return self._result(interrupted.is_set())
 
     async def _drive(self, worker: SuggestionWorker, interrupted: asyncio.Event) -> None:
+        self.worker = worker
         while self.finished is None and not interrupted.is_set() and not self.write_error:
             self.changed.clear()
             if time.monotonic() - self.flushed_at >= batching.FLUSH_SECONDS:
                 self._flush_waiting()
-            actions = self.engine.decide(time.time())
-            # Write ahead: decisions are durable before they are carried out. Not _persist:
-            # waking ourselves up here would make this loop spin.
-            self._write()
+            await decide(self.engine, self, time.time())  # written ahead, then carried out
             if self.write_error is not None:
                 break  # not durable: not carried out
-            for action in actions:
-                await self._carry_out(action, worker)
             if self.finished is not None:
                 break
             waiters = [
@@ -406,17 +401,26 @@ class LocalRun:
                 waiter.cancel()
             self.view.refresh(self.engine)
 
-    async def _carry_out(self, action: Any, worker: SuggestionWorker) -> None:
-        match action:
-            case LaunchTrial():
-                await self.executor.launch(action)
-            case StopTrial(number=number, attempt=attempt):
-                self.executor.terminate(number, attempt)
-            case SampleTrial(number=number):
-                if self.sampling is None or self.sampling.done():
-                    self.sampling = asyncio.create_task(self._sample(number, worker))
-            case FinishExperiment():
-                self.finished = action
+    # ----- the engine's actions: processes (kubetune.shell.core.ActionPort) ------------
+
+    async def persist(self) -> bool:
+        # Not _persist: waking ourselves up here would make the loop spin.
+        self._write()
+        return self.write_error is None
+
+    async def launch(self, actions: Sequence[LaunchTrial]) -> None:
+        for action in actions:
+            await self.executor.launch(action)
+
+    async def stop(self, action: StopTrial) -> None:
+        self.executor.terminate(action.number, action.attempt)
+
+    def sample(self, action: SampleTrial) -> None:
+        if self.sampling is None or self.sampling.done():
+            self.sampling = asyncio.create_task(self._sample(action.number, self.worker))
+
+    async def finish(self, action: FinishExperiment) -> None:
+        self.finished = action
 
     async def _sample(self, number: int, worker: SuggestionWorker) -> None:
         suggestion = await worker.suggest(self.engine.sampler_request(number))
@@ -462,7 +466,7 @@ def results_document(engine: Engine) -> dict[str, Any]:
     return {
         "experiment": engine.experiment,
         "objective": engine.spec.objective.model_dump(mode="json"),
-        "phase": _phase(engine),
+        "phase": experiment_phase(engine),
         "reason": engine.ended.reason if engine.ended else None,
         "best": None
         if best is None
@@ -481,12 +485,6 @@ def results_document(engine: Engine) -> dict[str, Any]:
             for t in engine.trials
         ],
     }
-
-
-def _phase(engine: Engine) -> str:
-    if engine.ended is None:
-        return "Running"
-    return "Succeeded" if engine.ended.succeeded else "Failed"
 
 
 def write_results(engine: Engine, path: Path) -> None:

@@ -39,6 +39,7 @@ from kubetune import __version__
 from kubetune.engine import Engine
 from kubetune.events import AttemptEnded, Reported, TrialLaunched
 from kubetune.observability.transitions import Change, Transition
+from kubetune.shell.core import experiment_phase
 from kubetune.trials import TrialPhase
 
 EXPERIMENT_PHASES = ("Running", "Succeeded", "Failed")
@@ -67,12 +68,6 @@ class ExperimentView:
 Source = Callable[[], Iterable[ExperimentView]]
 
 
-def experiment_phase(engine: Engine) -> str:
-    if engine.ended is None:
-        return "Running"
-    return "Succeeded" if engine.ended.succeeded else "Failed"
-
-
 def last_progress(engine: Engine) -> float | None:
     """When a trial last reported, started or ended; the start if none has yet."""
     for event in reversed(engine.history):
@@ -92,7 +87,7 @@ class StateCollector(Collector):
 
     def _families(self) -> dict[str, GaugeMetricFamily | CounterMetricFamily]:
         gauge, counter = GaugeMetricFamily, CounterMetricFamily
-        families = [
+        families: list[GaugeMetricFamily | CounterMetricFamily] = [
             gauge("kubetune_experiments", "Experiments by phase.", labels=["namespace", "phase"]),
             gauge(
                 "kubetune_experiment_phase",

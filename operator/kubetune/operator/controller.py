@@ -34,6 +34,7 @@ import asyncio
 import logging
 import time
 from collections import defaultdict, deque
+from collections.abc import Sequence
 from dataclasses import dataclass
 from typing import Any
 
@@ -43,7 +44,6 @@ from kubetune import observability
 from kubetune.conditions import experiment_conditions
 from kubetune.engine import (
     Engine,
-    EngineError,
     FinishExperiment,
     LaunchTrial,
     SampleTrial,
@@ -51,12 +51,7 @@ from kubetune.engine import (
 )
 from kubetune.events import ExitKind, last_launch_version
 from kubetune.ingest import Report, ReportTarget
-from kubetune.offloop import SuggestionWorker
-from kubetune.operator import store
-from kubetune.operator.coalesce import CoalescedWriter
-from kubetune.operator.kube import Kube
-from kubetune.operator.logs import LogStreams
-from kubetune.operator.naming import (
+from kubetune.names import (
     GROUP,
     LABEL_ATTEMPT,
     LABEL_EXPERIMENT,
@@ -65,14 +60,27 @@ from kubetune.operator.naming import (
     endpoint_for,
     pod_name,
 )
+from kubetune.offloop import SuggestionWorker
+from kubetune.operator import store
+from kubetune.operator.coalesce import CoalescedWriter
+from kubetune.operator.kube import Kube
+from kubetune.operator.logs import LogStreams
 from kubetune.operator.outcomes import Refusal, api_message, attempt_outcome, pod_node, refusal
 from kubetune.operator.pods import owner_reference, token_secret, trial_pod
+from kubetune.placement import PlacementSource
 from kubetune.schedulers import make_scheduler
+from kubetune.shell.core import (
+    LogReport,
+    attempt_context,
+    decide,
+    experiment_phase,
+    take_log_report,
+)
 from kubetune.spec import ExperimentSpec
 from kubetune.timestamps import parse_rfc3339, rfc3339
 from kubetune.tokens import TokenAuthority, experiment_scope, release_0_scope
-from kubetune.trialenv import AttemptContext, checkpoint_uri
-from kubetune.trials import Decision, TrialPhase, TrialRecord, Verdict
+from kubetune.trialenv import checkpoint_uri
+from kubetune.trials import TrialPhase, TrialRecord, Verdict
 
 logger = logging.getLogger(__name__)
 
@@ -84,8 +92,8 @@ class OperatorConfig:
     pod_grace_seconds: int = 30
     # Where trials checkpoint when their experiment names no `spec.checkpoints`.
     default_checkpoint_uri: str | None = None
-    # kubetune.capacity.manager.CapacityManager: node pool placement of trial pods.
-    capacity: Any = None
+    # The capacity loop (kubetune.capacity.manager.CapacityManager): node pool placement.
+    capacity: PlacementSource | None = None
 
 
 # A pod refused for an exceeded quota is created again after this many seconds, doubled
@@ -239,9 +247,8 @@ class ExperimentController:
                     continue
                 # The watch delivers these versions again: they are known, not news.
                 self.trial_versions[number].append(trial["metadata"]["resourceVersion"])
-                expected = self._trial_status(
-                    self.engine.trials[number], store.compact(self.trial_history[number])
-                )
+                kept = store.compact(self.trial_history[number], self.engine.scheduler.must_keep)
+                expected = self._trial_status(self.engine.trials[number], kept)
                 self.written_status[number] = expected
                 if store.canonical(trial.get("status") or {}) != store.canonical(expected):
                     self.dirty_trials.add(number)
@@ -389,7 +396,7 @@ class ExperimentController:
         trial = self.engine.trials[number]
         if number not in self.trial_uids and not await self._create_trial(trial):
             return
-        history = store.compact(self.trial_history[number])
+        history = store.compact(self.trial_history[number], self.engine.scheduler.must_keep)
         self.trial_history[number] = history
         phase = (trial.phase.value, trial.reason)
         written = len(history)
@@ -468,9 +475,12 @@ class ExperimentController:
             },
         }
 
-    def _checkpoint_uri(self, trial: str) -> str:
+    def _checkpoint_base(self) -> str | None:
         base = self.spec.checkpoints.uri if self.spec.checkpoints else None
-        base = base or self.config.default_checkpoint_uri
+        return base or self.config.default_checkpoint_uri
+
+    def _checkpoint_uri(self, trial: str) -> str:
+        base = self._checkpoint_base()
         return checkpoint_uri(base, self.name, trial) if base else ""
 
     def _trial_status(self, trial: TrialRecord, history: list[dict[str, Any]]) -> dict[str, Any]:
@@ -509,14 +519,10 @@ class ExperimentController:
         best = engine.best()
         ended = engine.ended
         done = sum(counts[p.value] for p in TrialPhase if p.is_final)
+        phase = experiment_phase(engine)
         if ended is None:
-            phase, reason, message = (
-                "Running",
-                "Running",
-                f"{done} of {self.spec.budget.maxTrials} trials done",
-            )
+            reason, message = "Running", f"{done} of {self.spec.budget.maxTrials} trials done"
         else:
-            phase = "Succeeded" if ended.succeeded else "Failed"
             reason, message = ended.reason, ended.message
         return {
             "phase": phase,
@@ -560,36 +566,42 @@ class ExperimentController:
         # Refused pods end their attempts, which frees slots: decide again until none is.
         for _ in range(1 + self.spec.budget.maxTrials):
             again = await self._end_refused_attempts()
-            actions = self.engine.decide(time.time())
-            await self._persist()  # write ahead: decisions are stored before they are acted on
-            # Launches are independent of each other: their API calls go out together.
-            launches = [a for a in actions if isinstance(a, LaunchTrial)]
-            await asyncio.gather(*(self._launch(a) for a in launches + self._quota_retries()))
-            for action in actions:
-                match action:
-                    case StopTrial(number=number, attempt=attempt, reason=reason):
-                        trial = self.engine.trials[number]
-                        if self.quota_waits.pop(number, None) is not None:
-                            # Its pod never existed: the attempt ends here.
-                            message = "stopped while waiting for quota"
-                            self.refused.append((_relaunch(trial), message))
-                        await self.kube.delete_pod(
-                            self.namespace,
-                            pod_name(trial.name, attempt),
-                            self.config.pod_grace_seconds,
-                        )
-                        await self._event(f"Trial {trial.name} stopped: {reason}", "TrialStopped")
-                    case SampleTrial():
-                        if self.sampling is None or self.sampling.done():
-                            self.sampling = asyncio.create_task(self._sample())
-                    case FinishExperiment(succeeded=ok, reason=reason, message=message):
-                        await self._event(
-                            f"{reason}: {message}",
-                            f"Experiment{'Succeeded' if ok else 'Failed'}",
-                            not ok,
-                        )
+            await decide(self.engine, self, time.time())  # written ahead, then carried out
             if not (again or self.refused):
                 break
+
+    # ----- the engine's actions: pods (kubetune.shell.core.ActionPort) ---------------
+
+    async def persist(self) -> bool:
+        await self._persist()  # a failed write raises: nothing is carried out
+        return True
+
+    async def launch(self, actions: Sequence[LaunchTrial]) -> None:
+        # Their API calls go out together, with the pods waiting for quota.
+        await asyncio.gather(*(self._launch(a) for a in [*actions, *self._quota_retries()]))
+
+    async def stop(self, action: StopTrial) -> None:
+        trial = self.engine.trials[action.number]
+        if self.quota_waits.pop(action.number, None) is not None:
+            # Its pod never existed: the attempt ends here.
+            message = "stopped while waiting for quota"
+            self.refused.append((_relaunch(trial), message))
+        await self.kube.delete_pod(
+            self.namespace, pod_name(trial.name, action.attempt), self.config.pod_grace_seconds
+        )
+        await self._event(f"Trial {trial.name} stopped: {action.reason}", "TrialStopped")
+
+    def sample(self, action: SampleTrial) -> None:
+        if self.sampling is None or self.sampling.done():
+            self.sampling = asyncio.create_task(self._sample())
+
+    async def finish(self, action: FinishExperiment) -> None:
+        ok = action.succeeded
+        await self._event(
+            f"{action.reason}: {action.message}",
+            f"Experiment{'Succeeded' if ok else 'Failed'}",
+            not ok,
+        )
 
     async def _end_refused_attempts(self) -> bool:
         """End the attempts whose pods the API server refused; True if any ended."""
@@ -662,16 +674,8 @@ class ExperimentController:
         uid = self.trial_uids.get(action.number)
         if uid is None:
             return  # the experiment is gone
-        context = AttemptContext(
-            experiment=self.name,
-            trial=action.name,
-            attempt=action.attempt,
-            params=action.params,
-            resume=action.resume,
-            endpoint=self.endpoint,
-            token=self.tokens.token_for(action.name),
-            checkpoint_uri=self._checkpoint_uri(action.name),
-        )
+        base = self._checkpoint_base()
+        context = attempt_context(action, self.name, self.endpoint, self.tokens, base)
         capacity = self.config.capacity
         placement = capacity.placement_for(self.spec) if capacity is not None else None
         secret = token_secret(
@@ -720,14 +724,13 @@ class ExperimentController:
     ) -> bool:
         """A `name=value` line from a trial's log; False once the pod is being stopped."""
         async with self.lock:
-            if (number, attempt) in self.sdk_reporters:
-                return False
-            try:
-                verdict = self.engine.report(number, attempt, step, metrics, time.time())
-            except EngineError:
-                return False
+            taken = take_log_report(
+                self.engine, self.sdk_reporters, number, attempt, step, metrics, time.time()
+            )
+            if taken is LogReport.SDK or taken is LogReport.REFUSED:
+                return False  # nothing more to read from this log
             await self._persist()
-            if verdict.decision is Decision.CONTINUE:
+            if taken is LogReport.CONTINUE:
                 return True
             # A script without the SDK cannot hear a pause or a stop: its pod is stopped.
             trial = self.engine.trials[number]
@@ -842,7 +845,9 @@ class ExperimentController:
             return
         metadata = body.get("metadata") or {}
         number = (body.get("spec") or {}).get("number")
-        if not self._is_ours(body) or number >= len(self.engine.trials):
+        if not self._is_ours(body) or not isinstance(number, int):
+            return
+        if number >= len(self.engine.trials):
             return
         if metadata.get("uid") != self.trial_uids.get(number):
             return  # an older object, or one put back already

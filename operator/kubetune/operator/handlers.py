@@ -1,6 +1,8 @@
 """kopf handlers: watch experiments and trial pods, route them to their controllers.
 
-Only `on.event` handlers and a resync loop: kopf keeps no handler progress on our
+The operator's state (the `Registry`, where to listen) is in kopf's `memo`, put there
+by kubetune.operator.main. Only `on.event` handlers and a resync task per experiment
+(kubetune.operator.resync): kopf keeps no handler progress on our
 objects and adds no finalizer, so deleting an experiment never waits for the operator
 (owner references let the garbage collector remove trials, pods and secrets).
 """
@@ -17,18 +19,17 @@ import kopf
 
 from kubetune import observability
 from kubetune.conditions import experiment_conditions
-from kubetune.httpserver import OneLineLog
 from kubetune.ingest import NOT_READY, NotReady, ReportServer, ReportTarget
+from kubetune.names import EXPERIMENTS, GROUP, LABEL_EXPERIMENT, TRIALS, VERSION
 from kubetune.offloop import SuggestionWorker
 from kubetune.operator.controller import ExperimentController, OperatorConfig
 from kubetune.operator.kube import Kube
 from kubetune.operator.logs import LogStreams
-from kubetune.operator.naming import EXPERIMENTS, GROUP, LABEL_EXPERIMENT, TRIALS, VERSION
+from kubetune.operator.resync import Resync
 from kubetune.spec import SchedulerName, SpecError, parse_experiment
 from kubetune.timestamps import rfc3339
 
 logger = logging.getLogger(__name__)
-RESYNC_LOG = OneLineLog(logger, burst=10)
 
 RESYNC_SECONDS = 5.0
 # When experiments cannot be listed at start-up: how long an unknown one may still be
@@ -46,6 +47,7 @@ class Registry:
         self.sampler = SuggestionWorker()
         self.logs = LogStreams(kube.api)
         self.controllers: dict[tuple[str, str], ExperimentController] = {}
+        self.resync = Resync(RESYNC_SECONDS)
         self.started = time.monotonic()
         self.expected: set[tuple[str, str]] | None = None
 
@@ -76,14 +78,12 @@ class Registry:
         metadata = body["metadata"]
         key = (metadata["namespace"], metadata["name"])
         if event_type == "DELETED" or metadata.get("deletionTimestamp"):
-            gone = self.controllers.pop(key, None)
-            if gone is not None:
-                gone.close()
+            self._remove(key)
             observability.forget(*key)
             return
         controller = self.controllers.get(key)
         if controller is not None and controller.uid != metadata["uid"]:
-            self.controllers.pop(key).close()  # deleted and created again under the same name
+            self._remove(key)  # deleted and created again under the same name
             controller = None
         if controller is not None and metadata.get("generation", 0) == controller.generation:
             # Our own status write coming back (the resync loop keeps us level), or a
@@ -120,10 +120,17 @@ class Registry:
                 self.kube, self.config, self.sampler, dict(body), experiment.spec, self.logs
             )
             self.controllers[key] = controller
+            self.resync.start(controller)
             await controller.load()
         elif metadata.get("generation", 0) != controller.generation:
             await controller.spec_changed(dict(body), experiment.spec)
         await controller.step()
+
+    def _remove(self, key: tuple[str, str]) -> None:
+        self.resync.stop(key)
+        gone = self.controllers.pop(key, None)
+        if gone is not None:
+            gone.close()
 
     async def _mark_invalid(self, body: dict[str, Any], error: SpecError) -> None:
         metadata = body["metadata"]
@@ -167,35 +174,16 @@ class Registry:
         if controller is not None:
             await controller.trial_changed(body, deleted=event_type == "DELETED")
 
-    async def resync_forever(self) -> None:
-        while True:
-            await asyncio.sleep(RESYNC_SECONDS)
-            for controller in list(self.controllers.values()):
-                observability.bind_log_context(controller.namespace, controller.name)
-                try:
-                    await controller.step()
-                except Exception as error:  # one broken experiment must not stop the others
-                    observability.reconcile_error("resync", error)
-                    # Every 5 s while it lasts: one short line each, rate-limited.
-                    RESYNC_LOG.warning(
-                        "resync of %s/%s failed",
-                        controller.namespace,
-                        controller.name,
-                        exc_info=error,
-                    )
 
-
-REGISTRY: Registry | None = None
-LISTEN: tuple[str, int] = ("127.0.0.1", 8080)
-
-
-def _registry() -> Registry:
-    assert REGISTRY is not None, "kubetune.operator.main sets it up before kopf starts"
-    return REGISTRY
+def _registry(memo: kopf.Memo) -> Registry:
+    """The operator's state, put in kopf's memo by kubetune.operator.main."""
+    registry = memo.get("registry")
+    assert isinstance(registry, Registry), "kubetune.operator.main puts it in kopf's memo"
+    return registry
 
 
 @kopf.on.startup()
-async def _startup(settings: kopf.OperatorSettings, **_: Any) -> None:
+async def _startup(settings: kopf.OperatorSettings, memo: kopf.Memo, **_: Any) -> None:
     # API calls run in threads (the client is synchronous): allow many in flight.
     asyncio.get_running_loop().set_default_executor(ThreadPoolExecutor(max_workers=32))
     settings.persistence.progress_storage = kopf.AnnotationsProgressStorage(prefix=GROUP)
@@ -205,22 +193,22 @@ async def _startup(settings: kopf.OperatorSettings, **_: Any) -> None:
     settings.watching.connect_timeout = 30
     settings.watching.inactivity_timeout = 600
     settings.posting.enabled = False  # our own Events, with reasons users can filter on
-    registry = _registry()
+    registry = _registry(memo)
     server = ReportServer(registry.resolve)
     await registry.list_expected()
-    await server.start(*LISTEN)
-    asyncio.get_running_loop().create_task(registry.resync_forever())
-    logger.info("report endpoint listening on %s:%s", LISTEN[0], server.port)
+    host, port = memo.get("listen", ("127.0.0.1", 8080))
+    await server.start(host, port)
+    logger.info("report endpoint listening on %s:%s", host, server.port)
 
 
 @kopf.on.login()
-def _login(**_: Any) -> kopf.ConnectionInfo:
+def _login(memo: kopf.Memo, **_: Any) -> kopf.ConnectionInfo:
     """kopf watches with the very credentials our client was configured with."""
-    config = _registry().kube.api.configuration
+    config = _registry(memo).kube.api.configuration
     header = (config.api_key or {}).get("authorization") or (config.api_key or {}).get(
         "BearerToken"
     )
-    scheme, _, token = (header or "").partition(" ")
+    scheme, _sep, token = (header or "").partition(" ")
     if header and not token:
         scheme, token = "Bearer", header
     return kopf.ConnectionInfo(
@@ -235,38 +223,40 @@ def _login(**_: Any) -> kopf.ConnectionInfo:
 
 
 @kopf.on.cleanup()
-async def _cleanup(**_: Any) -> None:
-    _registry().sampler.close()
-    await _registry().logs.close()
+async def _cleanup(memo: kopf.Memo, **_: Any) -> None:
+    registry = _registry(memo)
+    registry.resync.close()
+    registry.sampler.close()
+    await registry.logs.close()
 
 
 @kopf.on.event(GROUP, VERSION, EXPERIMENTS)
-async def _experiment(event: dict[str, Any], body: kopf.Body, **_: Any) -> None:
+async def _experiment(event: kopf.RawEvent, body: kopf.Body, memo: kopf.Memo, **_: Any) -> None:
     observability.bind_log_context(body.metadata.namespace, body.metadata.name)
     try:
-        await _registry().experiment_event(event.get("type") or "", dict(body))
+        await _registry(memo).experiment_event(event.get("type") or "", dict(body))
     except Exception as error:
         observability.reconcile_error("experiment", error)
         logger.exception("experiment %s/%s", body.metadata.namespace, body.metadata.name)
 
 
 @kopf.on.event(GROUP, VERSION, TRIALS, labels={LABEL_EXPERIMENT: kopf.PRESENT})
-async def _trial(event: dict[str, Any], body: kopf.Body, **_: Any) -> None:
+async def _trial(event: kopf.RawEvent, body: kopf.Body, memo: kopf.Memo, **_: Any) -> None:
     experiment = body.metadata.labels.get(LABEL_EXPERIMENT)
     observability.bind_log_context(body.metadata.namespace, experiment)
     try:
-        await _registry().trial_event(event.get("type") or "", dict(body))
+        await _registry(memo).trial_event(event.get("type") or "", dict(body))
     except Exception as error:
         observability.reconcile_error("trial", error)
         logger.exception("trial %s/%s", body.metadata.namespace, body.metadata.name)
 
 
 @kopf.on.event("", "v1", "pods", labels={LABEL_EXPERIMENT: kopf.PRESENT})
-async def _pod(event: dict[str, Any], body: kopf.Body, **_: Any) -> None:
+async def _pod(event: kopf.RawEvent, body: kopf.Body, memo: kopf.Memo, **_: Any) -> None:
     experiment = body.metadata.labels.get(LABEL_EXPERIMENT)
     observability.bind_log_context(body.metadata.namespace, experiment)
     try:
-        await _registry().pod_event(event.get("type") or "", dict(body))
+        await _registry(memo).pod_event(event.get("type") or "", dict(body))
     except Exception as error:
         observability.reconcile_error("pod", error)
         logger.exception("pod %s/%s", body.metadata.namespace, body.metadata.name)

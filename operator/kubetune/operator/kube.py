@@ -11,13 +11,13 @@ from __future__ import annotations
 import asyncio
 import json
 import logging
-from datetime import UTC, datetime
 from typing import Any
 
 from kubernetes import client, config
 from kubernetes.client.rest import ApiException
 
-from kubetune.operator.naming import EXPERIMENTS, GROUP, LABEL_EXPERIMENT, TRIALS, VERSION
+from kubetune.kubeevents import event_body
+from kubetune.names import EXPERIMENTS, GROUP, LABEL_EXPERIMENT, TRIALS, VERSION
 
 logger = logging.getLogger(__name__)
 
@@ -175,29 +175,3 @@ class Kube:
                 error.reason,
             )
 
-
-def event_body(
-    involved: dict[str, Any], kind: str, reason: str, message: str, warning: bool = False
-) -> client.CoreV1Event:
-    """A Kubernetes Event from kubetune-operator about the object `involved`."""
-    metadata = involved["metadata"]
-    now = datetime.now(UTC)
-    return client.CoreV1Event(
-        metadata=client.V1ObjectMeta(
-            generate_name=f"{metadata['name']}.", namespace=metadata["namespace"]
-        ),
-        involved_object=client.V1ObjectReference(
-            api_version=involved.get("apiVersion", f"{GROUP}/{VERSION}"),
-            kind=kind,
-            name=metadata["name"],
-            namespace=metadata["namespace"],
-            uid=metadata.get("uid"),
-        ),
-        reason=reason,
-        message=message[:1024],
-        type="Warning" if warning else "Normal",
-        first_timestamp=now,
-        last_timestamp=now,
-        count=1,
-        source=client.V1EventSource(component="kubetune-operator"),
-    )

@@ -73,7 +73,7 @@ def _token_key(api: client.ApiClient, args: argparse.Namespace) -> bytes:
         core = client.CoreV1Api(api)
         try:
             secret = core.read_namespaced_secret(name, namespace)
-            key = base64.b64decode(secret.data["key"])
+            key = base64.b64decode((secret.data or {})["key"])
         except ApiException as error:
             if error.status != 404:
                 raise
@@ -99,13 +99,14 @@ def run(args: argparse.Namespace) -> int:
         endpoint_url=args.endpoint_url,
         token_key=_token_key(api, args),
         default_checkpoint_uri=args.default_checkpoint_uri,
-        capacity=capacity.build(args, api),
+        capacity=(manager := capacity.build(args, api)),
     )
-    handlers.REGISTRY = handlers.Registry(Kube(api), config)
-    capacity.attach(config.capacity, handlers.REGISTRY)
-    handlers.LISTEN = _parse_listen(args.listen)
-    observability.watch_registry(handlers.REGISTRY)  # /metrics reads the engines at scrape
+    registry = handlers.Registry(Kube(api), config)
+    capacity.attach(manager, registry)
+    observability.watch_registry(registry)  # /metrics reads the engines at scrape
     kopf.run(
+        # The operator's state, for its handlers (no module globals).
+        memo=kopf.Memo(registry=registry, listen=_parse_listen(args.listen), capacity=manager),
         standalone=True,
         clusterwide=bool(args.namespace_all or not args.namespace),
         namespaces=args.namespace or (),

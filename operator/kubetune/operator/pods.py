@@ -6,8 +6,7 @@ import copy
 from collections.abc import Mapping
 from typing import Any
 
-from kubetune.capacity.pools import Placement, apply_placement
-from kubetune.operator.naming import (
+from kubetune.names import (
     GROUP,
     LABEL_ATTEMPT,
     LABEL_EXPERIMENT,
@@ -17,6 +16,7 @@ from kubetune.operator.naming import (
     pod_name,
     token_secret_name,
 )
+from kubetune.placement import Placement, apply_placement
 from kubetune.space import render
 from kubetune.spec import ExperimentSpec
 from kubetune.trialenv import AttemptContext, rendered_command, trial_env

@@ -27,7 +27,7 @@ from __future__ import annotations
 import hashlib
 import hmac
 import json
-from collections.abc import Iterable, Sequence
+from collections.abc import Callable, Iterable, Sequence
 from dataclasses import dataclass
 from typing import Any
 
@@ -41,7 +41,7 @@ from kubetune.events import (
     from_record,
     to_record,
 )
-from kubetune.schedulers.base import SchedulerPolicy, is_milestone
+from kubetune.schedulers.base import SchedulerPolicy
 from kubetune.trials import Decision
 
 MAX_TRIAL_HISTORY = 400
@@ -186,8 +186,13 @@ def repair(
     return replay, made
 
 
-def compact(records: list[dict[str, Any]], limit: int = MAX_TRIAL_HISTORY) -> list[dict[str, Any]]:
-    """At most `limit` records, dropping only reports no decision depends on."""
+def compact(
+    records: list[dict[str, Any]],
+    must_keep: Callable[[int], bool],
+    limit: int = MAX_TRIAL_HISTORY,
+) -> list[dict[str, Any]]:
+    """At most `limit` records, dropping only reports no decision depends on: the
+    scheduler says which steps its decisions read (`SchedulerPolicy.must_keep`)."""
     if len(records) <= limit:
         return records
     firsts: dict[int, int] = {}
@@ -204,7 +209,7 @@ def compact(records: list[dict[str, Any]], limit: int = MAX_TRIAL_HISTORY) -> li
         return (
             decided
             or record.get("rung") is not None
-            or is_milestone(record["step"])
+            or must_keep(record["step"])
             or index
             in (
                 firsts[record["attempt"]],

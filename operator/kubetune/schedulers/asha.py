@@ -54,8 +54,12 @@ class ASHA:
             return done, rung
         attempt = trial.attempt
         if attempt is not None and attempt.target is not None and step >= attempt.target:
+            assert rung is not None, "an attempt's target is a rung"
             return Verdict(Decision.PAUSE, f"reached rung {rung} ({self.rungs[rung]})"), rung
         return Verdict.go_on(), rung
+
+    def must_keep(self, step: int) -> bool:
+        return False  # decisions read rung reports only, and those are marked with their rung
 
     def promotions(self, trials: Sequence[TrialRecord], free: int) -> list[tuple[TrialRecord, int]]:
         chosen: list[tuple[TrialRecord, int]] = []

@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 import math
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from typing import Protocol
 
 from kubetune.trials import Decision, TrialPhase, TrialRecord, Verdict
@@ -32,6 +32,11 @@ class SchedulerPolicy(Protocol):
         """Up to `free` paused trials to resume, each with the resource to train to."""
         ...
 
+    def must_keep(self, step: int) -> bool:
+        """Whether a CONTINUE report at `step` that reached no rung must survive history
+        compaction, because a later decision of this policy reads it (the store asks)."""
+        ...
+
 
 def rung_resources(min_resource: int, max_resource: int, reduction_factor: int) -> list[int]:
     """[r, rη, rη², …, R]: geometric rungs from min to max, the top one being max itself.
@@ -44,7 +49,7 @@ def rung_resources(min_resource: int, max_resource: int, reduction_factor: int) 
     return [*rungs, max_resource]
 
 
-def ranking_key(sign: float):
+def ranking_key(sign: float) -> Callable[[tuple[TrialRecord, float]], tuple[float, int]]:
     """Best first; ties broken by trial number so the order is deterministic."""
     return lambda item: (sign * item[1], item[0].number)
 

@@ -59,6 +59,9 @@ class MedianStopping:
             return Verdict(Decision.STOP, reason, TrialPhase.STOPPED), None
         return Verdict.go_on(), None
 
+    def must_keep(self, step: int) -> bool:
+        return is_milestone(step)  # decisions compare values at milestones only
+
     def promotions(self, trials: Sequence[TrialRecord], free: int) -> list[tuple[TrialRecord, int]]:
         return []
 
@@ -83,6 +86,9 @@ class NoScheduler:
         self, trial: TrialRecord, step: int, value: float, trials: Sequence[TrialRecord]
     ) -> tuple[Verdict, int | None]:
         return stop_at_max(step, self.max_resource) or Verdict.go_on(), None
+
+    def must_keep(self, step: int) -> bool:
+        return False  # nothing is decided from a report but maxResource
 
     def promotions(self, trials: Sequence[TrialRecord], free: int) -> list[tuple[TrialRecord, int]]:
         return []

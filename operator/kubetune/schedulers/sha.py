@@ -81,6 +81,9 @@ class SuccessiveHalving:
             return Verdict(Decision.PAUSE, f"waiting for rung {rung} to fill"), rung
         return Verdict.go_on(), rung
 
+    def must_keep(self, step: int) -> bool:
+        return False  # decisions read rung reports only, and those are marked with their rung
+
     def promotions(self, trials: Sequence[TrialRecord], free: int) -> list[tuple[TrialRecord, int]]:
         chosen: list[tuple[TrialRecord, int]] = []
         for index, bracket in enumerate(self.brackets):

@@ -1,4 +1,8 @@
-"""Names and labels of the objects the operator creates."""
+"""Names and labels of the objects kubetune creates in Kubernetes.
+
+A neutral module: the operator (which creates the objects) and the capacity loop (which
+reads their labels to place and count trial pods) both import it, and neither imports
+the other."""
 
 from __future__ import annotations
 
@@ -10,6 +14,8 @@ TRIALS = "hpotrials"
 LABEL_EXPERIMENT = f"{GROUP}/experiment"
 LABEL_TRIAL = f"{GROUP}/trial"
 LABEL_ATTEMPT = f"{GROUP}/attempt"
+# The node pool a trial pod was placed on (capacity/pools.py adds it with the placement).
+LABEL_POOL = f"{GROUP}/node-pool"
 TOKEN_KEY = "token"
 
 

@@ -1,0 +1,1 @@
+"""What the two shells (local runner, operator) share; see core.py."""
