@@ -23,6 +23,8 @@ from dataclasses import dataclass
 from typing import Any, TypeGuard
 
 from aiohttp import web
+from aiohttp.http_exceptions import HttpProcessingError
+from aiohttp.web_protocol import RequestPayloadError
 
 from kubetune import observability
 from kubetune.engine import EngineError
@@ -199,6 +201,10 @@ class ReportServer(AppServer):
             return _error(408, "body not received in time")
         except web.HTTPRequestEntityTooLarge:
             return _error(413, "body too large")
+        except (RequestPayloadError, HttpProcessingError):
+            # A body that cannot be decoded (a Content-Encoding it does not match, say):
+            # malformed like any other, not an error of ours (it was a 500).
+            return _refuse_stranger(target, token) or _error(400, "body could not be decoded")
         try:
             report = parse_report(decode_body(raw))
         except BadReport as error:
