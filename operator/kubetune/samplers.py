@@ -36,7 +36,7 @@ import warnings
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
 from enum import StrEnum
-from typing import Any
+from typing import Any, Literal
 
 import numpy as np
 import optuna
@@ -156,7 +156,7 @@ STARTUP_TRIALS = 10
 def make_sampler(spec: ExperimentSpec, number: int, finished: int) -> BaseSampler:
     algorithm = spec.algorithm
     seed = derived_seed(algorithm.seed, number)
-    startup = (
+    startup: dict[str, Any] = (
         {} if algorithm.startupTrials is None else {"n_startup_trials": algorithm.startupTrials}
     )
     name = algorithm.name
@@ -269,11 +269,15 @@ def suggest_many(
     suggestion recorded before the next, but the study is built once.
     """
     finished = sum(t.state is SamplerState.COMPLETE for t in trials)
-    direction = "minimize" if spec.objective.goal is Goal.MINIMIZE else "maximize"
-    study = optuna.create_study(direction=direction, sampler=RandomSampler())
+    direction: Literal["minimize", "maximize"] = (
+        "minimize" if spec.objective.goal is Goal.MINIMIZE else "maximize"
+    )
+    # A storage of our own: its public API reads and writes system attributes.
+    storage = optuna.storages.InMemoryStorage()
+    study = optuna.create_study(storage=storage, direction=direction, sampler=RandomSampler())
     for trial in sorted(trials, key=lambda t: t.number):
         study.add_trial(_frozen(spec, trial))
-    storage, study_id = study._storage, study._study_id
+    study_id = storage.get_study_id_from_name(study.study_name)
     for key, value in study_attrs.items():
         storage.set_study_system_attr(study_id, key, value)
     known = list(trials)
@@ -303,7 +307,9 @@ def suggest_many(
                 storage.set_study_system_attr(study_id, GP_KERNEL_ATTR, kernel)
         system_attrs = {
             k: v
-            for k, v in storage.get_trial_system_attrs(asked._trial_id).items()
+            for k, v in storage.get_trial_system_attrs(
+                storage.get_trial_id_from_study_id_trial_number(study_id, asked.number)
+            ).items()
             if not k.startswith("fixed_params")  # enqueue bookkeeping, not sampler memory
         }
         suggestions.append(

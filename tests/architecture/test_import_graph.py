@@ -171,3 +171,12 @@ def test_no_import_cycles() -> None:
         if name not in state:
             visit(name)
     assert cycles == []
+
+
+def test_samplers_reach_optuna_s_storage_through_its_public_api() -> None:
+    """Study and trial ids come from the storage kubetune creates (InMemoryStorage's
+    public methods), not from Optuna's private attributes."""
+    tree = ast.parse(MODULES["kubetune.samplers"].read_text())
+    private = {"_storage", "_study_id", "_trial_id"}
+    used = {n.attr for n in ast.walk(tree) if isinstance(n, ast.Attribute)} & private
+    assert used == set()

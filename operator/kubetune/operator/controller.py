@@ -52,11 +52,8 @@ from kubetune.engine import (
 from kubetune.events import ExitKind, last_launch_version
 from kubetune.ingest import Report, ReportTarget
 from kubetune.names import (
-    GROUP,
     LABEL_ATTEMPT,
-    LABEL_EXPERIMENT,
     LABEL_TRIAL,
-    VERSION,
     endpoint_for,
     pod_name,
 )
@@ -66,18 +63,19 @@ from kubetune.operator.coalesce import CoalescedWriter
 from kubetune.operator.kube import Kube
 from kubetune.operator.logs import LogStreams
 from kubetune.operator.outcomes import Refusal, api_message, attempt_outcome, pod_node, refusal
-from kubetune.operator.pods import owner_reference, token_secret, trial_pod
+from kubetune.operator.pods import token_secret, trial_pod
+from kubetune.operator.quota import QuotaWaits
+from kubetune.operator.status import experiment_status, timestamp, trial_object, trial_status
 from kubetune.placement import PlacementSource
 from kubetune.schedulers import make_scheduler
 from kubetune.shell.core import (
     LogReport,
     attempt_context,
     decide,
-    experiment_phase,
     take_log_report,
 )
 from kubetune.spec import ExperimentSpec
-from kubetune.timestamps import parse_rfc3339, rfc3339
+from kubetune.timestamps import parse_rfc3339
 from kubetune.tokens import TokenAuthority, experiment_scope, release_0_scope
 from kubetune.trialenv import checkpoint_uri
 from kubetune.trials import TrialPhase, TrialRecord, Verdict
@@ -96,22 +94,7 @@ class OperatorConfig:
     capacity: PlacementSource | None = None
 
 
-# A pod refused for an exceeded quota is created again after this many seconds, doubled
-# at each refusal up to QUOTA_RETRY_MAX_SECONDS.
-QUOTA_RETRY_SECONDS = 5.0
-QUOTA_RETRY_MAX_SECONDS = 300.0
 HISTORY_UNREADABLE = "HistoryUnreadable"
-
-
-@dataclass
-class QuotaWait:
-    action: LaunchTrial
-    refusals: int
-    retry_at: float
-
-
-def _timestamp(seconds: float | None) -> str | None:
-    return None if seconds is None else rfc3339(seconds)
 
 
 class ExperimentController:
@@ -173,7 +156,7 @@ class ExperimentController:
         self.experiment_versions.append(metadata.get("resourceVersion", ""))
         self.writing_experiment: dict[str, Any] | None = None
         self.refused: list[tuple[LaunchTrial, str]] = []
-        self.quota_waits: dict[int, QuotaWait] = {}
+        self.quota_waits = QuotaWaits()
         # Written by the capacity loop (capacity_update); the stored cost seeds it, and
         # the time it was accounted up to tells a restarted loop what it has not seen.
         stored = body.get("status") or {}
@@ -304,7 +287,7 @@ class ExperimentController:
         self.load_failure = message
         logger.warning("experiment %s/%s: %s", self.namespace, self.name, message)
         previous = (self.body.get("status") or {}).get("conditions") or []
-        now = _timestamp(time.time())
+        now = timestamp(time.time())
         conditions = experiment_conditions(
             "Failed", HISTORY_UNREADABLE, message, self.generation, previous, now
         )
@@ -458,22 +441,7 @@ class ExperimentController:
         self.flush = asyncio.create_task(flush())
 
     def _trial_object(self, trial: TrialRecord) -> dict[str, Any]:
-        return {
-            "apiVersion": f"{GROUP}/{VERSION}",
-            "kind": "HPOTrial",
-            "metadata": {
-                "name": trial.name,
-                "namespace": self.namespace,
-                "labels": {LABEL_EXPERIMENT: self.name, LABEL_TRIAL: trial.name},
-                "ownerReferences": [owner_reference("HPOExperiment", self.name, self.uid)],
-            },
-            "spec": {
-                "experiment": self.name,
-                "number": trial.number,
-                "params": dict(trial.params),
-                "bracket": trial.bracket,
-            },
-        }
+        return trial_object(self.namespace, self.name, self.uid, trial)
 
     def _checkpoint_base(self) -> str | None:
         base = self.spec.checkpoints.uri if self.spec.checkpoints else None
@@ -484,22 +452,8 @@ class ExperimentController:
         return checkpoint_uri(base, self.name, trial) if base else ""
 
     def _trial_status(self, trial: TrialRecord, history: list[dict[str, Any]]) -> dict[str, Any]:
-        attempt = trial.attempt
-        return {
-            "phase": trial.phase.value,
-            "reason": trial.reason,
-            "value": trial.value,
-            "step": trial.last_step,
-            "resource": trial.resource,
-            "attempt": attempt.number if attempt else 0,
-            "pod": pod_name(trial.name, attempt.number) if attempt else None,
-            "node": self.nodes.get(trial.number),
-            "interruptions": trial.interruptions,
-            "checkpointUri": self._checkpoint_uri(trial.name) or None,
-            "startTime": _timestamp(trial.started_at),
-            "completionTime": _timestamp(trial.ended_at),
-            "history": history,
-        }
+        node = self.nodes.get(trial.number)
+        return trial_status(trial, history, node, self._checkpoint_uri(trial.name))
 
     async def _write_experiment_status(self, force: bool = False) -> None:
         if self.closed:
@@ -514,45 +468,16 @@ class ExperimentController:
         self.written_experiment_history = len(self.experiment_history)
 
     def _experiment_status(self) -> dict[str, Any]:
-        engine = self.engine
-        counts = engine.counts()
-        best = engine.best()
-        ended = engine.ended
-        done = sum(counts[p.value] for p in TrialPhase if p.is_final)
-        phase = experiment_phase(engine)
-        if ended is None:
-            reason, message = "Running", f"{done} of {self.spec.budget.maxTrials} trials done"
-        else:
-            reason, message = ended.reason, ended.message
-        return {
-            "phase": phase,
-            "reason": reason,
-            "message": message,
-            "observedGeneration": self.generation,
-            "startTime": _timestamp(engine.started_at),
-            "completionTime": _timestamp(ended.at) if ended else None,
-            "trialsTotal": len(engine.trials),
-            "trialsDone": done,
-            "trialsRunning": counts["Running"] + counts["Pending"] + counts["Sampling"],
-            "trialsPaused": counts["Paused"],
-            "trialsCompleted": counts["Completed"],
-            "trialsStopped": counts["Stopped"],
-            "trialsFailed": counts["Failed"],
-            "bestTrial": best.name if best else None,
-            "bestValue": best.value if best else None,
-            "bestParams": dict(best.params) if best else None,
-            "interruptions": sum(t.interruptions for t in engine.trials),
-            "costUSD": self.cost_usd,
-            "costAccountedAt": None if self.cost_at is None else rfc3339(self.cost_at, True),
-            "history": self.experiment_history,
-            "studyAttrs": engine.study_attrs,
-            "conditions": self._conditions(phase, reason, message) + self.capacity_conditions,
-        }
-
-    def _conditions(self, phase: str, reason: str, message: str) -> list[dict[str, Any]]:
-        previous = (self.last_status or {}).get("conditions", [])
-        now = _timestamp(time.time())
-        return experiment_conditions(phase, reason, message, self.generation, previous, now)
+        return experiment_status(
+            self.engine,
+            self.spec,
+            self.generation,
+            (self.cost_usd, self.cost_at),
+            self.experiment_history,
+            (self.last_status or {}).get("conditions", []),
+            self.capacity_conditions,
+            time.time(),
+        )
 
     # ----- what happens -------------------------------------------------------------
 
@@ -582,7 +507,7 @@ class ExperimentController:
 
     async def stop(self, action: StopTrial) -> None:
         trial = self.engine.trials[action.number]
-        if self.quota_waits.pop(action.number, None) is not None:
+        if self.quota_waits.pop(action.number) is not None:
             # Its pod never existed: the attempt ends here.
             message = "stopped while waiting for quota"
             self.refused.append((_relaunch(trial), message))
@@ -622,26 +547,10 @@ class ExperimentController:
 
     def _quota_retries(self) -> list[LaunchTrial]:
         """Launches refused for an exceeded quota whose back-off is over."""
-        now = time.time()
-        due = []
-        for number, wait in list(self.quota_waits.items()):
-            trial = self.engine.trials[number]
-            attempt = trial.attempt
-            if (
-                trial.phase is not TrialPhase.RUNNING
-                or attempt is None
-                or (attempt.number != wait.action.attempt)
-            ):
-                del self.quota_waits[number]  # that attempt is over
-            elif wait.retry_at <= now:
-                due.append(wait.action)
-        return due
+        return self.quota_waits.due(self.engine, time.time())
 
     async def _wait_for_quota(self, action: LaunchTrial, message: str) -> None:
-        wait = self.quota_waits.get(action.number)
-        refusals = (wait.refusals if wait else 0) + 1
-        delay = min(QUOTA_RETRY_SECONDS * 2 ** (refusals - 1), QUOTA_RETRY_MAX_SECONDS)
-        self.quota_waits[action.number] = QuotaWait(action, refusals, time.time() + delay)
+        delay = self.quota_waits.refused(action, time.time())
         await self._event(
             f"Trial {action.name} waits for quota: {message}; its pod is created again in "
             f"{delay:.0f} s",
@@ -693,10 +602,10 @@ class ExperimentController:
             if kind is Refusal.QUOTA:
                 await self._wait_for_quota(action, message)
             else:
-                self.quota_waits.pop(action.number, None)
+                self.quota_waits.pop(action.number)
                 self.refused.append((action, message))
             return
-        self.quota_waits.pop(action.number, None)
+        self.quota_waits.pop(action.number)
         how = f"resumed (attempt {action.attempt})" if action.resume else "started"
         await self._event(f"Trial {action.name} {how}", "TrialStarted")
 
