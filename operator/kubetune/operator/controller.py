@@ -72,6 +72,7 @@ from kubetune.shell.core import (
     LogReport,
     attempt_context,
     decide,
+    experiment_phase,
     take_log_report,
 )
 from kubetune.spec import ExperimentSpec
@@ -354,8 +355,7 @@ class ExperimentController:
         await asyncio.gather(*(self._writer(n).flush() for n in ready))
         for event in observability.trial_events(self.namespace, self.name, self.engine):
             await self._event(*event)  # pauses, promotions, failures, interruptions
-        ended = self.engine.ended
-        phase = "Running" if ended is None else ("Succeeded" if ended.succeeded else "Failed")
+        phase = experiment_phase(self.engine)
         urgent = (
             len(self.experiment_history) != self.written_experiment_history
             or self.last_status is None
