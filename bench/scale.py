@@ -106,6 +106,7 @@ OPERATOR_WRITES = {
     ("DELETE", "pods"),
 }
 RAW_HISTORY = 20
+ENDLESS = 100_000  # the CRD's largest maxTrials: the timed phases end long before it
 
 
 def document(trials: int, parallel: int, resources: tuple[int, int]) -> dict[str, Any]:
@@ -274,6 +275,12 @@ class Scale:
         figures.scale_phase = str(run.final_status.get("phase", "?"))
         figures.largest_kib, figures.largest_name = self.largest_object(run.namespace)
         print(
+            f"restart at {figures.trials // 2} trials: rebuilt in {figures.rebuild_s:.1f}s "
+            f"({figures.rebuilt_events}), first report answered {figures.resume_s:.1f}s "
+            f"after start; largest object: {figures.largest_name} {figures.largest_kib:.1f} KiB",
+            flush=True,
+        )
+        print(
             f"scale: {figures.trials} trials, {figures.parallel} at once: "
             f"{figures.scale_phase} in {figures.scale_seconds:.0f}s, "
             f"{run.final_status.get('trialsTotal')} trials, {len(run.report_latency)} reports "
@@ -298,7 +305,7 @@ class Scale:
 
     def open_loop_phase(self, seconds: float) -> str:
         figures = self.figures
-        run = self.start_experiment(figures.parallel * 1000, figures.parallel, math.inf)
+        run = self.start_experiment(ENDLESS, figures.parallel, math.inf)
 
         async def window(bench: PhaseBench) -> None:
             # Measured from the moment every slot has reported once, for `seconds`.
@@ -336,7 +343,7 @@ class Scale:
 
     def closed_loop_phase(self, seconds: float) -> str:
         figures = self.figures
-        run = self.start_experiment(figures.parallel * 1000, figures.parallel, math.inf)
+        run = self.start_experiment(ENDLESS, figures.parallel, math.inf)
 
         async def window(bench: PhaseBench) -> None:
             while len(run.report_latency) < figures.parallel:
