@@ -110,7 +110,14 @@ def team(installed: ControlPlane, namespace: str) -> str:
     experiment = yaml.safe_load(EXAMPLE.read_text())
     experiment["metadata"]["name"] = "exp"
     cp.kubectl("create", "-n", ns, "-f", "-", input=json.dumps(experiment))
-    cp.kubectl("create", "-n", ns, "-f", "-", input=json.dumps(trial("exp-0", 0, "exp")))
+    uid = cp.kubectl("get", "hpoe", "exp", "-n", ns, "-o", "jsonpath={.metadata.uid}").stdout
+    first = trial("exp-0", 0, "exp")
+    first["metadata"]["finalizers"] = []
+    first["metadata"]["ownerReferences"] = [
+        {"apiVersion": "kubetune.dev/v1alpha1", "kind": "HPOExperiment", "name": "exp",
+         "uid": uid, "controller": True}
+    ]  # fmt: skip
+    cp.kubectl("create", "-n", ns, "-f", "-", input=json.dumps(first))
     return ns
 
 
@@ -184,5 +191,43 @@ def test_only_the_operator_writes_statuses(installed: ControlPlane, team: str) -
             operator = cp.service_account_kubeconfig(*OPERATOR)
             assert patch_status(cp, operator, ns, resource, {"phase": "Running"}).returncode == 0
             assert patch_status(cp, None, ns, resource, {"phase": "Running"}).returncode == 0
+    finally:
+        _remove_finalizers(cp, ns)
+
+
+def test_nothing_of_an_experiment_is_orphaned_or_held(installed: ControlPlane, team: str) -> None:
+    """Deleting a trial is allowed (the operator puts it back); orphaning what it owns is
+    not: `kubectl delete hpotrial --cascade=orphan` left the trial's pod owned by
+    nothing (the operator's new HPOTrial does not adopt it), so it outlived the
+    experiment; so did the HPOTrials of an experiment deleted that way, and any trial
+    given a finalizer or stripped of its owner reference."""
+    cp, ns = installed, team
+    mallory = cp.user_kubeconfig(MALLORY)
+
+    def as_mallory(*args: str) -> subprocess.CompletedProcess[str]:
+        return cp.kubectl(*args, "-n", ns, kubeconfig=mallory, check=False, timeout=30)
+
+    try:
+        wait_until(
+            lambda: as_mallory("delete", "hpotrial", "exp-0", "--cascade=orphan", "--wait=false")
+            .stderr.find("may not orphan them") >= 0,
+            20,
+            "the policy to take effect",
+        )  # fmt: skip
+        for kind, name in (("hpotrial", "exp-0"), ("hpoexperiment", "exp")):
+            refused = as_mallory("delete", kind, name, "--cascade=orphan", "--wait=false")
+            assert "propagationPolicy:" in refused.stderr, refused.stderr
+            assert f"{MALLORY} may not orphan them" in refused.stderr
+            assert cp.kubectl("get", kind, name, "-n", ns, check=False).returncode == 0
+        for patch in (
+            ["--type=merge", "-p", '{"metadata":{"finalizers":["mallory.example/hold"]}}'],
+            ["--type=merge", "-p", '{"metadata":{"finalizers":["orphan"]}}'],
+            ["--type=json", "-p", '[{"op":"remove","path":"/metadata/ownerReferences"}]'],
+        ):
+            refused = as_mallory("patch", "hpotrial", "exp-0", *patch)
+            assert "may not change them or add any" in refused.stderr, (patch, refused.stderr)
+        # What is still anyone's: labels, annotations, a plain delete.
+        assert as_mallory("label", "hpotrial", "exp-0", "note=x").returncode == 0
+        assert as_mallory("delete", "hpotrial", "exp-0", "--wait=false").returncode == 0
     finally:
         _remove_finalizers(cp, ns)
