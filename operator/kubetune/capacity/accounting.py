@@ -134,12 +134,12 @@ class CostBook:
         """The stored cost when this operator first saw the experiment, plus what it has
         accounted since it started (the ledger counts from the operator's start), plus,
         for a cost stored by an earlier operator, the time no operator was watching."""
-        uid = (getattr(controller, "body", None) or {}).get("metadata", {}).get("uid")
+        uid = (controller.body or {}).get("metadata", {}).get("uid")
         if self.bases.get(key, (None, 0.0))[0] != uid:
             if key in self.bases:  # deleted and created again under the same name
                 self.ledger.experiments.pop(key, None)
-            stored = float(getattr(controller, "cost_usd", None) or 0.0)
-            unseen = self._unseen_cost(key, getattr(controller, "cost_at", None))
+            stored = float(controller.cost_usd or 0.0)
+            unseen = self._unseen_cost(key, controller.cost_at)
             self.bases[key] = (uid, stored + unseen)
         return self.bases[key][1] + self.ledger.experiments.get(key, 0.0)
 
