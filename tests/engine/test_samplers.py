@@ -479,3 +479,36 @@ def test_bayesian_carries_its_fitted_kernel_through_the_study_attrs() -> None:
     again = suggest(spec, trials[:6], {**attrs, GP_KERNEL_ATTR: kernels[5]}, 6)
     first = suggest(spec, trials[:6], {**attrs, GP_KERNEL_ATTR: kernels[5]}, 6)
     assert again == first
+
+
+def test_bayesian_searches_its_acquisition_twice_as_widely_as_optuna(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    """Optuna's GPSampler scores 2048 QMC points and starts 10 local searches per ask; with
+    those, kubetune's `bayesian` got stuck in a local basin of Hartmann-6 at p=4 as often as
+    Optuna (mean regret over seeds 0-19: 0.243, Optuna 0.214); twice as wide, 0.125. The
+    widths are private attributes in Optuna, so this watches what reaches its optimizer."""
+    from optuna.samplers._gp import sampler as gp_sampler
+
+    # The sampler reaches the optimizer through a lazy-import wrapper that copies the
+    # module's names when first used, so the spy goes on the name the sampler looks up.
+    optim_mixed = gp_sampler.optim_mixed
+    seen: list[tuple[int, int]] = []
+    optimize = optim_mixed.optimize_acqf_mixed
+
+    def watched(*args, **kwargs):
+        seen.append((kwargs["n_preliminary_samples"], kwargs["n_local_search"]))
+        return optimize(*args, **kwargs)
+
+    monkeypatch.setattr(optim_mixed, "optimize_acqf_mixed", watched)
+    spec = make_spec(
+        parameters=HARTMANN_SPACE, algorithm={"name": "bayesian", "seed": 1, "startupTrials": 3}
+    )
+    trials = [
+        SamplerTrial(n, {f"x{i}": (n + i) % 5 / 4 for i in range(6)}, SamplerState.COMPLETE, n)
+        for n in range(3)
+    ]
+    trials.append(SamplerTrial(3, {f"x{i}": 0.5 for i in range(6)}, SamplerState.RUNNING))
+    assert suggest(spec, trials, {}, 4) is not None
+    defaults = GPSampler()
+    assert seen == [(2 * defaults._n_preliminary_samples, 2 * defaults._n_local_search)]
