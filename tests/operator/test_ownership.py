@@ -150,13 +150,17 @@ def test_statuses_written_by_others_are_put_back(
     real = trial(control_plane, namespace, "forged-1")["status"]  # type: ignore[index]
 
     # A status written by someone with hpotrials/status rights is put back.
-    patch_status(control_plane, namespace, "forged-1", {"value": -999, "phase": "Failed"})
+    # Keys the operator never writes are taken away too (a merge patch would keep them).
+    forged_ready = {"type": "Ready", "status": "True", "reason": "Forged"}
+    forged = {"value": -999, "phase": "Failed", "conditions": [forged_ready]}
+    patch_status(control_plane, namespace, "forged-1", forged)
 
     def put_back() -> bool:
         found = trial(control_plane, namespace, "forged-1")["status"]  # type: ignore[index]
         return found["value"] == real["value"] and found["phase"] == real["phase"]
 
     wait_for("forged-1's status to be put back", put_back, 30, operator.log_tail)
+    assert trial(control_plane, namespace, "forged-1")["status"] == real  # type: ignore[index]
     assert "StatusRestored" in event_reasons(control_plane, namespace)
     # The experiment's too.
     control_plane.kubectl(
@@ -168,7 +172,17 @@ def test_statuses_written_by_others_are_put_back(
         "--subresource=status",
         "--type=merge",
         "-p",
-        json.dumps({"status": {"bestValue": -999, "bestTrial": "forged-7"}}),
+        json.dumps(
+            {
+                "status": {
+                    "bestValue": -999,
+                    "bestTrial": "forged-7",
+                    "studyAttrs": {"forged": 1},
+                    "bestParams": {"forged": 1},
+                    "forgedKey": "x",
+                }
+            }
+        ),
     )
     wait_for(
         "the experiment's status to be put back",
@@ -176,6 +190,9 @@ def test_statuses_written_by_others_are_put_back(
         30,
         operator.log_tail,
     )
+    restored = status(control_plane, namespace, "forged")
+    assert "forged" not in (restored.get("studyAttrs") or {}), restored
+    assert "forged" not in restored["bestParams"] and "forgedKey" not in restored, restored
 
 
 def test_history_records_written_by_others_are_refused(

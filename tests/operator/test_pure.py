@@ -10,6 +10,7 @@ from kubetune.events import ExitKind, Reported, TrialLaunched, to_record
 from kubetune.operator import store
 from kubetune.operator.outcomes import Refusal, api_message, attempt_outcome, refusal
 from kubetune.operator.pods import token_secret, trial_pod
+from kubetune.operator.status import restoring_patch
 from kubetune.schedulers import make_scheduler
 from kubetune.schedulers.base import is_milestone
 from kubetune.spec import parse_experiment
@@ -358,3 +359,45 @@ def test_token_secret_outlives_its_hpotrial_being_put_back() -> None:
         ("HPOTrial", "uid-3", True),
         ("HPOExperiment", "uid-exp", False),
     ]
+
+
+def test_a_status_written_by_someone_else_is_replaced_whole_not_merged() -> None:
+    # A merge patch keeps what it does not name: every key the forger added is nulled.
+    live = {
+        "phase": "Failed",
+        "value": -999,
+        "conditions": [{"type": "Ready", "reason": "Forged"}],
+        "studyAttrs": {"forged": 1, "kept": 2},
+        "bestParams": {"lr": 0.1, "extra": "x"},
+        "history": [{"seq": 0}],
+    }
+    ours = {
+        "phase": "Succeeded",
+        "value": 0.5,
+        "studyAttrs": {"kept": 2},
+        "bestParams": {"lr": 0.1},
+        "history": [],
+        "node": None,
+    }
+    patch = restoring_patch(live, ours)
+    assert patch == {
+        **ours,
+        "conditions": None,
+        "studyAttrs": {"forged": None, "kept": 2},
+        "bestParams": {"lr": 0.1, "extra": None},
+    }
+
+    def merge(target: object, change: object) -> object:  # RFC 7386
+        if not isinstance(change, dict):
+            return change
+        result = dict(target) if isinstance(target, dict) else {}
+        for key, value in change.items():
+            if value is None:
+                result.pop(key, None)
+            else:
+                result[key] = merge(result.get(key), value)
+        return result
+
+    assert store.canonical(merge(live, patch)) == store.canonical(ours)
+    assert restoring_patch(None, ours) == ours
+

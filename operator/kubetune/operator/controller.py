@@ -65,7 +65,13 @@ from kubetune.operator.logs import LogStreams
 from kubetune.operator.outcomes import Refusal, api_message, attempt_outcome, pod_node, refusal
 from kubetune.operator.pods import token_secret, trial_pod
 from kubetune.operator.quota import QuotaWaits
-from kubetune.operator.status import experiment_status, timestamp, trial_object, trial_status
+from kubetune.operator.status import (
+    experiment_status,
+    restoring_patch,
+    timestamp,
+    trial_object,
+    trial_status,
+)
 from kubetune.placement import PlacementSource
 from kubetune.schedulers import make_scheduler
 from kubetune.shell.core import (
@@ -156,6 +162,11 @@ class ExperimentController:
         self.experiment_versions: deque[str] = deque(maxlen=8)
         self.experiment_versions.append(metadata.get("resourceVersion", ""))
         self.writing_experiment: dict[str, Any] | None = None
+        # Statuses last seen written by someone else: our next write of each clears the
+        # keys they added (`restoring_patch`). The experiment's stored status counts as
+        # such until the first write after a load.
+        self.foreign_trial_status: dict[int, Any] = {}
+        self.foreign_experiment_status: Any = body.get("status")
         self.refused: list[tuple[LaunchTrial, str]] = []
         self.quota_waits = QuotaWaits()
         # Written by the capacity loop (capacity_update); the stored cost seeds it, and
@@ -236,6 +247,7 @@ class ExperimentController:
                 self.written_status[number] = expected
                 if store.canonical(trial.get("status") or {}) != store.canonical(expected):
                     self.dirty_trials.add(number)
+                    self.foreign_trial_status[number] = trial.get("status")
                     if not checked.legacy:
                         await self._status_restored(f"HPOTrial {trial['metadata']['name']}")
             if self.engine.reopen(time.time()):
@@ -386,8 +398,9 @@ class ExperimentController:
         # A copy: the client serializes in a thread while new events may be appended.
         status = self._trial_status(trial, list(history))
         self.writing_status[number] = status
+        patch = restoring_patch(self.foreign_trial_status.get(number), status)
         try:
-            version = await self.kube.patch_trial_status(self.namespace, trial.name, status)
+            version = await self.kube.patch_trial_status(self.namespace, trial.name, patch)
         except ApiException as error:
             if error.status != 404:
                 raise
@@ -398,6 +411,7 @@ class ExperimentController:
             version = await self.kube.patch_trial_status(self.namespace, trial.name, status)
         self.trial_versions[number].append(version)
         self.written_status[number] = status
+        self.foreign_trial_status.pop(number, None)
         self.written_phases[number] = phase
         if self.trial_history[number] is history and len(history) == written:
             # Nothing new arrived during the write.
@@ -462,7 +476,9 @@ class ExperimentController:
         if status == self.last_status and not force:
             return
         self.writing_experiment = status
-        version = await self.kube.patch_experiment_status(self.namespace, self.name, status)
+        patch = restoring_patch(self.foreign_experiment_status, status)
+        version = await self.kube.patch_experiment_status(self.namespace, self.name, patch)
+        self.foreign_experiment_status = None
         self.experiment_versions.append(version)
         self.last_status = status
         self.written_experiment_history = len(self.experiment_history)
@@ -772,6 +788,7 @@ class ExperimentController:
         if any(s is not None and store.canonical(s) == seen for s in ours):
             return
         await self._status_restored(f"HPOTrial {metadata.get('name')}")
+        self.foreign_trial_status[number] = body.get("status")
         self.dirty_trials.add(number)
         await self._writer(number).flush()
 
@@ -788,6 +805,7 @@ class ExperimentController:
             return
         async with self.lock:
             await self._status_restored(f"HPOExperiment {self.name}")
+            self.foreign_experiment_status = body.get("status")
             await self._write_experiment_status(force=True)
 
     def close(self) -> None:

@@ -110,3 +110,22 @@ def experiment_status(
         "studyAttrs": engine.study_attrs,
         "conditions": conditions + list(capacity_conditions),
     }
+
+
+def restoring_patch(live: Any, ours: dict[str, Any]) -> dict[str, Any]:
+    """The merge patch that turns the status `live` (written by someone else) into `ours`.
+
+    Statuses are written with JSON merge patches, which keep every key the patch does not
+    name: a key someone added (an HPOTrial's `conditions`, `studyAttrs.forged`) would
+    survive our write. Each key of `live` that `ours` lacks is set to null, at every
+    level where both hold an object (lists are replaced whole by a merge patch)."""
+    patch: dict[str, Any] = dict(ours)
+    if not isinstance(live, dict):
+        return patch
+    for key, value in live.items():
+        mine = ours.get(key)
+        if mine is None:
+            patch[key] = None
+        elif isinstance(mine, dict) and isinstance(value, dict):
+            patch[key] = restoring_patch(value, mine)
+    return patch
