@@ -254,9 +254,10 @@ class Scale:
                 if (status.get("trialsTotal") or 0) >= figures.trials // 2:
                     break
             self.note_rss()
-            answered = len(run.report_latency)
             before = len(self.rebuilt_lines())
             await asyncio.to_thread(self.operator.kill)
+            # Counted once the old process is gone: its last answers may land meanwhile.
+            answered = len(run.report_latency)
             started = time.monotonic()
             await asyncio.to_thread(self.operator.start)
             assert self.operator.process is not None
