@@ -666,6 +666,11 @@ def main(argv: Sequence[str] | None = None) -> int:
     parser.add_argument("--problems", default="H6,H6n,mixed", help="single-fidelity problems")
     parser.add_argument("--single-only", action="store_true", help="skip multi-fidelity and cost")
     parser.add_argument(
+        "--settings",
+        default="p1,p4,p4a,p4b",
+        help="single-fidelity settings to run, of p1,p4 (sync),p4a (async),p4b (batch)",
+    )
+    parser.add_argument(
         "--ablation",
         action="store_true",
         help="also run bayesian without its carried GP kernel (H6)",
@@ -687,7 +692,15 @@ def main(argv: Sequence[str] | None = None) -> int:
         "H6n": (small, [p1, p4] if args.quick else [p1, p4, p4a]),
         "mixed": (small, [p4] if args.quick else [p1, p4, p4a]),
     }
-    plan = {key: plan[key] for key in args.problems.split(",")}
+    named = {"p1": p1, "p4": p4, "p4a": p4a, "p4b": p4b}
+    names = args.settings.split(",")
+    if "p4" not in names or not set(names) <= named.keys():
+        parser.error(f"--settings: {args.settings!r} (p4 is needed for the RESULT line)")
+    chosen = {named[name] for name in names}
+    plan = {
+        key: (plan[key][0], [s for s in plan[key][1] if s in chosen])
+        for key in args.problems.split(",")
+    }
 
     print(f"# kubetune search quality: seeds 0..{len(seeds) - 1}, optuna {optuna.__version__}")
     print()
