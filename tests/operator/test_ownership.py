@@ -263,6 +263,54 @@ def test_history_records_written_by_others_are_refused(
     assert "Traceback" not in operator.log_tail(200)
 
 
+def test_a_history_stripped_of_every_mac_is_refused_not_signed_anew(
+    control_plane: Any, namespace: str, operator: OperatorProcess, process_node_factory: Any
+) -> None:
+    process_node_factory(gpus=2, taints=GPU_NODE_TAINTS)
+    apply(control_plane, namespace, experiment("stripped", max_trials=2, parallel=2))
+    done = wait_for(
+        "the experiment to finish",
+        lambda: finished(control_plane, namespace, "stripped"),
+        180,
+        operator.log_tail,
+    )
+    assert done["phase"] == "Succeeded", done
+    operator.stop()
+    # Every MAC taken away, values forged: it would pass for v0.1.0's unsigned history.
+    for found in trials(control_plane, namespace):
+        history = [{**r, "mac": None} for r in found["status"]["history"]]
+        for record in history:
+            if record["type"] == "Reported":
+                record["metrics"] = {"loss": -100.0}
+        patch_status(control_plane, namespace, found["metadata"]["name"], {"history": history})
+    control_plane.kubectl(
+        "patch",
+        "hpoexperiment",
+        "stripped",
+        "-n",
+        namespace,
+        "--subresource=status",
+        "--type=merge",
+        "-p",
+        json.dumps({"status": {"history": [{**r, "mac": None} for r in done["history"]]}}),
+    )
+    operator.start()
+    failed = wait_for(
+        "the experiment to fail",
+        lambda: (
+            status(control_plane, namespace, "stripped").get("reason") == "HistoryUnreadable"
+            and status(control_plane, namespace, "stripped")
+        ),
+        90,
+        operator.log_tail,
+    )
+    assert "every history record was refused" in failed["message"], failed
+    assert "HistoryRecordRefused" in event_reasons(control_plane, namespace)
+    assert metric(operator, "kubetune_history_records_refused_total") > 0
+    for found in trials(control_plane, namespace):
+        assert all("mac" not in r for r in found["status"]["history"])  # never signed anew
+
+
 def test_a_pod_the_api_server_refuses_fails_its_trial(
     control_plane: Any, namespace: str, operator: OperatorProcess, process_node_factory: Any
 ) -> None:

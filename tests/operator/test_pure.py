@@ -283,7 +283,10 @@ def test_forged_and_unsigned_records_are_refused_and_never_replayed() -> None:
 def test_an_experiment_written_before_macs_is_accepted_once_and_signed() -> None:
     signer = store.HistorySigner(b"k" * 32, "team/exp/uid-1")
     histories, _ = stored_histories(signer)
-    unsigned = [[{k: v for k, v in r.items() if k != "mac"} for r in h] for h in histories]
+    # v0.1.0 wrote neither MACs nor format versions.
+    unsigned = [
+        [{k: v for k, v in r.items() if k not in ("mac", "v")} for r in h] for h in histories
+    ]
     checked = store.check_histories(unsigned, signer)
     assert checked.legacy and checked.refused == [0, 0, 0, 0]
     assert all(signer.valid(r) for h in checked.histories for r in h)
@@ -401,3 +404,12 @@ def test_a_status_written_by_someone_else_is_replaced_whole_not_merged() -> None
     assert store.canonical(merge(live, patch)) == store.canonical(ours)
     assert restoring_patch(None, ours) == ours
 
+
+def test_stripping_every_mac_does_not_make_a_history_legacy() -> None:
+    signer = store.HistorySigner(b"k" * 32, "team/exp/uid-1")
+    histories, _ = stored_histories(signer)
+    stripped = [[{k: v for k, v in r.items() if k != "mac"} for r in h] for h in histories]
+    checked = store.check_histories(stripped, signer)
+    # Format version 1 records were only ever written with a MAC: all refused, none signed.
+    assert not checked.legacy and checked.refused == [len(h) for h in histories]
+    assert checked.histories == [[], [], [], []]

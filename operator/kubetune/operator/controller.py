@@ -197,6 +197,13 @@ class ExperimentController:
             stored = [(self.body.get("status") or {}).get("history") or []]
             stored += [(t.get("status") or {}).get("history") or [] for t in trials]
             checked = store.check_histories(stored, self.signer)
+            owners = ["the experiment"] + [t["metadata"]["name"] for t in trials]
+            if sum(checked.refused) and not any(checked.histories):
+                # Every record refused (MACs stripped, say): starting the search over
+                # would reuse the names of the trials that are there.
+                await self._report_refused(owners, checked.refused)
+                await self._fail_to_load(ValueError("every history record was refused"))
+                return
             try:
                 merged = store.merge_histories(checked.histories)
                 events, made = store.repair(merged, make_scheduler(self.spec, None))
@@ -225,7 +232,6 @@ class ExperimentController:
                     if last_launch_version(history) == 0
                 ),
             )
-            owners = ["the experiment"] + [t["metadata"]["name"] for t in trials]
             await self._report_refused(owners, checked.refused)
             for seq, plan in made:
                 self.trial_history[plan.number].append(self.signer.sign(store.encode(seq, plan)))

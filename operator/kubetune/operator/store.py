@@ -9,12 +9,16 @@ experiment's identity (namespace, name, UID) and the record's content as the API
 gives it back (null fields pruned, whole floats turned into integers). Loading keeps only
 records whose MAC is right: a record written by anyone else (a user with `hpotrials/status`
 rights, a copy from another experiment) is refused, counted, and never replayed. Records
-without any MAC are accepted only when no record of the experiment carries one: an
-experiment written by an operator older than the MACs, whose records are signed on that
-first load (`check_histories`). A history with holes (an HPOTrial deleted while the
-operator was down, records refused) is repaired where a plan is all that is missing
-(`repair`); what cannot be replayed fails the experiment with a condition saying why,
-never the operator.
+without any MAC are accepted only when no record of the experiment carries one and none
+is of a format version (1 and later) that only signing operators wrote: an experiment
+written by kubetune v0.1.0, whose records are signed on that first load
+(`check_histories`). Someone who strips every MAC and every version from a history is
+not told from v0.1.0 by the records alone; the owned-objects admission policy (only the
+operator writes statuses) is what keeps them from writing it.
+
+A history with holes (an HPOTrial deleted while the operator was down, records refused)
+is repaired where a plan is all that is missing (`repair`); what cannot be replayed
+fails the experiment with a condition saying why, never the operator.
 
 Objects stay far below etcd's size limit: a trial's history keeps every event that
 carries a decision or a rung, the first and last report of each attempt, the reports at
@@ -39,6 +43,7 @@ from kubetune.events import (
     SearchExhausted,
     TrialPlanned,
     from_record,
+    record_version,
     to_record,
 )
 from kubetune.schedulers.base import SchedulerPolicy
@@ -142,8 +147,23 @@ class CheckedHistories:
     legacy: bool  # nothing was signed: an older operator wrote it all
 
 
+def _written_since_macs(record: Any) -> bool:
+    """A record only a signing operator writes: one with a MAC, or of format version 1
+    or later (records got a version after they got MACs; v0.1.0, the only release
+    without MACs, wrote version 0). Stripping every MAC from such a history does not
+    make it legacy: its unsigned records are refused, not signed anew."""
+    if not isinstance(record, dict):
+        return False
+    if MAC_FIELD in record:
+        return True
+    try:
+        return record_version(record) >= 1
+    except Exception:  # a bad version: not what v0.1.0 wrote
+        return True
+
+
 def check_histories(histories: Sequence[Sequence[Any]], signer: HistorySigner) -> CheckedHistories:
-    signed = any(isinstance(r, dict) and MAC_FIELD in r for h in histories for r in h)
+    signed = any(_written_since_macs(r) for h in histories for r in h)
     if not signed:
         accepted = [[signer.sign(r) for r in h if isinstance(r, dict)] for h in histories]
         refused = [len(h) - len(a) for h, a in zip(histories, accepted, strict=True)]
