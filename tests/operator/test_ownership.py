@@ -311,6 +311,35 @@ def test_a_history_stripped_of_every_mac_is_refused_not_signed_anew(
         assert all("mac" not in r for r in found["status"]["history"])  # never signed anew
 
 
+def test_a_name_held_by_someone_else_s_object_fails_its_trial_and_is_left_alone(
+    control_plane: Any, namespace: str, operator: OperatorProcess, process_node_factory: Any
+) -> None:
+    process_node_factory(gpus=2, taints=GPU_NODE_TAINTS)
+    # A user makes trial 0's first pod before the operator does: it was taken as the
+    # trial's own (its outcome recorded as the trial's), and it outlived the experiment.
+    squatter = {
+        "apiVersion": "v1",
+        "kind": "Pod",
+        "metadata": {"name": "squat-0-a1", "namespace": namespace},
+        "spec": {"containers": [{"name": "c", "image": "busybox", "command": ["true"]}]},
+    }
+    control_plane.kubectl("create", "-f", "-", input=json.dumps(squatter))
+    apply(control_plane, namespace, experiment("squat", max_trials=2, parallel=2))
+    done = wait_for(
+        "the experiment to finish",
+        lambda: finished(control_plane, namespace, "squat"),
+        180,
+        operator.log_tail,
+    )
+    first = trial(control_plane, namespace, "squat-0")["status"]  # type: ignore[index]
+    assert first["phase"] == "Failed" and "Pod squat-0-a1" in first["reason"], first
+    assert done["trialsFailed"] == 1 and done["trialsCompleted"] == 1, done
+    taken = event_reasons(control_plane, namespace).get("TrialObjectNameTaken", [])
+    assert taken and "Pod squat-0-a1" in taken[0], taken
+    pod = get(control_plane, namespace, "pod", "squat-0-a1")
+    assert "ownerReferences" not in pod["metadata"], pod["metadata"]  # left as it was
+
+
 def test_a_pod_the_api_server_refuses_fails_its_trial(
     control_plane: Any, namespace: str, operator: OperatorProcess, process_node_factory: Any
 ) -> None:

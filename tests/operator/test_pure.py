@@ -9,7 +9,7 @@ from kubetune.engine import Engine
 from kubetune.events import ExitKind, Reported, TrialLaunched, to_record
 from kubetune.operator import store
 from kubetune.operator.outcomes import Refusal, api_message, attempt_outcome, refusal
-from kubetune.operator.pods import token_secret, trial_pod
+from kubetune.operator.pods import owned_by, token_secret, trial_pod
 from kubetune.operator.status import restoring_patch
 from kubetune.schedulers import make_scheduler
 from kubetune.schedulers.base import is_milestone
@@ -413,3 +413,14 @@ def test_stripping_every_mac_does_not_make_a_history_legacy() -> None:
     # Format version 1 records were only ever written with a MAC: all refused, none signed.
     assert not checked.legacy and checked.refused == [len(h) for h in histories]
     assert checked.histories == [[], [], [], []]
+
+
+def test_an_object_under_the_operator_s_name_is_its_own_only_with_an_owner_reference() -> None:
+    secret = token_secret("team", "exp", "exp-3", "uid-3", TOKEN, "uid-exp")
+    assert owned_by(secret, {"uid-3", "uid-exp"})
+    # Put back under a new UID: the experiment still owns it.
+    assert owned_by(secret, {"uid-new", "uid-exp"})
+    squatted = {"metadata": {"name": "exp-3-token"}}  # a user's Secret, made first
+    assert not owned_by(squatted, {"uid-3", "uid-exp"})
+    foreign = {"metadata": {"ownerReferences": [{"uid": "someone-else", "controller": True}]}}
+    assert not owned_by(foreign, {"uid-3"})

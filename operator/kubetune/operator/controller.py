@@ -63,7 +63,7 @@ from kubetune.operator.coalesce import CoalescedWriter
 from kubetune.operator.kube import Kube
 from kubetune.operator.logs import LogStreams
 from kubetune.operator.outcomes import Refusal, api_message, attempt_outcome, pod_node, refusal
-from kubetune.operator.pods import token_secret, trial_pod
+from kubetune.operator.pods import owned_by, token_secret, trial_pod
 from kubetune.operator.quota import QuotaWaits
 from kubetune.operator.status import (
     experiment_status,
@@ -168,6 +168,8 @@ class ExperimentController:
         self.foreign_trial_status: dict[int, Any] = {}
         self.foreign_experiment_status: Any = body.get("status")
         self.refused: list[tuple[LaunchTrial, str]] = []
+        # Trials whose HPOTrial name someone else's object holds: they fail at launch.
+        self.name_taken: dict[int, str] = {}
         self.quota_waits = QuotaWaits()
         # Written by the capacity loop (capacity_update); the stored cost seeds it, and
         # the time it was accounted up to tells a restarted loop what it has not seen.
@@ -395,6 +397,10 @@ class ExperimentController:
         if self.closed:
             return
         trial = self.engine.trials[number]
+        if number in self.name_taken:
+            self.dirty_trials.discard(number)  # nothing of ours to write it in
+            self.lazy_trials.discard(number)
+            return
         if number not in self.trial_uids and not await self._create_trial(trial):
             return
         history = store.compact(self.trial_history[number], self.engine.scheduler.must_keep)
@@ -434,6 +440,9 @@ class ExperimentController:
                 self.closed = True
                 return False
         created = await self.kube.create_trial(self.namespace, self._trial_object(trial))
+        if not owned_by(created, {self.uid}):
+            self.name_taken[trial.number] = await self._name_taken("HPOTrial", trial.name)
+            return False
         self.trial_uids[trial.number] = created["metadata"]["uid"]
         # Its ADDED event, status still empty, is ours too.
         self.trial_versions[trial.number].append(created["metadata"]["resourceVersion"])
@@ -567,6 +576,13 @@ class ExperimentController:
                     )
         return ended
 
+    async def _name_taken(self, kind: str, name: str) -> str:
+        """An object the operator would make exists and is not its own: left as it is,
+        and its trial fails, saying which object holds the name."""
+        message = f"{kind} {name} exists and is not the operator's: the name is taken"
+        await self._event(message, "TrialObjectNameTaken", True)
+        return message
+
     def _quota_retries(self) -> list[LaunchTrial]:
         """Launches refused for an exceeded quota whose back-off is over."""
         return self.quota_waits.due(self.engine, time.time())
@@ -602,6 +618,9 @@ class ExperimentController:
     async def _launch(self, action: LaunchTrial) -> None:
         if action.number not in self.trial_uids:
             await self._writer(action.number).flush()  # its HPOTrial is being put back
+        if action.number in self.name_taken:
+            self.refused.append((action, self.name_taken[action.number]))
+            return
         uid = self.trial_uids.get(action.number)
         if uid is None:
             return  # the experiment is gone
@@ -614,8 +633,12 @@ class ExperimentController:
         )
         pod = trial_pod(self.spec, self.namespace, context, uid, None, placement)
         try:
-            await self.kube.create(secret)
-            await self.kube.create(pod)
+            for body, owners in ((secret, {uid, self.uid}), (pod, {uid})):
+                existing = await self.kube.create(body)
+                if existing is not None and not owned_by(existing, owners):
+                    kind, name = body["kind"], body["metadata"]["name"]
+                    self.refused.append((action, await self._name_taken(kind, name)))
+                    return
         except ApiException as error:
             message = api_message(error.body, str(error.reason or ""))
             kind = refusal(error.status, message)

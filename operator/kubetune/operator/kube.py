@@ -94,6 +94,8 @@ class Kube:
         return found.get("items", [])
 
     async def create_trial(self, namespace: str, body: dict) -> dict[str, Any]:
+        """The HPOTrial created, or the object that holds its name already (the caller
+        checks that it is its own: `pods.owned_by`)."""
         try:
             return await self._call(
                 self.custom.create_namespaced_custom_object, GROUP, VERSION, namespace, TRIALS, body
@@ -134,18 +136,29 @@ class Kube:
         )
         return json.loads(found.data).get("items", [])
 
-    async def create(self, body: dict) -> None:
-        """Create a Pod or Secret; one that exists already is left as it is."""
-        create = (
-            self.core.create_namespaced_pod
-            if body["kind"] == "Pod"
-            else self.core.create_namespaced_secret
-        )
+    async def create(self, body: dict) -> dict[str, Any] | None:
+        """Create a Pod or Secret: None, or the pod that holds its name already, left as
+        it is (the caller checks that it is its own: `pods.owned_by`). A Secret that
+        exists is taken as it is: the operator may not read Secrets (rbac.yaml)."""
+        pod = body["kind"] == "Pod"
+        create = self.core.create_namespaced_pod if pod else self.core.create_namespaced_secret
+        namespace = body["metadata"]["namespace"]
         try:
-            await self._call(create, body["metadata"]["namespace"], body)
+            await self._call(create, namespace, body)
+            return None
         except ApiException as error:
             if error.status != 409:
                 raise
+        if not pod:
+            return None
+        found = await self._call(
+            self.core.read_namespaced_pod,
+            body["metadata"]["name"],
+            namespace,
+            _preload_content=False,
+        )
+        existing: dict[str, Any] = json.loads(found.data)
+        return existing
 
     async def delete_pod(self, namespace: str, name: str, grace_seconds: int | None = None) -> None:
         try:
@@ -174,4 +187,3 @@ class Kube:
                 involved["metadata"]["name"],
                 error.reason,
             )
-

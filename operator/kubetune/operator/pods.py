@@ -35,6 +35,14 @@ def owner_reference(
     }
 
 
+def owned_by(existing: Mapping[str, Any], uids: set[str]) -> bool:
+    """Whether an object found under a name the operator makes has an owner reference to
+    one of `uids`: someone else's object (a Secret `<trial>-token` made before the
+    trial, say) is never adopted, and never deleted either."""
+    references = (existing.get("metadata") or {}).get("ownerReferences") or []
+    return any(isinstance(r, dict) and r.get("uid") in uids for r in references)
+
+
 def token_secret(
     namespace: str,
     experiment: str,
