@@ -133,6 +133,39 @@ def test_a_deleted_hpotrial_is_put_back_and_the_experiment_completes(
     assert "Traceback" not in operator.log_tail(400)
 
 
+def test_a_pod_orphaned_with_its_hpotrial_does_not_outlive_the_experiment(
+    control_plane: Any, namespace: str, operator: OperatorProcess, process_node_factory: Any
+) -> None:
+    process_node_factory(gpus=2, taints=GPU_NODE_TAINTS)
+    scheduler = {"name": "none", "maxResource": 40}
+    document = experiment("orphan", max_trials=2, parallel=2, scheduler=scheduler, sleep=0.5)
+    apply(control_plane, namespace, document)
+    wait_for("orphan-0 to report", lambda: started(control_plane, namespace, "orphan-0", 2), 120)
+    old_uid = trial(control_plane, namespace, "orphan-0")["metadata"]["uid"]  # type: ignore[index]
+    # The pod keeps running with no owner at all; the HPOTrial put back does not own it.
+    control_plane.kubectl("delete", "hpotrial", "orphan-0", "-n", namespace, "--cascade=orphan")
+
+    def unowned() -> list[str]:
+        pods = get(control_plane, namespace, "pods")["items"]
+        return [p["metadata"]["name"] for p in pods if not p["metadata"].get("ownerReferences")]
+
+    def settled() -> bool:
+        found = trial(control_plane, namespace, "orphan-0")
+        return bool(found and found["metadata"]["uid"] != old_uid and not unowned())
+
+    wait_for("the orphaned pod to be dealt with", settled, 60, operator.log_tail)
+    assert "OrphanedPodDeleted" in event_reasons(control_plane, namespace)
+    done = wait_for(
+        "the experiment to finish",
+        lambda: finished(control_plane, namespace, "orphan"),
+        240,
+        operator.log_tail,
+    )
+    assert done["phase"] == "Succeeded" and done["trialsFailed"] == 0, done
+    restored = trial(control_plane, namespace, "orphan-0")["status"]  # type: ignore[index]
+    assert restored["interruptions"] >= 1, restored  # its attempt resumed in a new pod
+
+
 def test_statuses_written_by_others_are_put_back(
     control_plane: Any, namespace: str, operator: OperatorProcess, process_node_factory: Any
 ) -> None:

@@ -329,7 +329,36 @@ class ExperimentController:
         message = f"The status of {what} was written by someone other than the operator: put back"
         await self._event(message, "StatusRestored", True)
 
+    async def _delete_orphaned_pods(self, trial_name: str | None = None) -> list[str]:
+        """Pods of this experiment's trials that no object owns: their HPOTrial was
+        deleted with `--cascade=orphan`, and the one put back (a new UID) does not own
+        them, so nothing would delete them, not even the experiment's deletion. The
+        operator may not patch pods (rbac.yaml), so it cannot adopt them: they are
+        deleted, and the attempt each ran ends as an interruption (resumed). Returns
+        their names."""
+        names = {t.name for t in self.engine.trials} if trial_name is None else {trial_name}
+        deleted = []
+        for pod in await self.kube.list_pods(self.namespace, self.name):
+            metadata = pod["metadata"]
+            if metadata.get("ownerReferences") or metadata.get("deletionTimestamp"):
+                continue
+            if (metadata.get("labels") or {}).get(LABEL_TRIAL) not in names:
+                continue
+            await self.kube.delete_pod(
+                self.namespace, metadata["name"], self.config.pod_grace_seconds
+            )
+            deleted.append(metadata["name"])
+            await self._event(
+                f"Pod {metadata['name']} had no owner (its HPOTrial was deleted with "
+                f"--cascade=orphan): deleted, its trial resumes",
+                "OrphanedPodDeleted",
+                True,
+            )
+        return deleted
+
     async def _reconcile_pods(self) -> None:
+        # Still listed below: the deletion's watch event ends their attempts.
+        await self._delete_orphaned_pods()
         pods = {
             p["metadata"]["name"]: p for p in await self.kube.list_pods(self.namespace, self.name)
         }
@@ -447,6 +476,7 @@ class ExperimentController:
         # Its ADDED event, status still empty, is ours too.
         self.trial_versions[trial.number].append(created["metadata"]["resourceVersion"])
         if restored:
+            await self._delete_orphaned_pods(trial.name)
             observability.object_restored("HPOTrial", "deleted")
             await self._event(
                 f"HPOTrial {trial.name} was deleted by someone other than the operator: put "
