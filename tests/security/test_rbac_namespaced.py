@@ -55,6 +55,11 @@ def installed_namespaced(control_plane: ControlPlane, namespace: str) -> tuple[P
     """The overlay's RBAC applied with `namespace` as the watched namespace; the
     operator's kubeconfig and namespace."""
     cp = control_plane
+    # `can-i` on a resource the API server does not serve says no: the CRDs come first
+    # (this module may run on its own, before any other applied them).
+    cp.kubectl("apply", "-k", str(REPO / "crds"), timeout=120)
+    for crd in ("hpoexperiments.kubetune.dev", "hpotrials.kubetune.dev"):
+        cp.kubectl("wait", "--for=condition=Established", f"crd/{crd}", "--timeout=60s")
     suffix = f"-{uuid.uuid4().hex[:6]}"
     operator_ns = f"kubetune{suffix}"
     rendered = cp.kubectl("kustomize", str(REPO / "overlays" / "namespaced")).stdout
