@@ -424,3 +424,34 @@ def test_an_object_under_the_operator_s_name_is_its_own_only_with_an_owner_refer
     assert not owned_by(squatted, {"uid-3", "uid-exp"})
     foreign = {"metadata": {"ownerReferences": [{"uid": "someone-else", "controller": True}]}}
     assert not owned_by(foreign, {"uid-3"})
+
+
+def test_compaction_bounds_a_history_of_big_reports_in_bytes() -> None:
+    # 450 reports of 63 metrics with 128-character names: 4 MB of history under the
+    # record limit alone; an HPOTrial above etcd's limit is never written again.
+    signer = store.HistorySigner(b"k" * 32, "team/exp/uid-1")
+    names = [f"{i:03d}" + "m" * 125 for i in range(62)]
+    events = [TrialLaunched(3, 1, False, 450, 0.0)]
+    for step in range(1, 451):
+        metrics = {"loss": 1 / step, **{name: float(step) for name in names}}
+        decision = Decision.STOP if step == 450 else Decision.CONTINUE
+        events.append(Reported(3, 1, step, metrics, Verdict(decision), None, 0.0))
+    records = [signer.sign(store.encode(seq, e)) for seq, e in enumerate(events)]
+
+    def objective_only(record: dict) -> dict:
+        return signer.sign({**record, "metrics": {"loss": record["metrics"]["loss"]}})
+
+    kept = store.compact(records, lambda step: step % 10 == 0, shrink=objective_only)
+    size = len(json.dumps(kept, separators=(",", ":")))
+    assert size <= store.MAX_TRIAL_HISTORY_BYTES, size
+    assert all(signer.valid(r) for r in kept)
+    reports = [r for r in kept if r["type"] == "Reported"]
+    # What decisions read stays: the milestones, the first and the last report (whole).
+    assert {10 * k for k in range(1, 46)} | {1, 450} <= {r["step"] for r in reports}
+    assert reports[-1] == records[-1]
+    assert all(r["metrics"]["loss"] == 1 / r["step"] for r in reports)
+    events_kept = [e for _, e in store.merge_histories([kept])]
+    assert events_kept[-1].metrics == events[-1].metrics
+    # Small reports are left as they were.
+    small = [store.encode(seq, e) for seq, e in enumerate([reported(s) for s in range(1, 50)])]
+    assert store.compact(small, is_milestone, shrink=objective_only) == small

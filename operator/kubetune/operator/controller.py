@@ -250,7 +250,7 @@ class ExperimentController:
                     continue
                 # The watch delivers these versions again: they are known, not news.
                 self.trial_versions[number].append(trial["metadata"]["resourceVersion"])
-                kept = store.compact(self.trial_history[number], self.engine.scheduler.must_keep)
+                kept = self._compact(self.trial_history[number])
                 expected = self._trial_status(self.engine.trials[number], kept)
                 self.written_status[number] = expected
                 if store.canonical(trial.get("status") or {}) != store.canonical(expected):
@@ -432,7 +432,7 @@ class ExperimentController:
             return
         if number not in self.trial_uids and not await self._create_trial(trial):
             return
-        history = store.compact(self.trial_history[number], self.engine.scheduler.must_keep)
+        history = self._compact(self.trial_history[number])
         self.trial_history[number] = history
         phase = (trial.phase.value, trial.reason)
         written = len(history)
@@ -498,6 +498,19 @@ class ExperimentController:
                 await self._write_experiment_status()
 
         self.flush = asyncio.create_task(flush())
+
+    def _compact(self, history: list[dict[str, Any]]) -> list[dict[str, Any]]:
+        return store.compact(history, self.engine.scheduler.must_keep, shrink=self._objective_only)
+
+    def _objective_only(self, record: dict[str, Any]) -> dict[str, Any]:
+        """A report with only the objective's value (what replay reads of any report but
+        the last), signed again: a history of big reports stays within its bytes."""
+        metrics = record.get("metrics") or {}
+        objective = self.spec.objective.metric
+        kept = {k: v for k, v in metrics.items() if k == objective}
+        if kept == metrics:
+            return record
+        return self.signer.sign({**record, "metrics": kept})
 
     def _trial_object(self, trial: TrialRecord) -> dict[str, Any]:
         return trial_object(self.namespace, self.name, self.uid, trial)

@@ -50,6 +50,10 @@ from kubetune.schedulers.base import SchedulerPolicy
 from kubetune.trials import Decision
 
 MAX_TRIAL_HISTORY = 400
+# Bytes of a trial's stored history (its JSON): an HPOTrial stays far below etcd's
+# 1.5 MB request limit whatever its reports carry (450 reports of 63 metrics with long
+# names made one of 1.84 MB, and every later write of it failed).
+MAX_TRIAL_HISTORY_BYTES = 256 * 1024
 
 EXPERIMENT_EVENTS = (ExperimentStarted, ExperimentEnded, ExperimentReopened, SearchExhausted)
 
@@ -206,14 +210,24 @@ def repair(
     return replay, made
 
 
+def _size(record: dict[str, Any]) -> int:
+    return len(json.dumps(record, separators=(",", ":"))) + 1
+
+
 def compact(
     records: list[dict[str, Any]],
     must_keep: Callable[[int], bool],
     limit: int = MAX_TRIAL_HISTORY,
+    max_bytes: int = MAX_TRIAL_HISTORY_BYTES,
+    shrink: Callable[[dict[str, Any]], dict[str, Any]] | None = None,
 ) -> list[dict[str, Any]]:
-    """At most `limit` records, dropping only reports no decision depends on: the
-    scheduler says which steps its decisions read (`SchedulerPolicy.must_keep`)."""
-    if len(records) <= limit:
+    """At most `limit` records and about `max_bytes` of JSON, dropping only reports no
+    decision depends on: the scheduler says which steps its decisions read
+    (`SchedulerPolicy.must_keep`). When the records that must stay are too big still,
+    `shrink` (the objective's value only, signed again) is applied to their reports,
+    the last report of the history excepted."""
+    sizes = [_size(r) for r in records]
+    if len(records) <= limit and sum(sizes) <= max_bytes:
         return records
     firsts: dict[int, int] = {}
     lasts: dict[int, int] = {}
@@ -240,7 +254,17 @@ def compact(
     keep = {i for i, r in enumerate(records) if essential(i, r)}
     optional = [i for i in range(len(records)) if i not in keep]
     room = max(limit - len(keep), 0)
+    left = max_bytes - sum(sizes[i] for i in keep)
+    if optional:  # as many of the others as fit in both bounds, evenly spread
+        average = sum(sizes[i] for i in optional) / len(optional)
+        room = min(room, len(optional), max(int(left // average), 0))
     if room and optional:
         stride = len(optional) / room
         keep.update(optional[int(k * stride)] for k in range(room))
-    return [records[i] for i in sorted(keep)]
+    kept = [records[i] for i in sorted(keep)]
+    if shrink is None or sum(_size(r) for r in kept) <= max_bytes:
+        return kept
+    last = max((i for i, r in enumerate(kept) if r["type"] == "Reported"), default=-1)
+    return [
+        shrink(r) if r["type"] == "Reported" and i != last else r for i, r in enumerate(kept)
+    ]
