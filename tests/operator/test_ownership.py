@@ -296,6 +296,36 @@ def test_history_records_written_by_others_are_refused(
     assert "Traceback" not in operator.log_tail(200)
 
 
+def test_signed_history_records_deleted_are_noticed(
+    control_plane: Any, namespace: str, operator: OperatorProcess, process_node_factory: Any
+) -> None:
+    process_node_factory(gpus=2, taints=GPU_NODE_TAINTS)
+    apply(control_plane, namespace, experiment("holed", max_trials=2, parallel=2))
+    done = wait_for(
+        "the experiment to finish",
+        lambda: finished(control_plane, namespace, "holed"),
+        180,
+        operator.log_tail,
+    )
+    assert done["phase"] == "Succeeded", done
+    operator.stop()
+    # Every record left keeps its valid MAC: only the hole in the numbers shows.
+    history = trial(control_plane, namespace, "holed-0")["status"]["history"]  # type: ignore[index]
+    last = [r for r in history if r["type"] == "Reported"][-1]
+    holed = [r for r in history if r is not last]
+    patch_status(control_plane, namespace, "holed-0", {"history": holed})
+    operator.start()
+    missing = wait_for(
+        "the missing record to be told",
+        lambda: event_reasons(control_plane, namespace).get("HistoryRecordsMissing"),
+        90,
+        operator.log_tail,
+    )
+    assert f"sequence numbers {last['seq']})" in missing[0], missing
+    assert metric(operator, "kubetune_history_records_missing_total") == 1
+    assert "Traceback" not in operator.log_tail(200)
+
+
 def test_a_history_stripped_of_every_mac_is_refused_not_signed_anew(
     control_plane: Any, namespace: str, operator: OperatorProcess, process_node_factory: Any
 ) -> None:

@@ -455,3 +455,22 @@ def test_compaction_bounds_a_history_of_big_reports_in_bytes() -> None:
     # Small reports are left as they were.
     small = [store.encode(seq, e) for seq, e in enumerate([reported(s) for s in range(1, 50)])]
     assert store.compact(small, is_milestone, shrink=objective_only) == small
+
+
+def test_signed_records_taken_away_are_found_missing_unless_compaction_dropped_them() -> None:
+    signer = store.HistorySigner(b"k" * 32, "team/exp/uid-1")
+    histories, _ = stored_histories(signer)
+    assert store.missing_records(histories) == []
+    # Compaction drops reports between an attempt's first and last: not missing.
+    events = [TrialLaunched(3, 1, False, 27, 0.0)] + [reported(s) for s in range(1, 600)]
+    records = [store.encode(seq, e) for seq, e in enumerate(events)]
+    assert store.missing_records([store.compact(records, is_milestone, limit=200)]) == []
+    # A signed record deleted (each left is valid, so no MAC tells): found missing.
+    trial_1 = histories[2]
+    last_report = [r for r in trial_1 if r["type"] == "Reported"][-1]
+    holed = [*histories[:2], [r for r in trial_1 if r is not last_report], *histories[3:]]
+    assert store.check_histories(holed, signer).refused == [0, 0, 0, 0]
+    assert store.missing_records(holed) == [last_report["seq"]]
+    launch = next(r for r in histories[1] if r["type"] == "TrialLaunched")
+    no_launch = [histories[0], [r for r in histories[1] if r is not launch], *histories[2:]]
+    assert store.missing_records(no_launch) == [launch["seq"]]

@@ -137,6 +137,11 @@ def history_records_refused(namespace: str, experiment: str, count: int) -> None
         METRICS.history_records_refused(namespace, experiment, count)
 
 
+def history_records_missing(namespace: str, experiment: str, count: int) -> None:
+    if METRICS is not None:
+        METRICS.history_records_missing(namespace, experiment, count)
+
+
 def object_restored(kind: str, what: str) -> None:
     if METRICS is not None:
         METRICS.object_restored(kind, what)

@@ -314,6 +314,13 @@ class Metrics:
             EXPERIMENT,
             registry=registry,
         )
+        self.history_missing = Counter(
+            "kubetune_history_records_missing",
+            "Stored history records found missing when an experiment was loaded (a gap "
+            "in sequence numbers that compaction does not explain): deleted by someone.",
+            EXPERIMENT,
+            registry=registry,
+        )
         self.objects_restored = Counter(
             "kubetune_objects_restored",
             "kubetune's own objects put back from the operator's state, by kind and what "
@@ -415,6 +422,9 @@ class Metrics:
 
     def history_records_refused(self, namespace: str, experiment: str, count: int) -> None:
         self.history_refused.labels(namespace, experiment).inc(count)
+
+    def history_records_missing(self, namespace: str, experiment: str, count: int) -> None:
+        self.history_missing.labels(namespace, experiment).inc(count)
 
     def object_restored(self, kind: str, what: str) -> None:
         self.objects_restored.labels(kind, what).inc()

@@ -235,6 +235,7 @@ class ExperimentController:
                 ),
             )
             await self._report_refused(owners, checked.refused)
+            await self._report_missing(stored, bool(made))  # refused ones are told above
             for seq, plan in made:
                 self.trial_history[plan.number].append(self.signer.sign(store.encode(seq, plan)))
                 self.dirty_trials.add(plan.number)
@@ -297,6 +298,22 @@ class ExperimentController:
         logger.warning("experiment %s/%s: %s", self.namespace, self.name, message)
         await self._event(message, "HistoryRecordRefused", True)
         self.dirty_trials.update(self.trial_history)  # written again without them
+
+    async def _report_missing(self, histories: Sequence[Sequence[Any]], lost: bool) -> None:
+        """Signed records deleted from a history (not a whole HPOTrial: `lost`, its
+        plan made again) are told: Event `HistoryRecordsMissing` and a metric. What is
+        left replayed (it did, or loading failed already); it may lack reports."""
+        missing = [] if lost else store.missing_records(histories)
+        if not missing:
+            return
+        observability.history_records_missing(self.namespace, self.name, len(missing))
+        shown = ", ".join(map(str, missing[:10])) + (", ..." if len(missing) > 10 else "")
+        message = (
+            f"{len(missing)} history records missing (sequence numbers {shown}): deleted "
+            f"by someone other than the operator; the rest is replayed without them"
+        )
+        logger.warning("experiment %s/%s: %s", self.namespace, self.name, message)
+        await self._event(message, "HistoryRecordsMissing", True)
 
     async def _fail_to_load(self, error: Exception) -> None:
         """The stored history cannot be replayed: the experiment fails, saying why, and

@@ -177,6 +177,34 @@ def check_histories(histories: Sequence[Sequence[Any]], signer: HistorySigner) -
     return CheckedHistories(accepted, refused, legacy=False)
 
 
+def missing_records(histories: Sequence[Sequence[Any]]) -> list[int]:
+    """Sequence numbers below the highest stored that no history holds and compaction
+    cannot have dropped: signed records deleted by someone (a MAC does not show that a
+    record is gone). Every event gets the next number; compaction drops only reports
+    strictly between the first and last kept report of one attempt of one trial."""
+    seqs: set[int] = set()
+    spans: list[tuple[int, int]] = []
+    for history in histories:
+        bounds: dict[tuple[Any, Any], tuple[int, int]] = {}
+        for record in history:
+            seq = record.get("seq") if isinstance(record, dict) else None
+            if not isinstance(seq, int) or isinstance(seq, bool):
+                continue
+            seqs.add(seq)
+            if record.get("type") == "Reported":
+                key = (record.get("number"), record.get("attempt"))
+                low, high = bounds.get(key, (seq, seq))
+                bounds[key] = (min(low, seq), max(high, seq))
+        spans.extend(bounds.values())
+    if not seqs:
+        return []
+    return [
+        seq
+        for seq in range(max(seqs))
+        if seq not in seqs and not any(low < seq < high for low, high in spans)
+    ]
+
+
 def repair(
     merged: Sequence[tuple[int, Event]], scheduler: SchedulerPolicy
 ) -> tuple[list[tuple[int, Event]], list[tuple[int, TrialPlanned]]]:
@@ -265,6 +293,4 @@ def compact(
     if shrink is None or sum(_size(r) for r in kept) <= max_bytes:
         return kept
     last = max((i for i, r in enumerate(kept) if r["type"] == "Reported"), default=-1)
-    return [
-        shrink(r) if r["type"] == "Reported" and i != last else r for i, r in enumerate(kept)
-    ]
+    return [shrink(r) if r["type"] == "Reported" and i != last else r for i, r in enumerate(kept)]
