@@ -18,10 +18,15 @@ kubetune owns its objects, level-triggered:
   fails with the condition `HistoryUnreadable` saying why. Loading never raises.
 * A status written by anyone else (an HPOTrial's or the experiment's) is written again
   from the engine's state (Event `StatusRestored`): on the watch event it causes, and
-  at every load.
+  at every load; keys the writer added are removed (`status.restoring_patch`).
 * History records carry a MAC (`store.HistorySigner`); records without a valid one are
   refused at load (Event `HistoryRecordRefused`, metric
-  `kubetune_history_records_refused_total`) and never replayed.
+  `kubetune_history_records_refused_total`) and never replayed; a history whose every
+  record is refused fails the experiment. Signed records deleted are told (Event
+  `HistoryRecordsMissing`, metric `kubetune_history_records_missing_total`).
+* An HPOTrial or pod found under the operator's name that it does not own is left as it
+  is and fails its trial (Event `TrialObjectNameTaken`); a trial pod that lost its owner
+  (HPOTrial deleted with `--cascade=orphan`) is deleted (Event `OrphanedPodDeleted`).
 * A pod the API server refuses (a 4xx: invalid, forbidden by Pod Security) fails its
   trial with the API's message as the reason (Event `TrialPodRefused`; it counts toward
   `maxFailedTrials`); a pod refused for an exceeded quota waits and is created again
