@@ -2,15 +2,10 @@
 
 from __future__ import annotations
 
-import math
-import re
-import subprocess
-import sys
-from pathlib import Path
-
 import pytest
 
-ROOT = Path(__file__).resolve().parents[1]
+from tests.benchrun import run_quick
+
 KEYS = (
     "operator_rss_mb_10k",
     "largest_object_kib",
@@ -20,7 +15,6 @@ KEYS = (
     "api_writes_per_report",
     "report_throughput_ratio_vs_raw_patch",
 )
-RESULT = re.compile("^RESULT " + " ".join(f"{key}=(\\S+)" for key in KEYS) + "$")
 
 
 @pytest.mark.cluster
@@ -31,19 +25,7 @@ def test_quick_scale_benchmark_prints_a_result_line() -> None:
     from tests.cluster.fixtures import _binaries_or_skip
 
     _binaries_or_skip()
-    completed = subprocess.run(
-        [sys.executable, str(ROOT / "bench" / "scale.py"), "--quick"],
-        cwd=ROOT,
-        capture_output=True,
-        text=True,
-        timeout=290,
-    )
-    lines = completed.stdout.strip().splitlines()
-    assert completed.returncode == 0, f"{completed.stdout[-3000:]}\n{completed.stderr[-3000:]}"
-    match = RESULT.match(lines[-1])
-    assert match, f"last line is not a RESULT line: {lines[-1]!r}"
-    for text in match.groups():
-        value = float(text)
-        assert math.isfinite(value) and value > 0, lines[-1]
+    lines, values = run_quick("scale.py", KEYS, timeout=290)
+    assert all(value > 0 for value in values.values()), lines[-1]
     assert any(line.startswith("N=12 parallel=6") for line in lines)
     assert any(line.startswith("restart at 6 trials: rebuilt in") for line in lines)

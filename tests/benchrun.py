@@ -1,0 +1,37 @@
+"""A bench/ script's `--quick` run from a smoke test, and the RESULT line it must end with."""
+
+from __future__ import annotations
+
+import math
+import re
+import subprocess
+import sys
+from collections.abc import Sequence
+from pathlib import Path
+
+ROOT = Path(__file__).resolve().parents[1]
+
+
+def run_quick(
+    script: str, keys: Sequence[str], timeout: float
+) -> tuple[list[str], dict[str, float]]:
+    """Run `bench/SCRIPT --quick`; its output lines and the RESULT line's values by key.
+
+    Fails the test unless it exits 0 and its last line is `RESULT k1=v1 k2=v2 ...` with
+    exactly `keys`, in order, each a finite number.
+    """
+    completed = subprocess.run(
+        [sys.executable, str(ROOT / "bench" / script), "--quick"],
+        cwd=ROOT,
+        capture_output=True,
+        text=True,
+        timeout=timeout,
+    )
+    lines = completed.stdout.strip().splitlines()
+    assert completed.returncode == 0, f"{completed.stdout[-3000:]}\n{completed.stderr[-3000:]}"
+    result = re.compile("^RESULT " + " ".join(f"{key}=(\\S+)" for key in keys) + "$")
+    match = result.match(lines[-1]) if lines else None
+    assert match, f"last line is not a RESULT line: {lines[-1:]!r}"
+    values = {key: float(text) for key, text in zip(keys, match.groups(), strict=True)}
+    assert all(math.isfinite(value) for value in values.values()), lines[-1]
+    return lines, values
