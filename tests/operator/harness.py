@@ -176,5 +176,17 @@ def finished(control_plane: Any, namespace: str, name: str) -> dict[str, Any] | 
     return found if found.get("phase") in ("Succeeded", "Failed") else None
 
 
+def wait_finished(
+    control_plane: Any, namespace: str, name: str, operator: OperatorProcess, timeout: float = 180
+) -> dict[str, Any]:
+    """The experiment's status once it has Succeeded or Failed (the operator's log on time-out)."""
+    return wait_for(
+        "the experiment to finish",
+        lambda: finished(control_plane, namespace, name),
+        timeout,
+        operator.log_tail,
+    )
+
+
 def trials(control_plane: Any, namespace: str) -> list[dict[str, Any]]:
     return get(control_plane, namespace, "hpotrials")["items"]

@@ -19,10 +19,10 @@ from tests.operator.harness import (
     OperatorProcess,
     apply,
     experiment,
-    finished,
     get,
     status,
     trials,
+    wait_finished,
     wait_for,
 )
 
@@ -90,12 +90,7 @@ def test_a_deleted_hpotrial_is_put_back_and_the_experiment_completes(
         return bool(found and found["metadata"]["uid"] != old_uid and found.get("status"))
 
     wait_for("owned-0 to be put back", put_back, 60, operator.log_tail)
-    done = wait_for(
-        "the experiment to finish",
-        lambda: finished(control_plane, namespace, "owned"),
-        240,
-        operator.log_tail,
-    )
+    done = wait_finished(control_plane, namespace, "owned", operator, 240)
     assert done["phase"] == "Succeeded", done
     assert done["trialsFailed"] == 0 and done["trialsTotal"] == 3
     restored = trial(control_plane, namespace, "owned-0")["status"]  # type: ignore[index]
@@ -155,12 +150,7 @@ def test_a_pod_orphaned_with_its_hpotrial_does_not_outlive_the_experiment(
 
     wait_for("the orphaned pod to be dealt with", settled, 60, operator.log_tail)
     assert "OrphanedPodDeleted" in event_reasons(control_plane, namespace)
-    done = wait_for(
-        "the experiment to finish",
-        lambda: finished(control_plane, namespace, "orphan"),
-        240,
-        operator.log_tail,
-    )
+    done = wait_finished(control_plane, namespace, "orphan", operator, 240)
     assert done["phase"] == "Succeeded" and done["trialsFailed"] == 0, done
     restored = trial(control_plane, namespace, "orphan-0")["status"]  # type: ignore[index]
     assert restored["interruptions"] >= 1, restored  # its attempt resumed in a new pod
@@ -172,12 +162,7 @@ def test_statuses_written_by_others_are_put_back(
     process_node_factory(gpus=2, taints=GPU_NODE_TAINTS)
     document = experiment("forged", max_trials=2, parallel=2)
     apply(control_plane, namespace, document)
-    done = wait_for(
-        "the experiment to finish",
-        lambda: finished(control_plane, namespace, "forged"),
-        180,
-        operator.log_tail,
-    )
+    done = wait_finished(control_plane, namespace, "forged", operator)
     assert done["phase"] == "Succeeded", done
     best = done["bestValue"]
     real = trial(control_plane, namespace, "forged-1")["status"]  # type: ignore[index]
@@ -233,12 +218,7 @@ def test_history_records_written_by_others_are_refused(
 ) -> None:
     process_node_factory(gpus=2, taints=GPU_NODE_TAINTS)
     apply(control_plane, namespace, experiment("forged", max_trials=2, parallel=2))
-    done = wait_for(
-        "the experiment to finish",
-        lambda: finished(control_plane, namespace, "forged"),
-        180,
-        operator.log_tail,
-    )
+    done = wait_finished(control_plane, namespace, "forged", operator)
     assert done["phase"] == "Succeeded", done
     best = done["bestValue"]
     real = trial(control_plane, namespace, "forged-1")["status"]  # type: ignore[index]
@@ -301,12 +281,7 @@ def test_signed_history_records_deleted_are_noticed(
 ) -> None:
     process_node_factory(gpus=2, taints=GPU_NODE_TAINTS)
     apply(control_plane, namespace, experiment("holed", max_trials=2, parallel=2))
-    done = wait_for(
-        "the experiment to finish",
-        lambda: finished(control_plane, namespace, "holed"),
-        180,
-        operator.log_tail,
-    )
+    done = wait_finished(control_plane, namespace, "holed", operator)
     assert done["phase"] == "Succeeded", done
     operator.stop()
     # Every record left keeps its valid MAC: only the hole in the numbers shows.
@@ -331,12 +306,7 @@ def test_a_history_stripped_of_every_mac_is_refused_not_signed_anew(
 ) -> None:
     process_node_factory(gpus=2, taints=GPU_NODE_TAINTS)
     apply(control_plane, namespace, experiment("stripped", max_trials=2, parallel=2))
-    done = wait_for(
-        "the experiment to finish",
-        lambda: finished(control_plane, namespace, "stripped"),
-        180,
-        operator.log_tail,
-    )
+    done = wait_finished(control_plane, namespace, "stripped", operator)
     assert done["phase"] == "Succeeded", done
     operator.stop()
     # Every MAC taken away, values forged: it would pass for v0.1.0's unsigned history.
@@ -388,12 +358,7 @@ def test_a_name_held_by_someone_else_s_object_fails_its_trial_and_is_left_alone(
     }
     control_plane.kubectl("create", "-f", "-", input=json.dumps(squatter))
     apply(control_plane, namespace, experiment("squat", max_trials=2, parallel=2))
-    done = wait_for(
-        "the experiment to finish",
-        lambda: finished(control_plane, namespace, "squat"),
-        180,
-        operator.log_tail,
-    )
+    done = wait_finished(control_plane, namespace, "squat", operator)
     first = trial(control_plane, namespace, "squat-0")["status"]  # type: ignore[index]
     assert first["phase"] == "Failed" and "Pod squat-0-a1" in first["reason"], first
     assert done["trialsFailed"] == 1 and done["trialsCompleted"] == 1, done
@@ -412,12 +377,7 @@ def test_a_pod_the_api_server_refuses_fails_its_trial(
     # Quantities the schema accepts; a pod the API server refuses (request above limit).
     container["resources"] = {"limits": {"cpu": "1"}, "requests": {"cpu": "2"}}
     apply(control_plane, namespace, document)
-    done = wait_for(
-        "the experiment to finish",
-        lambda: finished(control_plane, namespace, "refused"),
-        120,
-        operator.log_tail,
-    )
+    done = wait_finished(control_plane, namespace, "refused", operator, 120)
     assert done["trialsFailed"] == 2, done
     for found in trials(control_plane, namespace):
         reason = found["status"]["reason"]
@@ -440,12 +400,7 @@ def test_a_pod_deleted_by_hand_is_an_interruption(
     apply(control_plane, namespace, document)
     wait_for("a few steps", lambda: started(control_plane, namespace, "handdel-0", 5), 120)
     control_plane.kubectl("delete", "pod", "handdel-0-a1", "-n", namespace, "--wait=false")
-    done = wait_for(
-        "the experiment to finish",
-        lambda: finished(control_plane, namespace, "handdel"),
-        180,
-        operator.log_tail,
-    )
+    done = wait_finished(control_plane, namespace, "handdel", operator)
     assert done["phase"] == "Succeeded" and done["trialsFailed"] == 0, done
     state = trial(control_plane, namespace, "handdel-0")["status"]  # type: ignore[index]
     assert state["phase"] == "Completed" and state["step"] == 30
@@ -470,12 +425,7 @@ def test_a_pod_refused_for_quota_waits_and_is_created_later(
     apply(
         control_plane, namespace, experiment("quota", max_trials=2, parallel=2, scheduler=scheduler)
     )
-    done = wait_for(
-        "the experiment to finish",
-        lambda: finished(control_plane, namespace, "quota"),
-        180,
-        operator.log_tail,
-    )
+    done = wait_finished(control_plane, namespace, "quota", operator)
     assert done["phase"] == "Succeeded" and done["trialsFailed"] == 0, done
     assert done["trialsCompleted"] == 2
     waits = event_reasons(control_plane, namespace).get("TrialWaitingForQuota", [])
