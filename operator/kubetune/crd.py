@@ -175,6 +175,8 @@ _DESCRIPTIONS: dict[str, str] = {
     "trialTemplate": "The Pod template of a trial; containers[0] runs the training.",
     "trialTemplate.spec": "A Pod spec: what kubetune does not read passes through unchanged.",
     "checkpoints": "Where trials save checkpoints, to pause and resume them.",
+    "warmStart": "Earlier experiments (same namespace) whose completed trials this one "
+    "starts from; read once at the start; immutable.",
 }
 
 
@@ -226,6 +228,19 @@ _RULES: dict[str, list[Schema]] = {
         _immutable("parameters", optional=False),
         _immutable("algorithm", optional=True),
         _immutable("scheduler", optional=True),
+        # A resumed gang loads one checkpoint shard per rank: its size cannot change.
+        _immutable("workers", optional=True),
+        # Read once at the start (kubetune.warmstart): changing it later would change nothing.
+        _immutable("warmStart", optional=True),
+        _rule(
+            "!has(self.warmStart) || !has(self.scheduler) || !has(self.scheduler.name) || "
+            "self.scheduler.name != 'pbt'",
+            "warmStart does not work with scheduler pbt",
+            ".warmStart",
+        ),
+    ],
+    "warmStart.experiments": [
+        _rule("self.all(x, self.exists_one(y, y == x))", "must not name an experiment twice"),
     ],
     "parameters": [
         _rule(
@@ -265,6 +280,17 @@ _RULES: dict[str, list[Schema]] = {
             f"!({_SCHEDULER_ON} && has(self.maxResource)) || {_MIN_RESOURCE} < self.maxResource",
             "minResource must be less than maxResource",
             ".minResource",
+        ),
+        _rule(
+            "!(has(self.name) && self.name == 'pbt') || has(self.interval)",
+            "interval is required by scheduler pbt",
+            ".interval",
+        ),
+        _rule(
+            "!(has(self.name) && self.name == 'pbt' && has(self.interval) && "
+            "has(self.maxResource)) || (self.interval >= 1 && self.interval <= self.maxResource)",
+            "interval must be between 1 and maxResource",
+            ".interval",
         ),
         _rule(
             f"!(has(self.name) && self.name in {_RUNG_SCHEDULERS} && has(self.maxResource)) "
@@ -678,12 +704,38 @@ def _experiment_status() -> Schema:
             "bestTrial": _str("The name of the best trial so far."),
             "bestValue": _number("The best objective value so far."),
             "bestParams": _free_object("The best trial's parameters."),
+            "bestSchedule": _schedule(
+                100000,
+                "pbt: the parameters that trained the best trial, each from "
+                "fromStep on (its lineage, oldest first): the schedule to retrain with.",
+            ),
             "costUSD": _number("Estimated cost of the trials' nodes so far, in US dollars."),
             "costAccountedAt": _time("The moment costUSD is accounted up to."),
             "interruptions": _int("Trial pods lost to spot interruptions or node loss."),
-            "seq": _int("Sequence number of the operator's last status write."),
             "history": _history(1000, "The experiment's recent events, oldest first (bounded)."),
             "studyAttrs": _free_object("Attributes of the sampler's study, kept across restarts."),
+            "warmStart": {
+                "type": "object",
+                "description": "spec.warmStart: the earlier experiments' trials read at the "
+                "start (loaded) and those that did not fit this search space (leftOut).",
+                "properties": {
+                    "mode": _str("transfer or reuse."),
+                    "experiments": {
+                        "type": "array",
+                        "maxItems": 5,
+                        "description": "The earlier experiments read.",
+                        "items": {"type": "string"},
+                    },
+                    "loaded": _int("Earlier trials loaded, kept in the history."),
+                    "leftOut": _int("Earlier completed trials that could not be mapped."),
+                    "reasons": {
+                        "type": "object",
+                        "maxProperties": 64,
+                        "description": "Trials left out, by reason.",
+                        "additionalProperties": {"type": "integer", "format": "int64"},
+                    },
+                },
+            },
             "conditions": {
                 **conditions_schema(),
                 "description": "Running, Succeeded and Failed (the phase), and the kstatus "
@@ -701,7 +753,8 @@ def _trial_status() -> Schema:
         "description": "Written by the operator.",
         "properties": {
             "phase": {"type": "string", "enum": phase, "description": "|".join(phase)},
-            "reason": _str("Why the trial is in this phase, CamelCase."),
+            # Free text: the scheduler's or the pod's words ("not promoted", "exit code 1").
+            "reason": _str("Why the trial is in this phase, in words (e.g. exit code 1)."),
             "value": _number("The trial's latest objective value."),
             "step": _int("The step of the latest report."),
             "resource": _int("The resource (rung) the trial may train up to now."),
@@ -709,11 +762,47 @@ def _trial_status() -> Schema:
             "pod": _str("The current attempt's pod."),
             "node": _str("The node the current attempt runs on."),
             "interruptions": _int("Attempts lost to spot interruptions or node loss."),
+            "parent": _str("pbt: the trial whose checkpoint this one started from."),
+            "fromStep": _int("pbt: the step of the parent's checkpoint it started from."),
+            "lineage": _trial_lineage(),
             "checkpointUri": _str("Where the latest checkpoint is stored."),
             "startTime": _time("When the first attempt started."),
             "completionTime": _time("When the trial reached Completed, Stopped or Failed."),
             "history": _history(2000, "The trial's reports and decisions, oldest first."),
-            "conditions": conditions_schema(),
+        },
+    }
+
+
+def _schedule(max_items: int, description: str) -> Schema:
+    return {
+        "type": "array",
+        "maxItems": max_items,
+        "description": description,
+        "items": {
+            "type": "object",
+            "properties": {
+                "fromStep": _int(),
+                "trial": _str(),
+                "params": _free_object("The parameters from fromStep on."),
+            },
+        },
+    }
+
+
+def _trial_lineage() -> Schema:
+    return {
+        "type": "object",
+        "description": "pbt: where this member came from (pbt experiments only).",
+        "properties": {
+            "parent": _str("The trial whose checkpoint this one started from."),
+            "fromStep": _int("The step of the parent's checkpoint it started from."),
+            "generation": _int("Exploits between this trial and the initial population."),
+            "replacedBy": _str("The trial that replaced this one (it was exploited)."),
+            "schedule": _schedule(
+                50,
+                "The parameters that trained this trial, each from fromStep on (its "
+                "lineage, oldest first; the latest 50).",
+            ),
         },
     }
 
@@ -833,7 +922,7 @@ def experiment_crd() -> Schema:
         "The search: objective, parameters, algorithm, scheduler (immutable once created), "
         "budget (may change) and the trial pod template."
     )
-    return _crd(
+    crd = _crd(
         kind=KIND,
         plural="hpoexperiments",
         short_names=["hpoexp", "hpoe"],
@@ -851,6 +940,16 @@ def experiment_crd() -> Schema:
             _AGE,
         ],
     )
+    # At the root, where CEL sees metadata.name: an experiment cannot start from itself.
+    root = crd["spec"]["versions"][0]["schema"]["openAPIV3Schema"]
+    root["x-kubernetes-validations"] = [
+        _rule(
+            "!has(self.spec.warmStart) || !(self.metadata.name in self.spec.warmStart.experiments)",
+            "spec.warmStart.experiments must not name this experiment itself",
+            ".spec.warmStart.experiments",
+        )
+    ]
+    return crd
 
 
 def trial_crd() -> Schema:
@@ -867,6 +966,9 @@ def trial_crd() -> Schema:
             _column("Value", "number", ".status.value", "The latest objective value."),
             _column("Resource", "integer", ".status.resource", "The rung's resource."),
             _column("Node", "string", ".status.node", "The node of the current attempt."),
+            _column("Parent", "string", ".status.parent", "pbt: started from.", priority=1),
+            _column("From", "integer", ".status.fromStep", "pbt: at step.", priority=1),
+            _column("Gen", "integer", ".status.lineage.generation", "pbt: generation.", priority=1),
             _AGE,
         ],
     )

@@ -29,14 +29,17 @@ from kubetune.events import (
     Reported,
     SearchExhausted,
     StopRequested,
+    TrialExploited,
     TrialLaunched,
     TrialPlanned,
     TrialPromoted,
     TrialSampled,
+    WarmStarted,
 )
 from kubetune.samplers import SamplerState, SamplerTrial, Suggestion
 from kubetune.schedulers import SchedulerPolicy, make_scheduler
-from kubetune.spec import ExperimentSpec
+from kubetune.schedulers.pbt import EXPLOITED, PBT
+from kubetune.spec import AlgorithmName, ExperimentSpec, WarmStartMode
 from kubetune.trials import Attempt, Decision, TrialPhase, TrialRecord, Verdict, trained_from
 
 
@@ -54,6 +57,13 @@ class StaleAttempt(EngineError):
     status = 409
 
 
+class RankWaits(EngineError):
+    """A gang's rank > 0 reported a step that rank 0 has not reported yet (202: the SDK
+    asks again shortly)."""
+
+    status = 202
+
+
 # Reasons an experiment ends, as Kubernetes condition reasons (CamelCase).
 MAX_TRIALS_REACHED = "MaxTrialsReached"
 SEARCH_SPACE_EXHAUSTED = "SearchSpaceExhausted"
@@ -62,6 +72,7 @@ TOO_MANY_FAILED_TRIALS = "TooManyFailedTrials"
 NO_RESULTS = "NoTrialReportedObjective"
 BUDGET_EXHAUSTED = "BudgetExhausted"
 TARGET_REACHED = "TargetReached"
+POPULATION_TRAINED = "PopulationTrained"  # pbt: every member trained to maxResource
 # A CostObserved event is recorded when the cost grew by this share of maxCostUSD (or
 # the price of a trial-hour changed by more than COST_RATE_CHANGE): the history stays
 # bounded (about 100 cost events per budget) and decisions lag the cost by under 1%.
@@ -83,6 +94,10 @@ class LaunchTrial:
     params: Mapping[str, Any]
     resume: bool
     target: int | None
+    # pbt: the trial (name) and step of the checkpoint this trial starts from, when it
+    # has none of its own yet (every attempt carries it; the SDK prefers its own).
+    parent: str | None = None
+    from_step: int | None = None
 
 
 @dataclass(frozen=True)
@@ -127,6 +142,8 @@ class Engine:
     # objective.target was reached (a StopRequested says so): the wind-down goes on even
     # if reports that arrive meanwhile make another trial the best.
     target_reached: bool = False
+    # spec.warmStart: the earlier experiments' trials, as read once at the start.
+    warm: WarmStarted | None = None
 
     def __post_init__(self) -> None:
         self.scheduler = self._make_scheduler()
@@ -161,6 +178,12 @@ class Engine:
                 trial.params, trial.sampler_attrs = dict(params), dict(attrs)
                 trial.phase = TrialPhase.PENDING
                 self.study_attrs = dict(study)
+            case TrialExploited():
+                trial = self.trials[event.number]
+                trial.params, trial.phase = dict(event.params), TrialPhase.PENDING
+                trial.replaces, trial.parent = event.replaces, event.parent
+                trial.from_step = event.from_step
+                self.trials[event.replaces].replaced_by = event.number
             case SearchExhausted(number=number):
                 # Sampling runs in number order, so every trial from here on is unsampled.
                 self.exhausted = True
@@ -184,6 +207,8 @@ class Engine:
                 self._apply_attempt_end(event)
             case CostObserved(usd=usd, trial_usd_per_hour=rate):
                 self.cost_usd, self.trial_usd_per_hour = usd, rate
+            case WarmStarted():
+                self.warm = event
             case ExperimentReopened():
                 self.ended = None
                 for trial in self.trials:
@@ -210,6 +235,8 @@ class Engine:
         if attempt.first_step is None:
             attempt.first_step = event.step
             attempt.trained_from = trained_from(trial.attempts, event.step)
+            if trial.from_step is not None:  # pbt: the parent trained the steps before
+                attempt.trained_from = max(attempt.trained_from, trial.from_step)
         attempt.last_step = max(attempt.last_step or event.step, event.step)
         if event.verdict.decision is not Decision.CONTINUE:
             attempt.decision = event.verdict
@@ -231,6 +258,10 @@ class Engine:
             trial.phase, trial.reason = TrialPhase.PAUSED, verdict.reason
         elif verdict is not None and verdict.decision is Decision.STOP:
             trial.phase, trial.reason = verdict.final or TrialPhase.STOPPED, verdict.reason
+        elif trial.replaced_by is not None:
+            # pbt: replaced, though the report that told it so was lost with the operator
+            # (see `report`): it ends here, and is not resumed beside its replacement.
+            trial.phase, trial.reason = TrialPhase.STOPPED, self._exploited(trial.replaced_by)
         elif event.kind is ExitKind.INTERRUPTED:
             trial.interruptions += 1
             trial.phase, trial.reason = TrialPhase.PENDING, f"interrupted: {event.message}"
@@ -259,11 +290,20 @@ class Engine:
         return self.trials[int(number)]
 
     def report(
-        self, number: int, attempt: int, step: int, metrics: Mapping[str, float], now: float
+        self,
+        number: int,
+        attempt: int,
+        step: int,
+        metrics: Mapping[str, float],
+        now: float,
+        rank: int = 0,
     ) -> Verdict:
-        """Record a report and answer it. Idempotent per (trial, attempt, step)."""
+        """Record a report and answer it. Idempotent per (trial, attempt, step). A report
+        of a gang's rank > 0 (spec.workers) records nothing: see `rank_decision`."""
         if not 0 <= number < len(self.trials):
             raise UnknownTrial(f"unknown trial {number}")
+        if rank > 0:
+            return self.rank_decision(number, attempt, step)
         trial = self.trials[number]
         known = trial.decisions.get((attempt, step))
         if known is not None:
@@ -275,8 +315,58 @@ class Engine:
                 f"{trial.phase.value}, current attempt {current.number if current else None})"
             )
         verdict, rung = self._verdict(trial, step, metrics)
+        exploit = None
+        if trial.replaced_by is not None and verdict.decision is Decision.CONTINUE:
+            # pbt: its replacement is history but this report of the decision is not (the
+            # operator died between the two writes): the decision stands, made once.
+            verdict = Verdict(Decision.STOP, self._exploited(trial.replaced_by), TrialPhase.STOPPED)
+        elif isinstance(self.scheduler, PBT) and verdict.decision is Decision.CONTINUE:
+            value = metrics.get(self.spec.objective.metric)
+            if value is not None and math.isfinite(value):
+                exploit = self.scheduler.exploit(trial, step, value, self.trials)
+        if exploit is None:
+            self._record(Reported(number, attempt, step, dict(metrics), verdict, rung, now))
+            return verdict
+        # Replaced: the decision (and the new member's plan) is history before the member
+        # stops, and before any process or pod of its replacement exists.
+        new = len(self.trials)
+        reason = self._exploited_by(new, exploit.donor, exploit.from_step)
+        verdict = Verdict(Decision.STOP, reason, TrialPhase.STOPPED)
         self._record(Reported(number, attempt, step, dict(metrics), verdict, rung, now))
+        self._record(TrialPlanned(new, 0, self.scheduler.initial_target(new)))
+        self._record(
+            TrialExploited(new, number, exploit.donor, exploit.from_step, exploit.params, now)
+        )
         return verdict
+
+    def _exploited_by(self, new: int, donor: int, from_step: int) -> str:
+        """Why a member stops: trial `new` replaces it, from `donor`'s `from_step`."""
+        return (
+            f"{EXPLOITED}: replaced by {self.trial_name(new)}, from "
+            f"{self.trial_name(donor)} at step {from_step}"
+        )
+
+    def _exploited(self, new: int) -> str:
+        child = self.trials[new]
+        assert child.parent is not None and child.from_step is not None, "a replacement"
+        return self._exploited_by(new, child.parent, child.from_step)
+
+    def rank_decision(self, number: int, attempt: int, step: int) -> Verdict:
+        """The answer to a gang's rank > 0 at `step`: what rank 0's report of that step got
+        (rank 0's values count), so every rank pauses or stops at the same step. RankWaits
+        until rank 0 has reported it."""
+        trial = self.trials[number]
+        known = trial.decisions.get((attempt, step))
+        if known is not None:
+            return known
+        current = trial.attempt
+        if trial.phase is not TrialPhase.RUNNING or current is None or current.number != attempt:
+            raise StaleAttempt(f"attempt {attempt} of trial {trial.name} is not running")
+        if current.last_step is not None and current.last_step > step:
+            # Rank 0 went on past it (a report no decision reads may not have been kept
+            # across an operator restart; one that paused or stopped always is).
+            return Verdict.go_on()
+        raise RankWaits(f"rank 0 of trial {trial.name} has not reported step {step} yet")
 
     def _verdict(
         self, trial: TrialRecord, step: int, metrics: Mapping[str, float]
@@ -359,9 +449,52 @@ class Engine:
         return True
 
     def sampler_request(self, number: int) -> tuple[ExperimentSpec, list[SamplerTrial], dict, int]:
-        """Arguments for `samplers.suggest` for trial `number`: trials sampled before it."""
-        trials = [_sampler_view(t) for t in self.trials if t.number < number]
+        """Arguments for `samplers.suggest` for trial `number`: trials sampled before it
+        (after spec.warmStart's, numbered below 0)."""
+        trials = [
+            *self._prior_view(),
+            *(_sampler_view(t) for t in self.trials if t.number < number),
+        ]
         return self.spec, trials, dict(self.study_attrs), number
+
+    # ----- spec.warmStart (kubetune.warmstart) --------------------------------------------
+
+    def needs_warm_start(self) -> bool:
+        """Whether the shell must read the earlier experiments now: spec.warmStart is set
+        and nothing has happened yet. Once anything is recorded the answer is no for ever:
+        a restarted shell never reads them again (WarmStarted holds what was read)."""
+        return self.spec.warmStart is not None and self.warm is None and not self.history
+
+    def record_warm_start(self, event: WarmStarted) -> None:
+        """Record what the shell read of the earlier experiments, before anything else."""
+        if self.needs_warm_start():
+            self._record(event)
+
+    def _prior_view(self) -> list[SamplerTrial]:
+        warm = self.warm
+        if warm is None:
+            return []
+        algorithm = self.spec.algorithm.name
+        if algorithm in (AlgorithmName.RANDOM, AlgorithmName.SOBOL):
+            return []  # they learn nothing from earlier trials
+        if algorithm is AlgorithmName.GRID and warm.warm_mode != WarmStartMode.REUSE:
+            return []  # with reuse, grid skips the points evaluated already
+        count = len(warm.prior_trials)
+        return [
+            SamplerTrial(index - count, dict(p.params), SamplerState.COMPLETE, p.value)
+            for index, p in enumerate(warm.prior_trials)
+        ]
+
+    def _best_prior(self) -> Best | None:
+        """With warmStart mode reuse, the best earlier trial (it counts toward the best)."""
+        warm = self.warm
+        if warm is None or warm.warm_mode != WarmStartMode.REUSE or not warm.prior_trials:
+            return None
+        count = len(warm.prior_trials)
+        index, prior = min(
+            enumerate(warm.prior_trials), key=lambda item: (self.sign * item[1].value, item[0])
+        )
+        return Best(index - count, prior.trial, prior.params, prior.value, 0)
 
     def record_suggestion(self, number: int, suggestion: Suggestion | None) -> None:
         trial = self.trials[number] if number < len(self.trials) else None
@@ -397,7 +530,7 @@ class Engine:
             committed += cost
             self._record(TrialPromoted(trial.number, target))
             free -= 1
-        while free > 0 and not self.exhausted and len(self.trials) < budget.maxTrials:
+        while free > 0 and not self.exhausted and self._plans_more():
             number = len(self.trials)
             target = self.scheduler.initial_target(number)
             if unaffordable or not self._affordable(committed, cost := self._work_cost(target)):
@@ -409,13 +542,21 @@ class Engine:
             free -= 1
         actions: list[Action] = []
         for trial in self.trials:
-            if trial.phase is TrialPhase.PENDING:
+            if trial.phase is TrialPhase.PENDING and not self._waits_for_slot(trial):
                 attempt = len(trial.attempts) + 1
                 resume = bool(trial.attempts)
                 self._record(TrialLaunched(trial.number, attempt, resume, trial.next_target, now))
+                parent = None if trial.parent is None else self.trial_name(trial.parent)
                 actions.append(
                     LaunchTrial(
-                        trial.number, trial.name, attempt, trial.params, resume, trial.next_target
+                        trial.number,
+                        trial.name,
+                        attempt,
+                        trial.params,
+                        resume,
+                        trial.next_target,
+                        parent,
+                        trial.from_step,
                     )
                 )
         sampling = [t.number for t in self.trials if t.phase is TrialPhase.SAMPLING]
@@ -429,8 +570,26 @@ class Engine:
                 )
                 return [*actions, *self._finish(True, BUDGET_EXHAUSTED, message, now)]
             reason = SEARCH_SPACE_EXHAUSTED if self.exhausted else MAX_TRIALS_REACHED
+            if isinstance(self.scheduler, PBT) and not self.exhausted:
+                reason = POPULATION_TRAINED
             return [*actions, *self._finish(True, reason, "", now)]
         return actions
+
+    def _plans_more(self) -> bool:
+        """Whether a new trial may be planned: under maxTrials and, with pbt, only the
+        initial population (later members come from exploits)."""
+        if len(self.trials) >= self.spec.budget.maxTrials:
+            return False
+        if isinstance(self.scheduler, PBT):
+            initial = sum(t.parent is None and t.replaces is None for t in self.trials)
+            return initial < self.spec.budget.parallelTrials
+        return True
+
+    def _waits_for_slot(self, trial: TrialRecord) -> bool:
+        """A pbt replacement starts once the member it replaces has stopped: the
+        population never runs one member too many."""
+        replaced = None if trial.replaces is None else self.trials[trial.replaces]
+        return replaced is not None and replaced.phase is TrialPhase.RUNNING
 
     # ----- the cost budget (budget.maxCostUSD), from CostObserved events ------------------
 
@@ -549,7 +708,15 @@ class Engine:
     # ----- reading ----------------------------------------------------------------------
 
     def best(self) -> Best | None:
-        """The best trial trained furthest: lower-fidelity values are not comparable."""
+        """The best trial trained furthest: lower-fidelity values are not comparable.
+        With warmStart mode reuse, the best earlier trial when it is better."""
+        own = self._best_own()
+        prior = self._best_prior()
+        if prior is None or (own is not None and self.sign * own.value <= self.sign * prior.value):
+            return own
+        return prior
+
+    def _best_own(self) -> Best | None:
         scored = [
             t for t in self.trials if t.value is not None and t.phase is not TrialPhase.FAILED
         ]

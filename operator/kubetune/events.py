@@ -55,6 +55,21 @@ class TrialPromoted:
 
 
 @dataclass(frozen=True)
+class TrialExploited:
+    """Population-based training: planned trial `number` replaces member `replaces`,
+    starting from the checkpoint trial `parent` saved at step `from_step`, with the
+    parent's parameters explored into `params`. Recorded before any process or pod of
+    it exists; it stands in for the sampler's TrialSampled."""
+
+    number: int
+    replaces: int
+    parent: int
+    from_step: int
+    params: Params
+    at: float
+
+
+@dataclass(frozen=True)
 class TrialLaunched:
     number: int
     attempt: int
@@ -115,8 +130,33 @@ class CostObserved:
     at: float
 
 
+@dataclass(frozen=True)
+class PriorTrial:
+    """A completed trial of an earlier experiment, mapped onto this experiment's space."""
+
+    experiment: str
+    trial: str
+    params: Params
+    value: float
+
+
+@dataclass(frozen=True)
+class WarmStarted:
+    """spec.warmStart, done: the earlier experiments' completed trials, read once when the
+    experiment started and mapped onto its space (kubetune.warmstart). Replay reads them
+    from here, never from the earlier experiments (which may be gone). `left_out` counts
+    the trials that could not be mapped, by reason."""
+
+    warm_mode: str
+    parents: list[str]
+    at: float
+    prior_trials: tuple[PriorTrial, ...] = ()
+    left_out: dict[str, int] = field(default_factory=dict)
+
+
 Event = (
     ExperimentStarted
+    | WarmStarted
     | TrialPlanned
     | TrialSampled
     | SearchExhausted
@@ -128,12 +168,14 @@ Event = (
     | ExperimentEnded
     | ExperimentReopened
     | CostObserved
+    | TrialExploited
 )
 
 _TYPES: dict[str, type] = {
     cls.__name__: cls
     for cls in (
         ExperimentStarted,
+        WarmStarted,
         TrialPlanned,
         TrialSampled,
         SearchExhausted,
@@ -145,6 +187,7 @@ _TYPES: dict[str, type] = {
         ExperimentEnded,
         ExperimentReopened,
         CostObserved,
+        TrialExploited,
     )
 }
 EVENT_TYPES = _TYPES  # every event class, by the name records carry
@@ -192,6 +235,8 @@ def to_record(event: Event) -> dict[str, Any]:
             }
         elif item.name == "metrics":
             value = {k: _encode_float(v) for k, v in value.items()}
+        elif item.name == "prior_trials":
+            value = [dataclasses.asdict(trial) for trial in value]
         record[item.name] = value
     return record
 
@@ -242,6 +287,33 @@ def _verdict(value: Any) -> Verdict:
     )
 
 
+def _strings(value: Any) -> list[str]:
+    if not isinstance(value, list):
+        raise TypeError(f"expected a list, got {value!r:.80}")
+    return [_str(item) for item in value]
+
+
+def _counts(value: Any) -> dict[str, int]:
+    return {str(k): _int(v) for k, v in _object(value).items()}
+
+
+def _prior_trials(value: Any) -> tuple[PriorTrial, ...]:
+    if not isinstance(value, list):
+        raise TypeError(f"expected a list, got {value!r:.80}")
+    trials = []
+    for item in value:
+        data = _object(item)
+        trials.append(
+            PriorTrial(
+                _str(data["experiment"]),
+                _str(data["trial"]),
+                _object(data["params"]),
+                _number(data["value"]),
+            )
+        )
+    return tuple(trials)
+
+
 def _optional(decode: Any) -> Any:
     return lambda value: None if value is None else decode(value)
 
@@ -269,6 +341,13 @@ FIELD_DECODERS: dict[str, Any] = {
     "succeeded": _bool,
     "usd": _number,
     "trial_usd_per_hour": _number,
+    "warm_mode": _str,
+    "parents": _strings,
+    "prior_trials": _prior_trials,
+    "left_out": _counts,
+    "replaces": _int,
+    "parent": _int,
+    "from_step": _int,
 }
 
 

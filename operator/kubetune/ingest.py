@@ -29,6 +29,7 @@ from aiohttp.web_protocol import RequestPayloadError
 from kubetune import observability
 from kubetune.engine import EngineError
 from kubetune.httpserver import AppServer, Limits
+from kubetune.spec import MAX_WORKERS
 from kubetune.tokens import TokenAuthority
 from kubetune.trials import Verdict
 
@@ -47,6 +48,10 @@ class Report:
     attempt: int
     step: int
     metrics: dict[str, float]
+    # spec.workers > 1: the reporting rank; only rank 0's values are recorded (kubetune.gang).
+    rank: int = 0
+    # The SDK's last report sent again before its process exits: durable before answered.
+    flush: bool = False
 
 
 class BadReport(ValueError):
@@ -60,7 +65,7 @@ def _is_int(value: Any) -> TypeGuard[int]:
 def parse_report(body: Any) -> Report:
     if not isinstance(body, dict):
         raise BadReport("body must be a JSON object")
-    unknown = set(body) - {"trial", "attempt", "step", "metrics"}
+    unknown = set(body) - {"trial", "attempt", "step", "metrics", "rank", "flush"}
     if unknown:
         raise BadReport(f"unknown fields: {', '.join(sorted(unknown))}")
     trial, attempt, step, metrics = (body.get(k) for k in ("trial", "attempt", "step", "metrics"))
@@ -70,6 +75,12 @@ def parse_report(body: Any) -> Report:
         raise BadReport("attempt: must be an integer >= 1")
     if not _is_int(step) or step < 0 or step > 10**9:
         raise BadReport("step: must be an integer between 0 and 10^9")
+    rank = body.get("rank", 0)
+    if not _is_int(rank) or not 0 <= rank < MAX_WORKERS:
+        raise BadReport(f"rank: must be an integer between 0 and {MAX_WORKERS - 1}")
+    flush = body.get("flush", False)
+    if not isinstance(flush, bool):
+        raise BadReport("flush: must be true or false")
     if not isinstance(metrics, dict) or not metrics:
         raise BadReport("metrics: must be a non-empty object")
     if len(metrics) > MAX_METRICS:
@@ -84,7 +95,7 @@ def parse_report(body: Any) -> Report:
             parsed[name] = float(value)
         else:
             raise BadReport(f"metrics.{name}: must be a number")
-    return Report(trial, attempt, step, parsed)
+    return Report(trial, attempt, step, parsed, rank, flush)
 
 
 # Strings (escapes included) and the brackets outside them: enough to measure nesting.
@@ -152,17 +163,25 @@ RETRY_AFTER_SECONDS = 2
 class ReportServer(AppServer):
     """aiohttp application serving the trial protocol, `/metrics` and `/healthz`."""
 
-    def __init__(self, resolve: Resolver, limits: Limits | None = None) -> None:
+    def __init__(
+        self,
+        resolve: Resolver,
+        limits: Limits | None = None,
+        observer: observability.Observer | None = None,
+    ) -> None:
+        """`observer`: where reports are counted and `/metrics` read (its own if None)."""
+        self.observer = observer if observer is not None else observability.Observer()
         super().__init__(
             web.Application(
-                client_max_size=MAX_BODY_BYTES, middlewares=[observability.refusal_middleware]
+                client_max_size=MAX_BODY_BYTES,
+                middlewares=[self.observer.refusal_middleware()],
             ),
             limits,
         )
         self.resolve = resolve
         self.app.router.add_post("/v1/reports", self._report)
         self.app.router.add_post("/ns/{namespace}/exp/{experiment}/v1/reports", self._report)
-        self.app.router.add_get("/metrics", observability.metrics_endpoint)
+        self.app.router.add_get("/metrics", self.observer.metrics_endpoint)
         self.experiment = ""  # the metrics' experiment label when the path names none
 
     @classmethod
@@ -172,9 +191,10 @@ class ReportServer(AppServer):
         handle: ReportHandler,
         known_trials: Callable[[], Iterable[str]],
         experiment: str = "",
+        observer: observability.Observer | None = None,
     ) -> ReportServer:
         target = ReportTarget(tokens, handle, known_trials)
-        server = cls(lambda namespace, name: target if name is None else None)
+        server = cls(lambda namespace, name: target if name is None else None, observer=observer)
         server.experiment = experiment
         return server
 
@@ -224,8 +244,13 @@ class ReportServer(AppServer):
         except EngineError as error:
             return _error(error.status, str(error))
         seconds = time.perf_counter() - started
-        observability.report_answered(namespace, experiment, verdict.decision.value, seconds)
-        return web.json_response({"decision": verdict.decision.value, "reason": verdict.reason})
+        self.observer.report_answered(namespace, experiment, verdict.decision.value, seconds)
+        answer: dict[str, Any] = {"decision": verdict.decision.value, "reason": verdict.reason}
+        if verdict.checkpoint_and_exit:  # a reclaim notice (operator/notices.py)
+            answer["checkpointAndExit"] = True
+        if not verdict.durable:  # the SDK sends it again, with "flush", before it exits
+            answer["durable"] = False
+        return web.json_response(answer)
 
 
 def _refuse_stranger(target: ReportTarget, token: str) -> web.Response | None:

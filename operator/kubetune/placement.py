@@ -56,6 +56,17 @@ class PlacementSource(Protocol):
         """Why the experiment cannot run here (an unknown pool), or None."""
         ...
 
+    def check_workers(self, spec: ExperimentSpec) -> str | None:
+        """Why a distributed trial's gang can never fit its node pool, or None."""
+        ...
+
+    def admit_gang(
+        self, spec: ExperimentSpec, namespace: str, trial: str, attempt: int
+    ) -> str | None:
+        """Why a distributed trial's attempt waits whole for room on its node pool
+        (None: create its pods now)."""
+        ...
+
 
 class CostTarget(Protocol):
     """What the capacity loop hands its results to (an operator's experiment controller)."""

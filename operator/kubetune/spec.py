@@ -40,6 +40,9 @@ NAME_PATTERN = r"^[A-Za-z_][A-Za-z0-9_]*$"
 OBJECT_NAME_PATTERN = r"^[a-z0-9]([-a-z0-9]*[a-z0-9])?$"
 PARAM_REFERENCE = re.compile(r"\{\{\s*params\.([^}\s]*)\s*\}\}")
 DURATION_PATTERN = re.compile(r"^(?:(\d+)h)?(?:(\d+)m)?(?:(\d+)s)?$")
+# spec.workers: a gang larger than any node pool may hold (capacity.pools' maxNodes, at
+# most 1000) could never be placed whole.
+MAX_WORKERS = 1000
 
 Scalar = bool | int | float | str
 
@@ -180,7 +183,8 @@ class Algorithm(_Model):
         default=None,
         ge=0,
         description="Random trials before the model-based samplers (tpe, bayesian, cmaes) "
-        "take over; the sampler's own default when unset.",
+        "take over; the sampler's own default when unset (10 finished trials; bayesian "
+        "with parallelTrials p > 1: max(10 - p, 2)).",
     )
     gpMaxTrials: int = Field(
         default=200,
@@ -197,6 +201,7 @@ class SchedulerName(StrEnum):
     SHA = "sha"
     ASHA = "asha"
     HYPERBAND = "hyperband"
+    PBT = "pbt"
 
 
 class Scheduler(_Model):
@@ -215,10 +220,33 @@ class Scheduler(_Model):
     warmupSteps: int = Field(
         default=0, ge=0, description="median only: steps before a trial may be stopped."
     )
+    # Population-based training (schedulers/pbt.py).
+    interval: int | None = Field(
+        default=None,
+        description="pbt only: a member is ranked (and may be replaced) every `interval` "
+        "reported steps of `resource`.",
+    )
+    quantile: float = Field(
+        default=0.25,
+        description="pbt only: members in the bottom quantile exploit one of the top "
+        "quantile; in (0, 0.5].",
+    )
+    resampleProbability: float = Field(
+        default=0.25,
+        description="pbt only: chance that explore draws a parameter anew from its prior.",
+    )
+    perturbationFactors: list[float] = Field(
+        default_factory=lambda: [0.8, 1.2],
+        max_length=16,
+        description="pbt only: explore multiplies a numeric parameter by one of these.",
+    )
 
     @model_validator(mode="after")
     def _check_resources(self) -> Scheduler:
         if self.name is SchedulerName.NONE:
+            return self
+        if self.name is SchedulerName.PBT:
+            # Checked with the rest of the spec (_pbt_spec_errors): every bad field at once.
             return self
         if self.resource is None:
             raise ValueError(f"resource: required by scheduler {self.name.value}")
@@ -241,6 +269,31 @@ class Scheduler(_Model):
                 f"two rungs, got {self.maxResource}"
             )
         return self
+
+
+def _pbt_errors(scheduler: Scheduler) -> Iterator[tuple[str, str]]:
+    if scheduler.resource is None:
+        yield "resource", "required by scheduler pbt"
+    if scheduler.maxResource is None:
+        yield "maxResource", "required by scheduler pbt"
+    elif scheduler.minResource >= scheduler.maxResource:
+        yield "maxResource", f"must be more than minResource ({scheduler.minResource})"
+    top = scheduler.maxResource
+    if scheduler.interval is None:
+        yield "interval", "required by scheduler pbt"
+    elif scheduler.interval < 1:
+        yield "interval", f"must be at least 1, got {scheduler.interval}"
+    elif top is not None and scheduler.interval > top:
+        yield "interval", f"must be at most maxResource ({top}), got {scheduler.interval}"
+    if not 0 < scheduler.quantile <= 0.5:
+        yield "quantile", f"must be in (0, 0.5], got {scheduler.quantile}"
+    if not 0 <= scheduler.resampleProbability <= 1:
+        yield "resampleProbability", f"must be in [0, 1], got {scheduler.resampleProbability}"
+    if not scheduler.perturbationFactors:
+        yield "perturbationFactors", "must list at least one factor"
+    for index, factor in enumerate(scheduler.perturbationFactors):
+        if not (math.isfinite(factor) and factor > 0):
+            yield f"perturbationFactors[{index}]", f"must be a positive number, got {factor}"
 
 
 class Budget(_Model):
@@ -365,6 +418,44 @@ class Capacity(_Model):
     )
 
 
+class WarmStartMode(StrEnum):
+    TRANSFER = "transfer"
+    REUSE = "reuse"
+
+
+# SageMaker's WarmStartConfig allows 1-5 parent jobs; more parents add little a sampler
+# can use and make the one record that stores their trials bigger (kubetune.warmstart).
+MAX_WARM_START_EXPERIMENTS = 5
+
+
+class WarmStart(_Model):
+    experiments: list[Annotated[str, Field(pattern=OBJECT_NAME_PATTERN, max_length=50)]] = Field(
+        min_length=1,
+        max_length=MAX_WARM_START_EXPERIMENTS,
+        description="Earlier experiments whose completed trials this one starts from: "
+        "HPOExperiments in the same namespace on a cluster; locally, the state of "
+        "experiment NAME under the same state root (.kubetune/NAME beside the YAML). Read "
+        "once, when the experiment starts, and kept in its history.",
+    )
+    mode: WarmStartMode = Field(
+        default=WarmStartMode.TRANSFER,
+        description="transfer: earlier trials inform the sampler only; reuse: they also "
+        "count toward this experiment's best (same data and code). maxTrials counts new "
+        "trials in both.",
+    )
+
+    @model_validator(mode="after")
+    def _unique(self) -> WarmStart:
+        names = self.experiments
+        for index, name in enumerate(names):
+            if name in names[:index]:
+                first = names.index(name)
+                raise ValueError(
+                    f"experiments[{index}]: {name!r} is named twice (also experiments[{first}])"
+                )
+        return self
+
+
 class ExperimentSpec(_Model):
     objective: Objective
     parameters: list[Parameter] = Field(min_length=1, max_length=100)
@@ -372,9 +463,21 @@ class ExperimentSpec(_Model):
     scheduler: Scheduler = Field(default_factory=Scheduler)
     budget: Budget
     trialTemplate: TrialTemplate
+    workers: int = Field(
+        default=1,
+        ge=1,
+        le=MAX_WORKERS,
+        description="Pods (or local processes) per trial attempt, one gang: each runs "
+        "trialTemplate with WORLD_SIZE, RANK, LOCAL_RANK, LOCAL_WORLD_SIZE, MASTER_ADDR "
+        "and MASTER_PORT set for torch.distributed; all start, end and resume together.",
+    )
     checkpoints: Checkpoints | None = None
     capacity: Capacity | None = Field(
         default=None, description="Where trials run: a node pool that the operator scales."
+    )
+    warmStart: WarmStart | None = Field(
+        default=None,
+        description="Start from the completed trials of earlier experiments (issue 17).",
     )
 
     @model_validator(mode="after")
@@ -432,6 +535,13 @@ def _cross_field_errors(spec: ExperimentSpec) -> Iterator[tuple[str, str]]:
             grid_ready = False
             yield f"{where}.step", "required for float parameters with algorithm grid"
 
+    if spec.scheduler.name is SchedulerName.PBT:
+        yield from _pbt_spec_errors(spec)
+        if spec.warmStart is not None:
+            # Its members come from each other's checkpoints, and its best trial's schedule
+            # of parameters is read from this experiment's own trials.
+            yield "warmStart", "does not work with scheduler pbt"
+
     if (
         grid_ready
         and len(seen) == len(spec.parameters)
@@ -462,6 +572,26 @@ def _cross_field_errors(spec: ExperimentSpec) -> Iterator[tuple[str, str]]:
             yield path, f"malformed placeholder {fragment!r} (write {{{{params.NAME}}}})"
 
 
+def _pbt_spec_errors(spec: ExperimentSpec) -> Iterator[tuple[str, str]]:
+    """What population-based training needs beyond its scheduler's own fields."""
+    for path, reason in _pbt_errors(spec.scheduler):
+        yield f"scheduler.{path}", reason
+    population = spec.budget.parallelTrials
+    if population < 2:
+        yield "budget.parallelTrials", f"pbt's population: at least 2, got {population}"
+    if spec.budget.maxTrials < population:
+        yield (
+            "budget.maxTrials",
+            f"must be at least parallelTrials ({population}): the population, and the "
+            f"members that exploits make, are trials",
+        )
+    if spec.checkpoints is None:
+        yield "checkpoints", "required by scheduler pbt (members start from others' checkpoints)"
+    for index, parameter in enumerate(spec.parameters):
+        if parameter.when is not None:
+            yield f"parameters[{index}].when", "conditional parameters do not work with pbt"
+
+
 def _value_fits(
     parameter: FloatParameter | IntParameter | CategoricalParameter, value: Any
 ) -> bool:
@@ -486,6 +616,17 @@ class Experiment(_Model):
     metadata: Metadata
     spec: ExperimentSpec
     status: dict[str, Any] | None = Field(default=None, exclude=True)
+
+    @model_validator(mode="after")
+    def _not_own_parent(self) -> Experiment:
+        warm = self.spec.warmStart
+        if warm is not None and self.metadata.name in warm.experiments:
+            index = warm.experiments.index(self.metadata.name)
+            raise ValueError(
+                f"spec.warmStart.experiments[{index}]: {self.metadata.name!r} is this "
+                f"experiment itself"
+            )
+        return self
 
     @property
     def name(self) -> str:

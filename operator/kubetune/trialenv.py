@@ -24,6 +24,10 @@ class AttemptContext:
     endpoint: str
     token: str
     checkpoint_uri: str
+    # pbt: the checkpoint this trial starts from until it has its own (its parent's
+    # checkpoint location, and the exact step there).
+    checkpoint_from: str = ""
+    checkpoint_from_step: int | None = None
 
 
 def checkpoint_uri(base: str, experiment: str, trial: str) -> str:
@@ -50,6 +54,12 @@ def trial_env(spec: ExperimentSpec, context: AttemptContext) -> dict[str, str]:
         env["KUBETUNE_MAX_RESOURCE"] = str(scheduler.maxResource)
     if context.resume:
         env["KUBETUNE_RESUME"] = "1"
+    if scheduler.interval is not None and scheduler.name == "pbt":
+        # When to checkpoint (before reporting each multiple of it), without PBT's rules.
+        env["KUBETUNE_CHECKPOINT_INTERVAL"] = str(scheduler.interval)
+    if context.checkpoint_from and context.checkpoint_from_step is not None:
+        env["KUBETUNE_CHECKPOINT_FROM"] = context.checkpoint_from
+        env["KUBETUNE_CHECKPOINT_FROM_STEP"] = str(context.checkpoint_from_step)
     return env
 
 

@@ -43,6 +43,12 @@ class Verdict:
     decision: Decision
     reason: str = ""
     final: TrialPhase | None = None
+    # The shell's answer only, never recorded: a pause because the trial's node is being
+    # reclaimed (operator/notices.py): checkpoint now, exit, and resume elsewhere.
+    checkpoint_and_exit: bool = False
+    # The shell's answer only, never recorded: False when the report was taken but is
+    # not durable yet (operator/writes.py); the SDK sends it again with `flush` at exit.
+    durable: bool = True
 
     @staticmethod
     def go_on() -> Verdict:
@@ -103,6 +109,12 @@ class TrialRecord:
     next_target: int | None = None
     interruptions: int = 0
     decisions: dict[tuple[int, int], Verdict] = field(default_factory=dict)
+    # Population-based training: the member this trial replaced, the trial whose
+    # checkpoint at `from_step` it started from, and the trial that replaced this one.
+    replaces: int | None = None
+    parent: int | None = None
+    from_step: int | None = None
+    replaced_by: int | None = None
 
     @property
     def attempt(self) -> Attempt | None:

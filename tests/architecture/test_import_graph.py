@@ -28,6 +28,7 @@ CORE = {
     "kubetune.trials",
     "kubetune.events",
     "kubetune.samplers",
+    "kubetune.startup",
     "kubetune.schedulers",
 }
 SHELLS = ("kubetune.operator", "kubetune.local", "kubetune.capacity", "kubetune.cli")
@@ -180,3 +181,31 @@ def test_samplers_reach_optuna_s_storage_through_its_public_api() -> None:
     private = {"_storage", "_study_id", "_trial_id"}
     used = {n.attr for n in ast.walk(tree) if isinstance(n, ast.Attribute)} & private
     assert used == set()
+
+
+# One experiment's controller, in parts (docs/architecture.md): each imports only parts
+# listed before it, and none imports the controller that composes them.
+OPERATOR_PARTS = [
+    "kubetune.operator.experiment",
+    "kubetune.operator.ownership",
+    "kubetune.operator.history",
+    "kubetune.operator.authorship",
+    "kubetune.operator.writes",
+    "kubetune.operator.actions",
+    "kubetune.operator.podwatch",
+    "kubetune.operator.repair",
+    "kubetune.operator.rebuild",
+    "kubetune.operator.controller",
+]
+
+
+def test_the_operator_s_parts_import_only_parts_below_them() -> None:
+    upward = [
+        (a, b)
+        for i, a in enumerate(OPERATOR_PARTS)
+        for b in GRAPH[a]
+        if b in OPERATOR_PARTS[i + 1 :]
+    ]
+    assert upward == []
+    composers = {a for a, edges in GRAPH.items() if "kubetune.operator.controller" in edges}
+    assert composers <= {"kubetune.operator.handlers", "kubetune.operator.main"}

@@ -262,7 +262,7 @@ def test_a_spot_reclaim_moves_its_trial_to_new_capacity(
         max_trials=2,
         parallel=2,
         checkpoints=(tmp_path / "ckpt").as_uri(),
-        scheduler={"name": "none", "maxResource": 30},
+        scheduler={"name": "none", "maxResource": 40},
         sleep=0.25,
     )
     document["spec"]["trialTemplate"]["spec"]["containers"][0]["command"].append(
@@ -291,12 +291,21 @@ def test_a_spot_reclaim_moves_its_trial_to_new_capacity(
         operator.log_tail,
     )
     assert done["phase"] == "Succeeded", done
-    assert done["interruptions"] == 1 and done["trialsFailed"] == 0
-    state = trial("reclaim-0")
-    assert state["phase"] == "Completed" and state["interruptions"] == 1 and state["attempt"] == 2
+    state, other = trial("reclaim-0"), trial("reclaim-1")
+    explained = (done, state, operator.log_tail(200))
+    assert done["trialsFailed"] == 0 and other["interruptions"] == 0, explained
+    # One interruption; two when kube-scheduler bound the replacement pod to the reclaimed
+    # node in the instant before its Node was gone (seen in about one run of 20; a real
+    # scheduler can do the same): an interruption either way, never a failure.
+    assert 1 <= state["interruptions"] == done["interruptions"] <= 2, explained
+    assert state["phase"] == "Completed" and state["attempt"] == state["interruptions"] + 1
     assert state["node"] != victim  # a replacement instance, or the other node
-    second = [r["step"] for r in state["history"] if r["type"] == "Reported" and r["attempt"] == 2]
-    assert min(second) > 1  # resumed from its checkpoint
+    last = [
+        r["step"]
+        for r in state["history"]
+        if r["type"] == "Reported" and r["attempt"] == state["attempt"]
+    ]
+    assert min(last) > 1  # resumed from its checkpoint
     assert pool.cloud.max_nodes <= 2
 
 

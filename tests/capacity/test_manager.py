@@ -49,7 +49,13 @@ class FakeCore:
     ) -> Raw:
         items = self.pods
         if label_selector:
-            items = [p for p in items if label_selector in p["metadata"].get("labels", {})]
+            key, _, value = label_selector.partition("=")
+            items = [
+                p
+                for p in items
+                if key in p["metadata"].get("labels", {})
+                and (not value or p["metadata"]["labels"][key] == value)
+            ]
         if field_selector:
             node = field_selector.split(",")[0].removeprefix("spec.nodeName=")
             items = [
@@ -208,6 +214,70 @@ async def test_a_pod_that_lands_after_the_cordon_keeps_its_node(asg: AsgWorld) -
     assert [body["spec"]["unschedulable"] for _, body in core.patches] == [True, None]
     assert core.nodes[0]["spec"]["unschedulable"] is False
     assert SCALE_DOWN_ANNOTATION not in core.nodes[0]["metadata"].get("annotations", {})
+
+
+@pytest.mark.parametrize("late", ["pod", "gang"])
+async def test_demand_that_arrives_during_a_scale_down_keeps_the_node(
+    asg: AsgWorld, late: str
+) -> None:
+    """The plan saw an idle node and nothing waiting; between the plan and the
+    termination a trial pod was created (not bound yet: the scheduler, its cache behind
+    the cordon, may bind it there next), or a gang was admitted whose pods are about to
+    be. Terminating would take the node from under it: the node is uncordoned and kept.
+    (Found on the control plane: a gang admitted as two others ended lost a rank with
+    the node, an interruption.)"""
+    autoscaling = asg.client("autoscaling")
+    autoscaling.set_desired_capacity(AutoScalingGroupName=asg.name, DesiredCapacity=1)
+    (instance,) = asg.instances()
+    core = FakeCore()
+    core.pools_yaml = pools(asg.name)
+    core.nodes = [node("n1", instance)]
+    manager = manager_for(core, FakeController(), [1000.0])
+    manager.load()
+
+    def arrive(name: str, body: dict[str, Any]) -> None:
+        if not body["spec"]["unschedulable"]:
+            return
+        if late == "pod":
+            waiting = pod("e-3-a1", None, phase="Pending")
+            waiting["metadata"]["labels"].update(
+                {"kubetune.dev/trial": "e-3", "kubetune.dev/attempt": "1"}
+            )
+            core.pods.append(waiting)
+        else:
+            manager.gangs.observed(manager.pools, {"p": core.nodes}, [], 1000.0)
+            assert manager.gangs.admit("p", ("ns", "e-4", "1"), 1, 1000.0) is None
+
+    core.on_patch = arrive
+    await manager.tick()
+    assert asg.instances() == [instance] and asg.group()["DesiredCapacity"] == 1
+    assert [body["spec"]["unschedulable"] for _, body in core.patches] == [True, None]
+    assert core.nodes[0]["spec"]["unschedulable"] is False
+
+
+async def test_an_admitted_gang_without_pods_yet_keeps_the_idle_nodes_it_needs(
+    asg: AsgWorld,
+) -> None:
+    """Two gangs just ended and left two idle nodes; the waiting gang was admitted and
+    its pods are being created. The plan counts its two ranks as waiting pods: no node
+    is cordoned, none terminated; a third idle node, which nothing needs, goes."""
+    autoscaling = asg.client("autoscaling")
+    autoscaling.update_auto_scaling_group(AutoScalingGroupName=asg.name, MaxSize=3)
+    autoscaling.set_desired_capacity(AutoScalingGroupName=asg.name, DesiredCapacity=3)
+    instances = asg.instances()
+    core = FakeCore()
+    core.pools_yaml = pools(asg.name).replace("maxNodes: 2", "maxNodes: 3")
+    core.nodes = [node(f"n{i}", instance) for i, instance in enumerate(instances)]
+    manager = manager_for(core, FakeController(), [1000.0])
+    manager.load()
+    manager.gangs.observed(manager.pools, {"p": core.nodes}, [], 1000.0)
+    assert manager.gangs.admit("p", ("ns", "e-2", "1"), 2, 1000.0, pods=2) is None
+    await manager.tick()
+    assert len(asg.instances()) == 2 and asg.group()["DesiredCapacity"] == 2
+    assert len([body for _, body in core.patches if body["spec"]["unschedulable"]]) == 1
+    # Once its pods are listed, they are the demand: the reservation is not counted twice.
+    assert manager.gangs.unlisted("p", {("ns", "e-2", "1")}) == {}
+    assert [p.gpus for p in manager.gangs.unlisted("p", set())[("ns", "e-2", "1")]] == [1, 1]
 
 
 async def test_an_empty_node_is_cordoned_and_its_instance_terminated(asg: AsgWorld) -> None:

@@ -105,6 +105,15 @@ def test_a_node_cordoned_for_removal_is_reused_before_growing() -> None:
     assert decided.desired is None and decided.uncordon == ("a",)
 
 
+def test_a_cordoned_node_whose_instance_is_gone_is_not_reused() -> None:
+    # "a" was cordoned and its instance terminated; its Node lingers while it shuts down.
+    # A pod waiting now gets a new node; "a" stays cordoned (uncordoned, the scheduler
+    # bound a gang's rank there and lost it with the node: found on the control plane).
+    cordoned = PoolNode("a", "i-a", gpus=4, unschedulable=True, cordoned_by_us=True)
+    decided = plan(pool(), group(0), [cordoned], pods(4), now=0.0)
+    assert decided.desired == 1 and decided.uncordon == ()
+
+
 def test_a_cordoned_node_is_removed_without_a_second_grace_period() -> None:
     cordoned = PoolNode("a", "i-a", gpus=4, unschedulable=True, cordoned_by_us=True)
     decided = plan(pool(), group(1, "i-a"), [cordoned], [], now=10.0)

@@ -37,7 +37,9 @@ Limits (it is a test harness, not a kubelet):
 * A command is required (there is no image entrypoint to fall back on); a missing
   executable ends the container with exit code 128, reason ``StartError``.
 * Every pod's IP is 127.0.0.1 (two pods listening on one port collide), and Services do
-  not route anywhere.
+  not route anywhere. With ``resolve_pod_dns=True`` each pod gets its own loopback
+  address instead, and an env value naming a pod as ``<hostname>.<subdomain>.<ns>.svc``
+  becomes that pod's IP (the harness standing in for cluster DNS; see that section).
 * Logs of restarts are appended to one file (``previous=true`` returns the same log);
   ``timestamps`` and ``sinceSeconds`` are ignored.
 * Pods found Running at start-up (left by an earlier agent for the same node name) are
@@ -49,6 +51,7 @@ from __future__ import annotations
 import base64
 import contextlib
 import datetime as dt
+import itertools
 import json
 import logging
 import math
@@ -78,6 +81,9 @@ if TYPE_CHECKING:
 log = logging.getLogger(__name__)
 
 POD_IP = "127.0.0.1"
+# resolve_pod_dns: every pod its own loopback address (Linux routes all of 127/8 to lo).
+_pod_numbers = itertools.count(1)
+SERVICE_NAME = re.compile(r"([a-z0-9-]+)\.([a-z0-9-]+)\.([a-z0-9-]+)\.svc(?:\.cluster\.local)?")
 LEASE_NAMESPACE = "kube-node-lease"
 
 
@@ -200,6 +206,7 @@ class ProcessNode:
         client_ca: str | Path | None = None,
         lease_seconds: int = 40,
         heartbeat_seconds: float = 10.0,
+        resolve_pod_dns: bool = False,
     ) -> None:
         self.kubeconfig = Path(kubeconfig)
         self.name = name
@@ -229,6 +236,8 @@ class ProcessNode:
         self.client_ca = Path(client_ca) if client_ca else None
         self.lease_seconds = lease_seconds
         self.heartbeat_seconds = heartbeat_seconds
+        self.resolve_pod_dns = resolve_pod_dns  # see "cluster DNS stand-in" below
+        self._pod_ips: dict[str, str] = {}
 
         self._api: Any = None
         self._v1: k8s.CoreV1Api | None = None
@@ -936,8 +945,8 @@ class ProcessNode:
             "phase": "Running",
             "hostIP": POD_IP,
             "hostIPs": [{"ip": POD_IP}],
-            "podIP": POD_IP,
-            "podIPs": [{"ip": POD_IP}],
+            "podIP": self._pod_ip(run.uid),
+            "podIPs": [{"ip": self._pod_ip(run.uid)}],
             "startTime": pod.get("status", {}).get("startTime") or now,
             "conditions": [
                 {"type": "PodReadyToStartContainers", "status": "True", "lastTransitionTime": now},
@@ -972,8 +981,8 @@ class ProcessNode:
             "phase": "Succeeded" if code == 0 else "Failed",
             "hostIP": POD_IP,
             "hostIPs": [{"ip": POD_IP}],
-            "podIP": POD_IP,
-            "podIPs": [{"ip": POD_IP}],
+            "podIP": self._pod_ip(run.uid),
+            "podIPs": [{"ip": self._pod_ip(run.uid)}],
             "startTime": pod.get("status", {}).get("startTime") or run.started_at or now,
             "conditions": [
                 {"type": "PodReadyToStartContainers", "status": "False", "lastTransitionTime": now},
@@ -1040,7 +1049,7 @@ class ProcessNode:
             value = self._value_from(pod, c, var["valueFrom"])
             if value is not None:
                 env[name] = value
-        return env
+        return self._resolve_service_names(pod, env) if self.resolve_pod_dns else env
 
     def _value_from(
         self, pod: dict[str, Any], c: dict[str, Any], src: dict[str, Any]
@@ -1103,8 +1112,8 @@ class ProcessNode:
             "metadata.uid": meta["uid"],
             "spec.nodeName": spec.get("nodeName", self.name),
             "spec.serviceAccountName": spec.get("serviceAccountName", ""),
-            "status.podIP": POD_IP,
-            "status.podIPs": POD_IP,
+            "status.podIP": self._pod_ip(meta["uid"]),
+            "status.podIPs": self._pod_ip(meta["uid"]),
             "status.hostIP": POD_IP,
             "status.hostIPs": POD_IP,
         }
@@ -1130,6 +1139,54 @@ class ProcessNode:
         return str(math.ceil(parse_quantity(value) / divisor))
 
     # -- log server -------------------------------------------------------------------
+
+    # -- cluster DNS stand-in (opt-in: resolve_pod_dns=True) ---------------------------
+    # A real cluster gives each pod its own IP and resolves a pod's
+    # `<hostname>.<subdomain>.<namespace>.svc` through the headless Service named
+    # `subdomain` (cluster DNS). Here there is no DNS: each pod gets its own loopback
+    # address as podIP, and an env value that is exactly such a name (MASTER_ADDR of a
+    # distributed trial, say) is replaced by that pod's podIP, read from the API, before
+    # the process starts; until the pod has one, the container waits
+    # (CreateContainerConfigError, retried every second), as a lookup would fail.
+
+    def _pod_ip(self, uid: str) -> str:
+        if not self.resolve_pod_dns:
+            return POD_IP
+        with self._lock:
+            if uid not in self._pod_ips:
+                n = next(_pod_numbers)
+                self._pod_ips[uid] = f"127.64.{(n >> 8) & 255}.{n & 255}"
+            return self._pod_ips[uid]
+
+    def _resolve_service_names(self, pod: dict[str, Any], env: dict[str, str]) -> dict[str, str]:
+        assert self._v1 is not None
+        resolved = dict(env)
+        for key, value in env.items():
+            m = SERVICE_NAME.fullmatch(value)
+            if m is None:
+                continue
+            host, subdomain, ns = m.groups()
+            own = (
+                pod["spec"].get("hostname"),
+                pod["spec"].get("subdomain"),
+                pod["metadata"]["namespace"],
+            )
+            if own == (host, subdomain, ns):  # its own name: its IP, known before it runs
+                resolved[key] = self._pod_ip(pod["metadata"]["uid"])
+                continue
+            pods = self._v1.list_namespaced_pod(ns, _preload_content=False)
+            ips = [
+                (p.get("status") or {}).get("podIP")
+                for p in json.loads(pods.data).get("items", [])
+                if (p.get("spec") or {}).get("hostname") == host
+                and (p.get("spec") or {}).get("subdomain") == subdomain
+                and not p["metadata"].get("deletionTimestamp")
+            ]
+            found = next((ip for ip in ips if ip), None)
+            if found is None:
+                raise EnvResolutionError(f"{key}={value}: no pod of that name has an IP yet")
+            resolved[key] = found
+        return resolved
 
     def _start_log_server(self) -> None:
         assert self.tls is not None

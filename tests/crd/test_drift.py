@@ -111,7 +111,18 @@ def test_crd_names_and_printer_columns() -> None:
     trial = crd.trial_crd()["spec"]
     assert trial["names"]["shortNames"] == ["hpot"]
     columns = [c["name"] for c in trial["versions"][0]["additionalPrinterColumns"]]
-    assert columns == ["Experiment", "Phase", "Value", "Resource", "Node", "Age"]
+    # Parent, From and Gen (pbt's lineage) show with -o wide.
+    assert columns == [
+        "Experiment",
+        "Phase",
+        "Value",
+        "Resource",
+        "Node",
+        "Parent",
+        "From",
+        "Gen",
+        "Age",
+    ]
 
 
 def test_crds_kustomization_lists_both_files() -> None:

@@ -35,6 +35,7 @@ CLUSTER_RULES = {
     ("", "pods"): {"get", "list", "watch", "create", "delete"},
     ("", "pods/log"): {"get"},
     ("", "secrets"): {"create"},
+    ("", "services"): {"get", "create"},  # a gang's headless Service
     ("", "events"): {"create", "patch"},
     ("events.k8s.io", "events"): {"create", "patch"},
     ("", "nodes"): {"get", "list", "watch", "patch"},  # cordon before scale-down
@@ -129,6 +130,8 @@ def test_base_has_exactly_these_objects(rendered: list[dict[str, Any]]) -> None:
             ("ValidatingAdmissionPolicyBinding", "kubetune-operator-scope"),
             ("ValidatingAdmissionPolicy", "kubetune-owned-objects"),
             ("ValidatingAdmissionPolicyBinding", "kubetune-owned-objects"),
+            ("ValidatingAdmissionPolicy", "kubetune-warm-start-reader"),
+            ("ValidatingAdmissionPolicyBinding", "kubetune-warm-start-reader"),
         ]
     )
     for document in rendered:
@@ -270,7 +273,12 @@ def test_admission_policy_knows_kubetunes_secret_names(rendered: list[dict[str, 
     owned = one(rendered, "ValidatingAdmissionPolicy", "kubetune-owned-objects")
     condition = owned["spec"]["matchConditions"][0]["expression"]
     assert f"'system:serviceaccount:{NAMESPACE}:kubetune-operator'" in condition
-    for name in ("kubetune-experiment-author", "kubetune-operator-scope", "kubetune-owned-objects"):
+    for name in (
+        "kubetune-experiment-author",
+        "kubetune-operator-scope",
+        "kubetune-owned-objects",
+        "kubetune-warm-start-reader",
+    ):
         binding = one(rendered, "ValidatingAdmissionPolicyBinding", name)
         assert binding["spec"] == {"policyName": name, "validationActions": ["Deny"]}
         assert one(rendered, "ValidatingAdmissionPolicy", name)["spec"]["failurePolicy"] == "Fail"

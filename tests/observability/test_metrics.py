@@ -269,7 +269,9 @@ async def test_the_report_endpoint_times_decisions_and_counts_refusals() -> None
         trial = engine.trial_by_name(report.trial)
         return engine.report(trial.number, report.attempt, report.step, report.metrics, 0.0)
 
-    registry = observability.METRICS.registry
+    observer = observability.Observer()
+    assert observer.metrics is not None
+    registry = observer.metrics.registry
     key = {"namespace": "", "experiment": "timed"}
 
     def sample(name: str, **labels: str) -> float:
@@ -281,7 +283,9 @@ async def test_the_report_endpoint_times_decisions_and_counts_refusals() -> None
         sample("kubetune_report_decision_latency_seconds_count", **key),
         sample("kubetune_reports_refused_total", code="401"),
     )
-    server = ReportServer.single(tokens, handle, lambda: (t.name for t in engine.trials), "timed")
+    server = ReportServer.single(
+        tokens, handle, lambda: (t.name for t in engine.trials), "timed", observer=observer
+    )
     url = await server.start()
     try:
         body = {"trial": "timed-0", "attempt": 1, "step": 1, "metrics": {"loss": 1.0}}
@@ -312,7 +316,9 @@ async def test_local_metrics_server_serves_the_run() -> None:
     spec = make_spec(budget={"maxTrials": 2, "parallelTrials": 2})
     driver = Driver(spec, name="local")
     driver.decide()
-    served = await observability.serve_local("local", lambda: driver.engine, 0)
+    observer = observability.Observer()
+    assert observer.metrics is not None
+    served = await observer.serve_local("local", lambda: driver.engine, 0)
     assert isinstance(served.server, MetricsServer) and served.url is not None
     try:
         async with aiohttp.ClientSession() as session, session.get(served.url) as response:
@@ -323,17 +329,16 @@ async def test_local_metrics_server_serves_the_run() -> None:
         )
     finally:
         await served.stop()
-    found = samples(generate_latest(observability.METRICS.registry).decode())
+    found = samples(generate_latest(observer.metrics.registry).decode())
     assert matching(found, "kubetune_trials", experiment="local") == {}
 
 
 async def test_a_busy_metrics_port_is_a_clear_error() -> None:
-    served = await observability.serve_local("a", lambda: Engine(make_spec(), "a"), 0)
+    observer = observability.Observer()
+    served = await observer.serve_local("a", lambda: Engine(make_spec(), "a"), 0)
     try:
         with pytest.raises(observability.MetricsUnavailable, match="--metrics-port"):
-            await observability.serve_local(
-                "b", lambda: Engine(make_spec(), "b"), served.server.port
-            )
+            await observer.serve_local("b", lambda: Engine(make_spec(), "b"), served.server.port)
     finally:
         await served.stop()
 

@@ -33,6 +33,15 @@ def free_port() -> int:
         return sock.getsockname()[1]
 
 
+def operator_env() -> dict[str, str]:
+    """The operator's environment in tests: reports no decision reads are written
+    within a second (the default is 5 s), so that tests that wait for a trial's
+    `status.step` see it move as they used to; a test may set its own."""
+    env = dict(os.environ)
+    env.setdefault("KUBETUNE_REPORT_WRITE_SECONDS", "1")
+    return env
+
+
 class OperatorProcess:
     def __init__(
         self,
@@ -78,6 +87,7 @@ class OperatorProcess:
             ],
             stdout=log,
             stderr=subprocess.STDOUT,
+            env=operator_env(),
         )
         return self
 

@@ -6,7 +6,7 @@ import json
 import math
 
 from kubetune.engine import Engine
-from kubetune.events import ExitKind, Reported, TrialLaunched, to_record
+from kubetune.events import AttemptEnded, ExitKind, Reported, TrialLaunched, to_record
 from kubetune.operator import store
 from kubetune.operator.outcomes import Refusal, api_message, attempt_outcome, refusal
 from kubetune.operator.pods import owned_by, token_secret, trial_pod
@@ -93,6 +93,23 @@ def test_pod_outcomes() -> None:
         assert outcome is not None and outcome.kind is ExitKind.INTERRUPTED
     gone = attempt_outcome(pod("Running"), deleted=True)
     assert gone is not None and gone.kind is ExitKind.INTERRUPTED
+
+
+def test_an_exit_0_after_the_pods_deletion_was_asked_for_is_an_interruption() -> None:
+    """`kubectl delete pod` (or a drain, or the garbage collector) sends SIGTERM; a
+    script that then breaks out of its loop and exits 0 has not finished its trial."""
+    deleted = pod("Succeeded", exit_code=0)
+    deleted["metadata"].update(
+        deletionTimestamp="2026-12-02T06:00:30Z", deletionGracePeriodSeconds=30
+    )
+    terminated = deleted["status"]["containerStatuses"][0]["state"]["terminated"]
+    terminated["finishedAt"] = "2026-12-02T06:00:02Z"  # 2 s after the deletion was asked
+    outcome = attempt_outcome(deleted, deleted=False)
+    assert outcome is not None and outcome.kind is ExitKind.INTERRUPTED
+    # Finished before anyone asked to delete it: a completion, deleted afterwards.
+    terminated["finishedAt"] = "2026-12-02T05:59:58Z"
+    outcome = attempt_outcome(deleted, deleted=False)
+    assert outcome is not None and (outcome.kind, outcome.exit_code) == (ExitKind.EXITED, 0)
 
 
 def reported(step: int, attempt: int = 1, decision: Decision = Decision.CONTINUE, rung=None):
@@ -455,6 +472,20 @@ def test_compaction_bounds_a_history_of_big_reports_in_bytes() -> None:
     # Small reports are left as they were.
     small = [store.encode(seq, e) for seq, e in enumerate([reported(s) for s in range(1, 50)])]
     assert store.compact(small, is_milestone, shrink=objective_only) == small
+
+
+def test_late_reports_lost_by_a_killed_operator_are_missing_once_their_attempt_ended() -> None:
+    """Reports written late (operator/writes.py) after an attempt's last stored report
+    may die with a SIGKILLed operator: not missing while the attempt runs (no false
+    HistoryRecordsMissing at every restart); missing once its end is stored, which is
+    written with every report the operator held."""
+    events = [TrialLaunched(3, 1, False, 27, 0.0)] + [reported(s) for s in range(1, 8)]
+    records = [store.encode(seq, e) for seq, e in enumerate(events)]
+    stored = records[:5]  # the launch and steps 1-4; steps 5-7 (seqs 5-7) were late
+    another = [store.encode(8, TrialLaunched(4, 1, False, 27, 0.0))]
+    assert store.missing_records([stored, another]) == []
+    end = store.encode(9, AttemptEnded(3, 1, ExitKind.EXITED, 0, 0.0))
+    assert store.missing_records([[*stored, end], another]) == [5, 6, 7]
 
 
 def test_signed_records_taken_away_are_found_missing_unless_compaction_dropped_them() -> None:

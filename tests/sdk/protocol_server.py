@@ -54,6 +54,8 @@ class ProtocolServer:
         self.requests: list[Received] = []
         self.decide: DecisionRule = lambda trial, attempt, step: "continue"
         self.reason = "test"
+        # Steps answered "durable": false unless the report carries "flush": true.
+        self.late_steps: set[int] = set()
         # (trial, attempt, step) -> decision: a repeated report gets the same answer.
         self.decided: dict[tuple[str, int, int], str] = {}
         self._lock = threading.Lock()
@@ -97,8 +99,10 @@ class ProtocolServer:
             if fault.drop:
                 return None
             if fault.status is not None:
-                return fault.status, fault.body or {"error": f"injected {fault.status}"}, (
-                    fault.headers
+                return (
+                    fault.status,
+                    fault.body or {"error": f"injected {fault.status}"},
+                    (fault.headers),
                 )
         if not received.path.endswith("/v1/reports"):
             return 404, {"error": "no such path"}, {}
@@ -139,7 +143,10 @@ class ProtocolServer:
             if key not in self.decided:
                 self.decided[key] = self.decide(trial, attempt, step)
             decision = self.decided[key]
-        return 200, {"decision": decision, "reason": self.reason}
+        answer: dict[str, Any] = {"decision": decision, "reason": self.reason}
+        if step in self.late_steps and body.get("flush") is not True:
+            answer["durable"] = False  # taken, written later (operator/writes.py)
+        return 200, answer
 
     def _handler_class(self) -> type[BaseHTTPRequestHandler]:
         server = self

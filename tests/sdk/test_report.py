@@ -5,7 +5,10 @@ from __future__ import annotations
 import json
 import logging
 import math
+import os
 import socket
+import subprocess
+import sys
 import threading
 import time
 import traceback
@@ -336,3 +339,43 @@ def test_standalone_still_validates(capsys: pytest.CaptureFixture[str]) -> None:
     with pytest.raises(ValueError, match="metric name"):
         kt.report(1, **{"bad name": 1.0})
     assert capsys.readouterr().out == ""
+
+
+def test_a_report_not_yet_durable_is_sent_again_with_flush_before_the_process_exits(
+    server: ProtocolServer, trial_env: dict[str, str]
+) -> None:
+    """The operator answers `"durable": false` for reports no decision reads; the SDK
+    sends the last such report again, with `"flush": true`, at interpreter exit."""
+    server.late_steps = {2, 3}
+    script = "import kubetune_trial as kt\nfor s in (1, 2, 3): kt.report(s, loss=1.0 / s)\n"
+    env = {**os.environ, **trial_env}
+    done = subprocess.run(
+        [sys.executable, "-c", script], env=env, capture_output=True, text=True, timeout=60
+    )
+    assert done.returncode == 0, done.stderr
+    sent = server.reports()
+    assert [(r["step"], r.get("flush", False)) for r in sent] == [
+        (1, False),
+        (2, False),
+        (3, False),
+        (3, True),
+    ]
+    assert sent[-1]["metrics"] == sent[-2]["metrics"]
+
+
+def test_nothing_is_sent_again_once_a_later_report_was_durable(
+    server: ProtocolServer, trial_env: dict[str, str]
+) -> None:
+    server.late_steps = {1, 2}
+    for step in (1, 2, 3):
+        kt.report(step, loss=1.0)
+    kt.flush()
+    assert [r.get("flush", False) for r in server.reports()] == [False, False, False]
+    server.late_steps = {4}
+    kt.report(4, loss=1.0)
+    kt.flush()
+    kt.flush()  # once only
+    assert [(r["step"], r.get("flush", False)) for r in server.reports()][3:] == [
+        (4, False),
+        (4, True),
+    ]

@@ -176,6 +176,22 @@ def test_the_author_must_be_allowed_to_create_pods(installed: ControlPlane, team
     assert_accepted(apply_as(cp, ALICE, ns, example("alices")))
 
 
+def test_a_distributed_trial_needs_the_right_to_create_services(
+    installed: ControlPlane, team: str
+) -> None:
+    """Its gang gets a headless Service from the operator: the author answers for it."""
+    cp, ns = installed, team
+    gang = example("bobs-gang")
+    gang["spec"]["workers"] = 2
+    refused = apply_as(cp, BOB, ns, gang)
+    assert_refused(
+        cp, refused, ns, "bobs-gang", f"spec.workers: {BOB} may not create services in namespace"
+    )
+    assert_accepted(apply_as(cp, BOB, ns, example("bobs-single")))  # workers: 1 needs none
+    grant(cp, ns, BOB, "bob-services", "create", "services")
+    assert_accepted(apply_as(cp, BOB, ns, gang))
+
+
 def _env_secret(pod: dict[str, Any], name: str) -> None:
     container(pod)["env"] = [
         {"name": "PLAIN", "value": "1"},
@@ -571,6 +587,8 @@ def _owned_by_a_trial(kind: str, name: str) -> dict[str, Any]:
     }
     if kind == "Pod":
         document["spec"] = {"containers": [{"name": "c", "image": "busybox"}]}
+    elif kind == "Service":  # a gang's headless Service (spec.workers > 1)
+        document["spec"] = {"clusterIP": "None", "selector": {"kubetune.dev/trial": "x"}}
     else:
         document["stringData"] = {"token": "t"}
     return document
@@ -599,7 +617,7 @@ def test_the_operator_creates_only_trial_objects_and_nothing_in_kube_system(
             check=False,
         )
 
-    for kind in ("Pod", "Secret"):
+    for kind in ("Pod", "Secret", "Service"):
         accepted = create(ns, _owned_by_a_trial(kind, "digits-mlp-0-a0"))
         assert accepted.returncode == 0, accepted.stderr
         refused = create("kube-system", _owned_by_a_trial(kind, "digits-mlp-0-a0"))

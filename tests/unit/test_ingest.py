@@ -8,6 +8,7 @@ from __future__ import annotations
 import json
 import time
 from collections.abc import AsyncIterator
+from dataclasses import replace
 from typing import Any
 
 import aiohttp
@@ -103,6 +104,7 @@ async def test_reports_are_idempotent_per_trial_attempt_and_step(endpoint) -> No
         (lambda tokens: (body(val_loss="high"), tokens.token_for("exp-0")), 400, "number"),
         (lambda tokens: ({**body(), "extra": 1}, tokens.token_for("exp-0")), 400, "unknown fields"),
         (lambda tokens: ({"trial": "exp-0"}, tokens.token_for("exp-0")), 400, "attempt"),
+        (lambda tokens: ({**body(), "flush": 1}, tokens.token_for("exp-0")), 400, "flush"),
         (lambda tokens: (body(trial="exp-9"), tokens.token_for("exp-9")), 404, "unknown trial"),
         (lambda tokens: (body(attempt=2), tokens.token_for("exp-0")), 409, "not running"),
     ],
@@ -157,3 +159,31 @@ async def test_an_experiment_being_rebuilt_answers_retry_later() -> None:
         assert status == 401
     finally:
         await server.stop()
+
+
+async def test_the_answer_says_when_a_report_is_not_durable_yet() -> None:
+    """The operator's late writes: `Verdict.durable` False is told on the wire, and a
+    report sent again with "flush" reaches the handler with `flush` set."""
+    engine = started_engine()
+    tokens = TokenAuthority(b"k" * 32, "ns/exp")
+    flushes: list[bool] = []
+
+    async def handle(report: Report) -> Verdict:
+        flushes.append(report.flush)
+        return Verdict.go_on() if report.flush else replace(Verdict.go_on(), durable=False)
+
+    server = ReportServer.single(tokens, handle, lambda: (t.name for t in engine.trials))
+    url = await server.start()
+    try:
+        token = tokens.token_for("exp-0")
+        assert await post(url, body(), token) == (
+            200,
+            {"decision": "continue", "reason": "", "durable": False},
+        )
+        assert await post(url, {**body(), "flush": True}, token) == (
+            200,
+            {"decision": "continue", "reason": ""},
+        )
+    finally:
+        await server.stop()
+    assert flushes == [False, True]

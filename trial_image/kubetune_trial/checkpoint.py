@@ -4,6 +4,13 @@ Layout: ``step-<8 digits>.ckpt`` objects plus ``latest``, which names the newest
 is written only after that checkpoint is complete, so a crash in between leaves the
 previous checkpoint the valid one. The SDK stores opaque bytes; what they hold (model,
 optimizer, RNG states) is the training script's business.
+
+Population-based training (``KUBETUNE_CHECKPOINT_INTERVAL`` set): ``checkpoint_due``
+says when to save (before reporting each multiple of the interval), a member's
+checkpoints are never deleted by the SDK (another member may be about to start from any
+of them), and a member made by an exploit starts from the checkpoint its parent saved at
+an exact step (``KUBETUNE_CHECKPOINT_FROM`` and ``_FROM_STEP``), never from anyone's
+"latest", until it has saved one of its own.
 """
 
 from __future__ import annotations
@@ -12,7 +19,7 @@ import logging
 import os
 import re
 
-from . import env
+from . import env, interval, leave, shards
 from .metrics import validate_step
 from .storage import Store, open_store
 
@@ -83,9 +90,25 @@ def save_checkpoint(
             "(set it to file:///some/dir or s3://bucket/prefix to save when run by hand)"
         )
     name = checkpoint_name(step)
+    info = env.trial_info()
+    if info.world_size > 1:
+        # A distributed trial: this rank's shard (kubetune_trial/shards.py).
+        own = shards.rank_store(store, info.rank)
+        own.write(name, bytes(data))
+        if info.checkpoint_interval is None:
+            complete = shards.complete_steps(store, info.world_size, _checkpoints)
+            shards.prune(own, complete, step, keep, _checkpoints)
+        interval.saved(step)
+        leave.saved(step)  # each rank leaves once its own shard of the step is saved
+        return f"{own.uri}/{name}"
     store.write(name, bytes(data))
     store.write(LATEST, name.encode())
-    _prune(store, step, keep)
+    if env.trial_info().checkpoint_interval is None:
+        # Under PBT nothing is pruned: a checkpoint at any interval step may be the one
+        # another member was told to start from, and it may not have started yet.
+        _prune(store, step, keep)
+    interval.saved(step)
+    leave.saved(step)  # told to leave its node: exits 143 now that the step is saved
     return f"{store.uri}/{name}"
 
 
@@ -113,6 +136,10 @@ def load_checkpoint(*, uri: str | None = None) -> tuple[int, bytes] | None:
     store = _store(uri)
     if store is None:
         return None
+    info = env.trial_info()
+    if info.world_size > 1:
+        # This rank's shard of the newest step every rank saved.
+        return shards.load(store, info.rank, info.world_size, _checkpoints)
     pointer = store.read(LATEST)
     if pointer is None:
         return None
@@ -136,3 +163,41 @@ def load_checkpoint(*, uri: str | None = None) -> tuple[int, bytes] | None:
         if data is not None:
             return candidate, data
     return None
+
+
+def checkpoint_due(step: int) -> bool:
+    """Whether to save a checkpoint *before* reporting ``step``: at every multiple of
+    ``KUBETUNE_CHECKPOINT_INTERVAL`` (population-based training ranks members there and
+    may start others from exactly that checkpoint). False when no interval is set."""
+    interval = env.trial_info().checkpoint_interval
+    return interval is not None and validate_step(step) % interval == 0
+
+
+class PinnedCheckpointMissing(RuntimeError):
+    """The checkpoint this trial was told to start from is not there."""
+
+
+def start_checkpoint() -> tuple[int, bytes] | None:
+    """The checkpoint this attempt starts from, as ``(step, data)``, or None for a fresh
+    start: its own latest when it resumes or has saved one (an interrupted member goes on
+    from its own state and step), else the one another member saved at the pinned step
+    (``KUBETUNE_CHECKPOINT_FROM`` / ``_FROM_STEP``: population-based training's exploit).
+
+    A pinned checkpoint that is missing raises :class:`PinnedCheckpointMissing`: training
+    from scratch, or from the other member's latest, would be silently wrong.
+    """
+    info = env.trial_info()
+    own = load_checkpoint() if info.resume or info.checkpoint_from else None
+    if own is not None or not info.checkpoint_from or info.checkpoint_from_step is None:
+        return own
+    step = info.checkpoint_from_step
+    donor: Store = open_store(info.checkpoint_from)
+    if info.world_size > 1:
+        donor = shards.rank_store(donor, info.rank)
+    data = donor.read(checkpoint_name(step))
+    if data is None:
+        raise PinnedCheckpointMissing(
+            f"{info.checkpoint_from}/{checkpoint_name(step)}: the checkpoint this trial "
+            f"starts from (step {step}) is missing"
+        )
+    return step, data

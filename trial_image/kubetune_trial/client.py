@@ -7,6 +7,7 @@ retrying the very same body after a timeout or a 5xx safe.
 
 from __future__ import annotations
 
+import atexit
 import http
 import http.client
 import json
@@ -21,7 +22,7 @@ from dataclasses import dataclass
 from email.message import Message
 from enum import StrEnum
 
-from . import env
+from . import env, interval, leave
 from .metrics import encode_value, log_line, validate_metrics, validate_step
 
 log = logging.getLogger("kubetune_trial")
@@ -30,11 +31,23 @@ REPORT_PATH = "/v1/reports"
 TIMEOUT_VAR = "KUBETUNE_REPORT_TIMEOUT"
 TRIES_VAR = "KUBETUNE_REPORT_TRIES"
 BACKOFF_VAR = "KUBETUNE_REPORT_BACKOFF"
+# A gang's rank > 0 waits for rank 0's report of the same step (HTTP 202 until then):
+# polled every RANK_POLL_SECONDS at first, at most every RANK_POLL_MAX, for at most
+# KUBETUNE_RANK_WAIT seconds (default an hour: rank 0 may evaluate alone meanwhile).
+RANK_WAIT_VAR = "KUBETUNE_RANK_WAIT"
+RANK_POLL_SECONDS = 0.05
+RANK_POLL_MAX = 1.0
 
 # A private generator: a training script that seeds `random` for reproducibility must
 # neither have its stream consumed by our jitter nor make every trial of an experiment
 # retry in lock-step after an operator restart.
 _jitter = random.Random(os.urandom(16))
+
+# The last report, when its answer said it is not durable yet ("durable": false): sent
+# again with "flush" before the process exits (docs/trial-protocol.md), so that an
+# operator killed meanwhile cannot lose the attempt's last value.
+_unflushed: tuple[str, bytes, str, int] | None = None
+_flush_at_exit = False
 
 
 class Decision(StrEnum):
@@ -122,9 +135,11 @@ class _Transient(Exception):
     """No HTTP answer at all: connection refused or reset, time-out, truncated read."""
 
 
-def _send(
-    url: str, body: bytes, token: str, timeout: float
-) -> tuple[int, bytes, Message]:
+class _RankWaits(Exception):
+    """202: rank 0 has not reported this step yet (a gang's rank > 0 asks again)."""
+
+
+def _send(url: str, body: bytes, token: str, timeout: float) -> tuple[int, bytes, Message]:
     request = urllib.request.Request(
         url,
         data=body,
@@ -193,6 +208,10 @@ def _decision(status: int, payload: bytes, step: int, token: str) -> Decision:
         raise ReportError(
             status, f"report for step {step}: unexpected answer from the runner: {snippet!r}"
         ) from None
+    if isinstance(answer, dict) and answer.get("checkpointAndExit") is True:
+        leave.told(_scrub(str(answer.get("reason") or "checkpoint and exit"), token))
+    if leave.must_leave(step, stop=decision is Decision.STOP):
+        decision = Decision.PAUSE  # the node is going: checkpoint this step, then exit
     if decision is not Decision.CONTINUE:
         reason = answer.get("reason") if isinstance(answer, dict) else None
         reason = _scrub(str(reason), token) if reason else "no reason given"
@@ -200,7 +219,38 @@ def _decision(status: int, payload: bytes, step: int, token: str) -> Decision:
     return decision
 
 
-def _post(url: str, body: bytes, token: str, step: int, policy: RetryPolicy) -> Decision:
+def _remember(url: str, body: bytes, token: str, step: int, payload: bytes) -> None:
+    global _unflushed, _flush_at_exit
+    try:
+        durable = json.loads(payload).get("durable", True) is not False
+    except (ValueError, AttributeError):
+        durable = True
+    _unflushed = None if durable else (url, body, token, step)
+    if not durable and not _flush_at_exit:
+        atexit.register(flush)
+        _flush_at_exit = True
+
+
+def flush() -> None:
+    """Make the last report durable if its answer said it was not yet (the SDK calls
+    this at interpreter exit; a script may call it earlier). Never raises."""
+    global _unflushed
+    pending, _unflushed = _unflushed, None
+    if pending is None:
+        return
+    url, body, token, step = pending
+    document = json.loads(body)
+    document["flush"] = True
+    again = json.dumps(document, separators=(",", ":")).encode()
+    try:
+        _post(url, again, token, step, RetryPolicy.from_env())
+    except ReportError as err:  # 409: the attempt ended, and its end wrote the report
+        log.warning("the report of step %d may not be durable: %s", step, err)
+
+
+def _post(
+    url: str, body: bytes, token: str, step: int, policy: RetryPolicy, remember: bool = False
+) -> Decision:
     start = time.monotonic()
     deadline = start + policy.total_timeout
     last_status: int | None = None
@@ -215,8 +265,13 @@ def _post(url: str, body: bytes, token: str, step: int, policy: RetryPolicy) -> 
         except _Transient as err:
             last_status, last_error = None, str(err)
         else:
+            if status == 202:
+                raise _RankWaits(_scrub(_server_message(status, payload), token))
             if 200 <= status < 300:
-                return _decision(status, payload, step, token)
+                decision = _decision(status, payload, step, token)
+                if remember:
+                    _remember(url, body, token, step, payload)
+                return decision
             message = _scrub(_server_message(status, payload), token)
             if status != 429 and status < 500:
                 raise ReportError(
@@ -247,13 +302,17 @@ def _post(url: str, body: bytes, token: str, step: int, policy: RetryPolicy) -> 
     )
 
 
-def _body(trial: str, attempt: int, step: int, metrics: Mapping[str, float]) -> bytes:
-    document = {
+def _body(
+    trial: str, attempt: int, step: int, metrics: Mapping[str, float], rank: int = 0
+) -> bytes:
+    document: dict[str, object] = {
         "trial": trial,
         "attempt": attempt,
         "step": step,
         "metrics": {name: encode_value(value) for name, value in metrics.items()},
     }
+    if rank > 0:
+        document["rank"] = rank
     # allow_nan=False: non-finite values were encoded above, and a bare NaN token is not
     # JSON that a strict server would take.
     return json.dumps(document, allow_nan=False, separators=(",", ":")).encode()
@@ -263,6 +322,8 @@ def report(step: int, **metrics: float) -> Decision:
     """Report ``metrics`` at ``step`` and return what to do next.
 
     ``continue``: keep training. ``pause``: save a checkpoint and exit 0. ``stop``: exit 0.
+    When the node is being taken away (a reclaim notice, or SIGTERM) the answer is
+    ``pause`` and saving the checkpoint exits with code 143 (kubetune_trial.leave).
 
     Without ``KUBETUNE_ENDPOINT`` (a script run by hand) this prints the protocol's log
     line, e.g. ``epoch=3 val_loss=0.41``, and returns ``continue``.
@@ -278,10 +339,37 @@ def report(step: int, **metrics: float) -> Decision:
     if url is None:
         print(log_line(info.resource or "step", step, values), flush=True)
         return Decision.CONTINUE
+    interval.check_report(step)  # pbt: others may start from this step's checkpoint
+    leave.install_sigterm()  # SIGTERM: checkpoint at this or the next report, then exit
     token = env.token()
     if token is None:
         raise ReportError(None, f"{env.ENDPOINT} is set but {env.TOKEN} is not")
     if info.trial is None:
         raise ReportError(None, f"{env.ENDPOINT} is set but {env.TRIAL} is not")
-    body = _body(info.trial, info.attempt, step, values)
-    return _post(url.rstrip("/") + REPORT_PATH, body, token, step, RetryPolicy.from_env())
+    body = _body(info.trial, info.attempt, step, values, info.rank)
+    target = url.rstrip("/") + REPORT_PATH
+    if info.rank == 0:
+        return _post(target, body, token, step, RetryPolicy.from_env(), remember=True)
+    return _rank_decision(target, body, token, step)
+
+
+def _rank_decision(url: str, body: bytes, token: str, step: int) -> Decision:
+    """A gang's rank > 0: the decision rank 0's report of `step` got (its own values are
+    not recorded), asked again until rank 0 has reported that step."""
+    raw = os.environ.get(RANK_WAIT_VAR)
+    try:
+        wait = float(raw) if raw else 3600.0
+    except ValueError:
+        raise ValueError(f"{RANK_WAIT_VAR} must be a number, got {raw!r}") from None
+    deadline = time.monotonic() + wait
+    delay = RANK_POLL_SECONDS
+    while True:
+        try:
+            return _post(url, body, token, step, RetryPolicy.from_env())
+        except _RankWaits as waiting:
+            if time.monotonic() + delay > deadline:
+                raise ReportError(
+                    202, f"report for step {step}: waited {wait:g}s for rank 0: {waiting}"
+                ) from None
+        time.sleep(delay)
+        delay = min(RANK_POLL_MAX, delay * 1.5)

@@ -23,6 +23,15 @@ RESOURCE = "KUBETUNE_RESOURCE"
 MAX_RESOURCE = "KUBETUNE_MAX_RESOURCE"
 CHECKPOINT_URI = "KUBETUNE_CHECKPOINT_URI"
 RESUME = "KUBETUNE_RESUME"
+# Population-based training: checkpoint before reporting every multiple of the interval;
+# start from another member's checkpoint (location and exact step) until one's own exists.
+CHECKPOINT_INTERVAL = "KUBETUNE_CHECKPOINT_INTERVAL"
+CHECKPOINT_FROM = "KUBETUNE_CHECKPOINT_FROM"
+CHECKPOINT_FROM_STEP = "KUBETUNE_CHECKPOINT_FROM_STEP"
+# A distributed trial (spec.workers > 1): torch.distributed's own variables, which kubetune
+# sets for each rank (and torchrun for the processes it starts).
+RANK = "RANK"
+WORLD_SIZE = "WORLD_SIZE"
 
 _TRUE = {"1", "true", "yes", "on"}
 _FALSE = {"", "0", "false", "no", "off"}
@@ -44,6 +53,11 @@ class TrialInfo:
     resume: bool
     checkpoint_uri: str | None
     standalone: bool
+    checkpoint_interval: int | None = None
+    checkpoint_from: str | None = None
+    checkpoint_from_step: int | None = None
+    rank: int = 0
+    world_size: int = 1
 
 
 def _get(name: str) -> str | None:
@@ -130,4 +144,9 @@ def trial_info() -> TrialInfo:
         resume=_bool_var(RESUME),
         checkpoint_uri=_get(CHECKPOINT_URI),
         standalone=endpoint() is None,
+        checkpoint_interval=_int_var(CHECKPOINT_INTERVAL, minimum=1),
+        checkpoint_from=_get(CHECKPOINT_FROM),
+        checkpoint_from_step=_int_var(CHECKPOINT_FROM_STEP, minimum=0),
+        rank=_int_var(RANK, minimum=0) or 0,
+        world_size=_int_var(WORLD_SIZE, minimum=1) or 1,
     )

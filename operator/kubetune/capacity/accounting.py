@@ -14,7 +14,14 @@ from typing import Any
 
 from kubetune.capacity import cost as costs
 from kubetune.capacity.aws import AwsError, SpotPriceBook
-from kubetune.capacity.kubeobjects import experiment_of, observe, terminal, usage_times
+from kubetune.capacity.kubeobjects import (
+    CapacityMetrics,
+    NoMetrics,
+    experiment_of,
+    observe,
+    terminal,
+    usage_times,
+)
 from kubetune.capacity.pools import (
     LABEL_POOL,
     CapacityType,
@@ -31,8 +38,9 @@ logger = logging.getLogger(__name__)
 
 
 class CostBook:
-    def __init__(self, spot: SpotPriceBook | None) -> None:
+    def __init__(self, spot: SpotPriceBook | None, metrics: CapacityMetrics | None = None) -> None:
         self.spot = spot
+        self.metrics = metrics if metrics is not None else NoMetrics()
         self.ledger = costs.Ledger()
         self.nodes: dict[str, tuple[str, float, float]] = {}  # name -> (pool, start, $/h)
         self.usage: dict[str, costs.UsageSpan] = {}  # pod uid -> span
@@ -84,7 +92,7 @@ class CostBook:
                 elif pool_name in pools and pools[pool_name].capacityType is (CapacityType.SPOT):
                     # Gone without the operator removing it: a spot reclaim (or a person).
                     logger.info("node pool %s: node %s is gone (spot reclaim?)", pool_name, name)
-                    observe("observe_spot_interruption", pool_name)
+                    observe(self.metrics.observe_spot_interruption, pool_name)
         live: dict[str, costs.UsageSpan] = {}
         for pod in pods:
             on_node = (pod.get("spec") or {}).get("nodeName")
@@ -122,13 +130,15 @@ class CostBook:
         self.prices = prices
 
     def trial_price(self, pools: Mapping[str, NodePool], spec: ExperimentSpec) -> float:
-        """USD per hour that one trial of `spec` costs on its pool now."""
+        """USD per hour that one trial of `spec` costs on its pool now (every pod of a
+        distributed trial's gang: spec.workers of them)."""
         if spec.capacity is None or spec.capacity.nodePool not in pools:
             return 0.0
         pool = pools[spec.capacity.nodePool]
         prices = self.prices.get(pool.name, {})
         node = costs.expected_node_price(pool, prices) or 0.0
-        return costs.trial_usd_per_hour(node, pool.gpusPerNode, trial_gpus(spec))
+        per_pod = costs.trial_usd_per_hour(node, pool.gpusPerNode, trial_gpus(spec))
+        return per_pod * spec.workers
 
     def cost_of(self, key: costs.ExperimentKey, controller: CostTarget) -> float:
         """The stored cost when this operator first saw the experiment, plus what it has

@@ -12,10 +12,11 @@ cost â€” the sum over its nodes of price times the part of the window they ran â
 between experiments in proportion to the GPU-seconds their trial pods ran on the pool's
 nodes in that window. A window with no trial running on the pool goes to the
 experiments whose trial pods wait for it (they made it grow), in proportion to the GPUs
-they wait for; a window with neither is the idle tail the pool's last users left behind
-(the grace period, then the removal of the nodes): the nodes above `minNodes` go to those
-users, in proportion to their last GPU-seconds, and the `minNodes` floor to nobody (an
-idle pool kept warm is the platform's cost, not an experiment's).
+they wait for (pods that started just at the window's end waited through it); a window
+with neither is the idle tail the pool's last users left behind (the grace period, then
+the removal of the nodes): the nodes above `minNodes` go to those users, in proportion
+to their last GPU-seconds, and the `minNodes` floor to nobody (an idle pool kept warm
+is the platform's cost, not an experiment's).
 
 `Ledger` keeps the running totals; `attribute_window` is the arithmetic, tested by hand.
 """
@@ -144,6 +145,9 @@ def attribute_window(
         pool_usd[node.pool] = pool_usd.get(node.pool, 0.0) + seconds * node.usd_per_hour / 3600
         alive[node.pool] = alive.get(node.pool, 0) + (seconds > 0)
     used: dict[str, dict[ExperimentKey, float]] = {}
+    # Pods that started running at the window's very end waited through it (a pool that
+    # booted for them): the tick sees them bound, no longer waiting, yet they made it grow.
+    arrived: dict[str, dict[ExperimentKey, int]] = {}
     for span in usage:
         seconds = overlap(span.start, span.end, t0, t1)
         if seconds > 0 and span.gpus > 0:
@@ -151,13 +155,15 @@ def attribute_window(
             by_experiment[span.experiment] = (
                 by_experiment.get(span.experiment, 0.0) + span.gpus * seconds
             )
+        elif span.gpus > 0 and t0 < span.start <= t1:
+            late = arrived.setdefault(span.pool, {})
+            late[span.experiment] = late.get(span.experiment, 0) + span.gpus
     experiment_usd: dict[ExperimentKey, float] = {}
     unattributed: dict[str, float] = {}
     for pool, usd in pool_usd.items():
         share = 1.0
-        weights = used.get(pool) or {
-            key: float(gpus) for key, gpus in ((waiting or {}).get(pool) or {}).items() if gpus
-        }
+        waited = {**arrived.get(pool, {}), **((waiting or {}).get(pool) or {})}
+        weights = used.get(pool) or {key: float(gpus) for key, gpus in waited.items() if gpus}
         if not weights:  # the idle tail: the nodes above the floor
             weights = dict((recent or {}).get(pool) or {})
             count = alive.get(pool, 0)

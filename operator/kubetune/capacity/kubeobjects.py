@@ -1,10 +1,11 @@
-"""What the capacity loop reads off Nodes and pods, and its metrics hook (pure helpers)."""
+"""What the capacity loop reads off Nodes and pods (pure helpers), and where its
+measures go (`CapacityMetrics`: an `observability.Observer` in the operator)."""
 
 from __future__ import annotations
 
 import logging
-from collections.abc import Mapping
-from typing import Any
+from collections.abc import Callable, Mapping
+from typing import Any, ParamSpec, Protocol
 
 from kubetune.capacity import cost as costs
 from kubetune.names import LABEL_EXPERIMENT
@@ -12,20 +13,75 @@ from kubetune.timestamps import parse_rfc3339
 
 logger = logging.getLogger(__name__)
 
-try:  # the metrics of kubetune.observability, when that part is installed
-    from kubetune import observability as _observability
-except ImportError:  # pragma: no cover
-    _observability = None  # type: ignore[assignment]
+
+class CoreApi(Protocol):
+    """What the capacity loop calls of a kubernetes `CoreV1Api` (tests pass a fake).
+    Objects are read raw (`_preload_content=False`) and written as plain dicts."""
+
+    def read_namespaced_config_map(
+        self, name: str, namespace: str, *, _preload_content: bool = ...
+    ) -> Any: ...
+
+    def list_node(self, *, _preload_content: bool = ...) -> Any: ...
+
+    def list_pod_for_all_namespaces(
+        self,
+        *,
+        _preload_content: bool = ...,
+        label_selector: str | None = ...,
+        field_selector: str | None = ...,
+    ) -> Any: ...
+
+    def patch_node(self, name: str, body: Any) -> Any: ...
+
+    def create_namespaced_event(self, namespace: str, body: Any) -> Any: ...
 
 
-def observe(name: str, *args: Any, **kwargs: Any) -> None:
-    function = getattr(_observability, name, None)
-    if function is None:
-        return
+class CapacityMetrics(Protocol):
+    """Where the capacity loop's measures go (`observability.Observer` has these)."""
+
+    def observe_node_pool(
+        self,
+        pool: str,
+        desired: int,
+        current: int,
+        maximum: int | None = None,
+        pending_pods: int | None = None,
+    ) -> None: ...
+
+    def observe_spot_interruption(self, pool: str, count: int = 1) -> None: ...
+
+    def observe_cost(self, namespace: str, experiment: str, usd: float) -> None: ...
+
+
+class NoMetrics:
+    """Measures counted nowhere (a loop built without an operator around it)."""
+
+    def observe_node_pool(
+        self,
+        pool: str,
+        desired: int,
+        current: int,
+        maximum: int | None = None,
+        pending_pods: int | None = None,
+    ) -> None:
+        return None
+
+    def observe_spot_interruption(self, pool: str, count: int = 1) -> None:
+        return None
+
+    def observe_cost(self, namespace: str, experiment: str, usd: float) -> None:
+        return None
+
+
+P = ParamSpec("P")
+
+
+def observe(measure: Callable[P, None], *args: P.args, **kwargs: P.kwargs) -> None:
     try:
-        function(*args, **kwargs)
+        measure(*args, **kwargs)
     except Exception:  # metrics never stop the loop
-        logger.debug("observability.%s failed", name, exc_info=True)
+        logger.debug("a capacity metric failed", exc_info=True)
 
 
 def instance_id(node: Mapping[str, Any]) -> str | None:
@@ -37,6 +93,15 @@ def instance_id(node: Mapping[str, Any]) -> str | None:
 
 def terminal(pod: Mapping[str, Any]) -> bool:
     return (pod.get("status") or {}).get("phase") in ("Succeeded", "Failed")
+
+
+def waits_for_node(pod: Mapping[str, Any]) -> bool:
+    """A pod no node has taken yet that still wants one (not over, not being deleted)."""
+    return (
+        not (pod.get("spec") or {}).get("nodeName")
+        and not terminal(pod)
+        and not (pod.get("metadata") or {}).get("deletionTimestamp")
+    )
 
 
 def daemon(pod: Mapping[str, Any]) -> bool:

@@ -33,7 +33,14 @@ from typing import Any
 
 from kubetune.capacity.accounting import CostBook
 from kubetune.capacity.aws import Aws, Backoff, SpotPriceBook
-from kubetune.capacity.kubeobjects import observe, terminal
+from kubetune.capacity.gangs import GangAdmission, attempt_key
+from kubetune.capacity.kubeobjects import (
+    CapacityMetrics,
+    CoreApi,
+    NoMetrics,
+    observe,
+    waits_for_node,
+)
 from kubetune.capacity.pools import (
     CONFIGMAP_KEY,
     CONFIGMAP_NAME,
@@ -45,6 +52,7 @@ from kubetune.capacity.pools import (
     node_in_pool,
     parse_node_pools,
     placement,
+    trial_gpus,
 )
 from kubetune.capacity.reporting import CapacityReporter
 from kubetune.capacity.scaler import SCALE_DOWN_ANNOTATION as SCALE_DOWN_ANNOTATION
@@ -63,16 +71,19 @@ class CapacityManager:
 
     def __init__(
         self,
-        core: Any,
+        core: CoreApi,
         controllers: Callable[[], Mapping[tuple[str, str], CostTarget]],
         aws: Aws | None = None,
         configmap: tuple[str, str] = (CONFIGMAP_NAMESPACE, CONFIGMAP_NAME),
         interval: float = 15.0,
         clock: Callable[[], float] = time.time,
         backoff_seconds: float = 5.0,
+        metrics: CapacityMetrics | None = None,
     ) -> None:
         """`core`: a kubernetes CoreV1Api. `controllers`: the live experiment controllers
-        by (namespace, name) (`placement.CostTarget`)."""
+        by (namespace, name) (`placement.CostTarget`). `metrics`: where node pool sizes,
+        spot reclaims and costs go (the operator's `observability.Observer`)."""
+        self.metrics = metrics if metrics is not None else NoMetrics()
         self.core = core
         self.controllers = controllers
         self.aws = aws
@@ -84,9 +95,10 @@ class CapacityManager:
         self.config_text: str | None = None
         self.config_error: str | None = None
         self.runtime: dict[str, PoolRuntime] = {}
-        self.book = CostBook(SpotPriceBook(aws) if aws is not None else None)
-        self.scaler = PoolScaler(core, aws, clock, self.book)
-        self.reporter = CapacityReporter(core, clock)
+        self.book = CostBook(SpotPriceBook(aws) if aws is not None else None, self.metrics)
+        self.gangs = GangAdmission()
+        self.scaler = PoolScaler(core, aws, clock, self.book, self.gangs)
+        self.reporter = CapacityReporter(core, clock, self.metrics)
         self.ticks = 0
 
     # ----- configuration ------------------------------------------------------------
@@ -162,6 +174,35 @@ class CapacityManager:
             f"(known: {known})"
         )
 
+    def check_workers(self, spec: ExperimentSpec) -> str | None:
+        """Why the experiment's gang can never be placed on its pool (spec.workers pods
+        asking more GPUs than the pool can ever have), or None."""
+        pool = self.pools.get(spec.capacity.nodePool) if spec.capacity is not None else None
+        if pool is None or spec.workers == 1 or not pool.scalable:
+            return None  # a pool of provider `none`: its Nodes may change; the gate waits
+        asked = max(trial_gpus(spec), 1) * spec.workers
+        capacity = pool.maxNodes * pool.gpusPerNode
+        if asked <= capacity:
+            return None
+        return (
+            f"{spec.workers} pods asking {asked} GPUs in all can never be placed together "
+            f"on node pool {pool.name} (maxNodes {pool.maxNodes} x gpusPerNode "
+            f"{pool.gpusPerNode} = {capacity})"
+        )
+
+    def admit_gang(
+        self, spec: ExperimentSpec, namespace: str, trial: str, attempt: int
+    ) -> str | None:
+        """Why the attempt's gang (spec.workers > 1) waits whole for room on its pool
+        (capacity/gangs.py), or None: create its pods (counted from now on)."""
+        if spec.workers == 1 or spec.capacity is None:
+            return None
+        pool = spec.capacity.nodePool
+        asked = max(trial_gpus(spec), 1) * spec.workers
+        key = (namespace, trial, str(attempt))
+        why = self.gangs.admit(pool, key, asked, self.clock(), pods=spec.workers)
+        return None if why is None else f"node pool {pool}: {why}"
+
     # ----- the loop -------------------------------------------------------------------
 
     async def run_forever(self) -> None:
@@ -181,37 +222,40 @@ class CapacityManager:
         except Exception as error:  # keep the pools read before
             logger.warning("could not read the node pool ConfigMap: %s", error)
         now = self.clock()
-        nodes = await self.scaler.list_objects("list_node")
+        nodes = await self.scaler.list_objects(self.core.list_node)
         pods = await self.scaler.list_objects(
-            "list_pod_for_all_namespaces", label_selector=LABEL_EXPERIMENT
+            self.core.list_pod_for_all_namespaces, label_selector=LABEL_EXPERIMENT
         )
+        listed = {attempt_key(p) for p in pods}
+        by_pool: dict[str, list[dict[str, Any]]] = {}
         for pool in self.pools.values():
             runtime = self.runtime.setdefault(
                 pool.name, PoolRuntime(backoff=Backoff(base=self.backoff_seconds))
             )
             pool_nodes = [n for n in nodes if node_in_pool(pool, n["metadata"].get("labels") or {})]
+            by_pool[pool.name] = pool_nodes
             observed = await self.scaler.observe_nodes(pool_nodes)
             pending = [
                 p
                 for p in pods
                 if (p["metadata"].get("labels") or {}).get(LABEL_POOL) == pool.name
-                and not (p.get("spec") or {}).get("nodeName")
-                and not terminal(p)
-                and not p["metadata"].get("deletionTimestamp")
+                and waits_for_node(p)
             ]
             runtime.current = len(pool_nodes)
             if pool.scalable and self.aws is not None:
                 if runtime.backoff.ready(now):
-                    await self.scaler.scale(pool, runtime, observed, pending, now)
+                    admitted = self.gangs.unlisted(pool.name, listed)
+                    await self.scaler.scale(pool, runtime, observed, pending, admitted, now)
             else:
                 runtime.desired = len(pool_nodes)
             observe(
-                "observe_node_pool",
+                self.metrics.observe_node_pool,
                 pool.name,
                 runtime.desired,
                 runtime.current,
                 maximum=pool.maxNodes,
                 pending_pods=len(pending),
             )
+        self.gangs.observed(self.pools, by_pool, pods, now)
         await self.book.account(self.pools, now, nodes, pods)
         await self.reporter.report(self.controllers(), self.pools, self.runtime, self.book)

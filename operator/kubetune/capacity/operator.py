@@ -13,11 +13,12 @@ import asyncio
 import logging
 import os
 from collections.abc import Mapping
-from typing import Any
+from typing import Any, Protocol
 
 import kopf
 
 from kubetune.capacity.aws import Aws
+from kubetune.capacity.kubeobjects import CapacityMetrics
 from kubetune.capacity.manager import CapacityManager
 from kubetune.capacity.pools import CONFIGMAP_NAME, CONFIGMAP_NAMESPACE
 from kubetune.placement import CostTarget
@@ -57,8 +58,24 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     )
 
 
-def build(args: argparse.Namespace, api: Any) -> CapacityManager:
-    """The capacity manager, with the node pools read once."""
+class LiveTarget(CostTarget, Protocol):
+    """An experiment's controller as the loop sees it: loaded (rebuilt) or not yet."""
+
+    loaded: bool
+
+
+class Controllers(Protocol):
+    """The operator's registry (`handlers.Registry`), as the loop reads it."""
+
+    @property
+    def controllers(self) -> Mapping[tuple[str, str], LiveTarget]: ...
+
+
+def build(
+    args: argparse.Namespace, api: Any, metrics: CapacityMetrics | None = None
+) -> CapacityManager:
+    """The capacity manager, with the node pools read once; its measures go to
+    `metrics` (the operator's `observability.Observer`)."""
     from kubernetes import client
 
     namespace, _, name = args.node_pools_configmap.partition("/")
@@ -72,6 +89,7 @@ def build(args: argparse.Namespace, api: Any) -> CapacityManager:
         configmap=(namespace, name),
         interval=args.capacity_interval,
         backoff_seconds=args.aws_backoff_seconds,
+        metrics=metrics,
     )
     try:
         manager.load()
@@ -80,11 +98,11 @@ def build(args: argparse.Namespace, api: Any) -> CapacityManager:
     return manager
 
 
-def attach(manager: CapacityManager, registry: Any) -> None:
+def attach(manager: CapacityManager, registry: Controllers) -> None:
     """The loop reads the registry's controllers, by (namespace, name), every tick."""
 
     def controllers() -> Mapping[tuple[str, str], CostTarget]:
-        return {k: c for k, c in registry.controllers.items() if getattr(c, "loaded", True)}
+        return {k: c for k, c in registry.controllers.items() if c.loaded}
 
     manager.controllers = controllers
 

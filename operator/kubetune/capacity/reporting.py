@@ -10,7 +10,7 @@ from collections.abc import Callable, Mapping
 from typing import Any
 
 from kubetune.capacity.accounting import CostBook
-from kubetune.capacity.kubeobjects import observe
+from kubetune.capacity.kubeobjects import CapacityMetrics, CoreApi, NoMetrics, observe
 from kubetune.capacity.pools import NodePool
 from kubetune.capacity.scaler import PoolRuntime
 from kubetune.placement import CostTarget
@@ -23,8 +23,11 @@ EVENT_REPEAT_SECONDS = 300.0
 
 
 class CapacityReporter:
-    def __init__(self, core: Any, clock: Callable[[], float]) -> None:
+    def __init__(
+        self, core: CoreApi, clock: Callable[[], float], metrics: CapacityMetrics | None = None
+    ) -> None:
         self.core = core
+        self.metrics = metrics if metrics is not None else NoMetrics()
         self.clock = clock
         self.events_sent: dict[tuple[str, str, str], float] = {}
 
@@ -54,7 +57,7 @@ class CapacityReporter:
                     warning=True,
                     key=runtime.error.split(" (next try")[0],
                 )
-            observe("observe_cost", key[0], key[1], usd)
+            observe(self.metrics.observe_cost, key[0], key[1], usd)
             try:
                 price = book.trial_price(pools, spec)
                 await controller.capacity_update(usd, price, condition, book.last_tick)

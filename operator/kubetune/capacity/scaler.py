@@ -2,8 +2,11 @@
 
 A node to remove is cordoned first (`spec.unschedulable` and the annotation
 `kubetune.dev/scale-down`), checked again for pods, then its instance is terminated;
-if a pod got there in between, it is uncordoned and kept. AWS failures back the pool
-off (doubling, up to 5 minutes) and are remembered in its `PoolRuntime`.
+if a pod got there in between, or a trial pod or gang that the plan did not know of
+now waits for a node (the scheduler, its cache behind the cordon, may bind it there
+in the next instant), it is uncordoned and kept; the next tick plans with it. AWS
+failures back the pool off (doubling, up to 5 minutes) and are remembered in its
+`PoolRuntime`.
 """
 
 from __future__ import annotations
@@ -11,15 +14,24 @@ from __future__ import annotations
 import asyncio
 import json
 import logging
-from collections.abc import Callable, Iterable
+from collections.abc import Callable, Iterable, Mapping
 from dataclasses import dataclass, field
 from typing import Any
 
 from kubetune.capacity.accounting import CostBook
 from kubetune.capacity.aws import Aws, AwsError, Backoff, Group, group_for
-from kubetune.capacity.kubeobjects import daemon, instance_id
-from kubetune.capacity.pools import GPU_RESOURCE, NodePool, node_template_tags, pod_gpus
+from kubetune.capacity.gangs import AttemptKey, GangAdmission, attempt_key
+from kubetune.capacity.kubeobjects import CoreApi, daemon, instance_id, waits_for_node
+from kubetune.capacity.pools import (
+    GPU_RESOURCE,
+    LABEL_POOL,
+    AsgProvider,
+    NodePool,
+    node_template_tags,
+    pod_gpus,
+)
 from kubetune.capacity.scaling import GroupState, PendingPod, Plan, PoolNode, plan
+from kubetune.reclaim import notice_taint
 from kubetune.timestamps import rfc3339
 
 logger = logging.getLogger(__name__)
@@ -43,25 +55,34 @@ class PoolRuntime:
 
 class PoolScaler:
     def __init__(
-        self, core: Any, aws: Aws | None, clock: Callable[[], float], book: CostBook
+        self,
+        core: CoreApi,
+        aws: Aws | None,
+        clock: Callable[[], float],
+        book: CostBook,
+        gangs: GangAdmission,
     ) -> None:
-        """`core`: a kubernetes CoreV1Api; `book` learns which nodes it terminated."""
+        """`core`: a kubernetes CoreV1Api; `book` learns which nodes it terminated;
+        `gangs` tells which gangs were admitted and have no pods yet."""
         self.core = core
+        self.gangs = gangs
         self.aws = aws
         self.clock = clock
         self.book = book
         self.groups: dict[str, Group] = {}
 
-    async def list_objects(self, method: str, **kwargs: Any) -> list[dict[str, Any]]:
-        found = await asyncio.to_thread(
-            getattr(self.core, method), _preload_content=False, **kwargs
-        )
-        return json.loads(found.data).get("items", [])
+    async def list_objects(
+        self, list_call: Callable[..., Any], **kwargs: Any
+    ) -> list[dict[str, Any]]:
+        """The items `list_call` (a list method of `core`) answers, as JSON objects."""
+        found = await asyncio.to_thread(list_call, _preload_content=False, **kwargs)
+        items: list[dict[str, Any]] = json.loads(found.data).get("items", [])
+        return items
 
     async def pods_on(self, node: str) -> list[dict[str, Any]]:
         """The pods bound to `node` that still run or may run (DaemonSets' aside)."""
         found = await self.list_objects(
-            "list_pod_for_all_namespaces",
+            self.core.list_pod_for_all_namespaces,
             field_selector=f"spec.nodeName={node},status.phase!=Succeeded,status.phase!=Failed",
         )
         return [p for p in found if not daemon(p)]
@@ -84,7 +105,10 @@ class PoolScaler:
                     used_gpus=sum(pod_gpus(p) for p in running),
                     busy=bool(running),
                     ready=ready,
-                    unschedulable=bool((node.get("spec") or {}).get("unschedulable")),
+                    # A Node being reclaimed takes no new pod (its termination taint).
+                    unschedulable=bool((node.get("spec") or {}).get("unschedulable"))
+                    or notice_taint(node) is not None,
+                    reclaiming=notice_taint(node) is not None,
                     cordoned_by_us=SCALE_DOWN_ANNOTATION in annotations,
                 )
             )
@@ -96,8 +120,12 @@ class PoolScaler:
         runtime: PoolRuntime,
         nodes: list[PoolNode],
         pending: list[dict[str, Any]],
+        admitted: Mapping[AttemptKey, list[PendingPod]],
         now: float,
     ) -> None:
+        """Plan for the pool's `nodes`, its trial pods waiting for a node (`pending`)
+        and the pods of gangs admitted but not created yet (`admitted`), and carry the
+        plan out."""
         assert self.aws is not None
         group = self.groups.get(pool.name)
         if group is None:
@@ -109,12 +137,19 @@ class PoolScaler:
             PendingPod(p["metadata"]["namespace"], p["metadata"]["name"], max(pod_gpus(p), 1))
             for p in pending
         ]
+        waiting += [pod for pods in admitted.values() for pod in pods]
+        known = {attempt_key(p) for p in pending} | set(admitted)
         try:
             state = await group.state([n.instance_id for n in nodes if n.instance_id])
             decided = plan(pool, state, nodes, waiting, now, runtime.idle_since)
             runtime.idle_since = dict(decided.idle_since)
-            await self._carry_out(pool, runtime, group, state, decided)
-            if not runtime.tags_written and getattr(pool.provider, "writeNodeTemplateTags", False):
+            await self._carry_out(pool, runtime, group, state, decided, known)
+            provider = pool.provider  # only an ASG's node template takes tags
+            if (
+                not runtime.tags_written
+                and isinstance(provider, AsgProvider)
+                and provider.writeNodeTemplateTags
+            ):
                 await group.ensure_tags(node_template_tags(pool))
                 runtime.tags_written = True
         except AwsError as error:
@@ -132,7 +167,13 @@ class PoolScaler:
         runtime.error = None
 
     async def _carry_out(
-        self, pool: NodePool, runtime: PoolRuntime, group: Group, state: GroupState, decided: Plan
+        self,
+        pool: NodePool,
+        runtime: PoolRuntime,
+        group: Group,
+        state: GroupState,
+        decided: Plan,
+        known: set[AttemptKey],
     ) -> None:
         runtime.desired = state.desired
         if decided.reason:
@@ -148,7 +189,7 @@ class PoolScaler:
             if (
                 decided.desired is not None
                 and decided.remove
-                and await self._cordon_all_empty(names)
+                and await self._cordon_all_empty(names, pool.name, known)
             ):
                 await group.set_desired(decided.desired)
                 runtime.desired = decided.desired
@@ -157,7 +198,9 @@ class PoolScaler:
             await group.set_desired(decided.desired)
             runtime.desired = decided.desired
         for removal in decided.remove:
-            if removal.node is not None and not await self._cordon_all_empty([removal.node]):
+            if removal.node is not None and not await self._cordon_all_empty(
+                [removal.node], pool.name, known
+            ):
                 continue
             await group.terminate(removal.instance_id)
             if removal.node is not None:
@@ -170,18 +213,34 @@ class PoolScaler:
                 removal.node,
             )
 
-    async def _cordon_all_empty(self, names: Iterable[str]) -> bool:
-        """Cordon the nodes, then check again that nothing runs on them; if something
-        does, uncordon them all and say no."""
+    async def _cordon_all_empty(
+        self, names: Iterable[str], pool: str, known: set[AttemptKey]
+    ) -> bool:
+        """Cordon the nodes, then check again that nothing runs on them and that no
+        attempt the plan did not know of (`known`) waits for a node of the pool; if
+        either, uncordon them all and say no."""
         names = list(names)
         for name in names:
             await self._cordon(name, True)
+        kept = False
         for name in names:
             if await self.pods_on(name):
-                for other in names:
-                    await self._cordon(other, False)
-                return False
+                kept = True
+                break
+        if kept or await self._waiting_now(pool) - known:
+            for other in names:
+                await self._cordon(other, False)
+            return False
         return True
+
+    async def _waiting_now(self, pool: str) -> set[AttemptKey]:
+        """The attempts whose pods wait for a node of the pool now: pods no node has
+        taken, and gangs admitted whose pods are not listed yet."""
+        pods = await self.list_objects(
+            self.core.list_pod_for_all_namespaces, label_selector=f"{LABEL_POOL}={pool}"
+        )
+        waiting = {attempt_key(p) for p in pods if waits_for_node(p)}
+        return waiting | set(self.gangs.unlisted(pool, {attempt_key(p) for p in pods}))
 
     async def _cordon(self, name: str, on: bool) -> None:
         from kubernetes.client.rest import ApiException

@@ -14,7 +14,9 @@ The rules:
 * **Grow** at once to `needed` (busy nodes + nodes that take waiting pods + new nodes),
   never above `maxNodes` (nor the group's own maximum) and never below `minNodes`.
 * **Shrink** only by removing specific instances whose node has run nothing for
-  `scaleDownGraceSeconds` (oldest idle first), never below `max(needed, minNodes)`. The
+  `scaleDownGraceSeconds` (oldest idle first; an empty node with a termination notice
+  at once: it is going anyway, and terminating it lowers the desired size, where the
+  reclaim would make the group launch a replacement), never below `max(needed, minNodes)`. The
   shell cordons each node, checks again that it is empty, and terminates that instance
   with `ShouldDecrementDesiredCapacity=True`; a node that runs a trial is never chosen.
   Instances that never joined as Nodes within `join_timeout` are removed the same way.
@@ -51,6 +53,8 @@ class PoolNode:
     ready: bool = True
     unschedulable: bool = False
     cordoned_by_us: bool = False  # cordoned by the operator for removal
+    # A termination notice (kubetune.reclaim): the instance goes in two minutes anyway.
+    reclaiming: bool = False
 
 
 @dataclass(frozen=True)
@@ -126,7 +130,14 @@ def plan(
     bins: list[tuple[str, int]] = []  # (key, free GPUs)
     bins += [(f"node:{n.name}", max(n.gpus - n.used_gpus, 0)) for n in schedulable if n.busy]
     bins += [(f"node:{n.name}", n.gpus) for n in schedulable if not n.busy]
-    bins += [(f"node:{n.name}", n.gpus) for n in nodes if n.cordoned_by_us and not n.busy]
+    # A node cordoned for removal is reused only while its instance lives: once terminated,
+    # its Node lingers through the shutdown, and a pod bound there would go down with it.
+    live_ids = {i.id for i in live}
+    bins += [
+        (f"node:{n.name}", n.gpus)
+        for n in nodes
+        if n.cordoned_by_us and not n.busy and n.instance_id in live_ids
+    ]
     bins += [(f"joining:{i.id}", per_node) for i in joining]
     bins += [(f"launching:{k}", per_node) for k in range(launching)]
     free = dict(bins)
@@ -192,8 +203,15 @@ def plan(
             if node.busy or node.name in needed_nodes or node.instance_id is None:
                 continue
             idle_from = timers.get(node.name, now)
-            if node.cordoned_by_us or now - idle_from >= pool.scaleDownGraceSeconds:
-                candidates.append((idle_from, node.name, Removal(node.instance_id, node.name)))
+            # An empty node being reclaimed goes at once: no pod may land there, it bills
+            # until it is gone, and its group would launch a replacement nobody asked for.
+            if (
+                node.cordoned_by_us
+                or node.reclaiming
+                or now - idle_from >= pool.scaleDownGraceSeconds
+            ):
+                first = -math.inf if node.reclaiming else idle_from  # reclaimed ones first
+                candidates.append((first, node.name, Removal(node.instance_id, node.name)))
         for instance in joining:
             if instance.id in needed_joining or instance.launched_at is None:
                 continue

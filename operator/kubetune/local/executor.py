@@ -94,7 +94,11 @@ class LocalExecutor:
         on_log_report: LogReportCallback,
         grace_seconds: float = 10.0,
         open_files: int | None = None,
+        rank_env: Callable[[LaunchTrial], dict[str, str]] | None = None,
+        log_suffix: str = "",
     ) -> None:
+        """`rank_env` and `log_suffix`: one rank's executor of a gang (local/gang.py): its
+        torch.distributed variables, and its own log beside rank 0's."""
         self.spec = spec
         self.contexts = contexts
         self.workdir = workdir
@@ -106,9 +110,11 @@ class LocalExecutor:
         self.open_files = open_files or resource.getrlimit(resource.RLIMIT_NOFILE)[0]
         self.running: dict[tuple[int, int], _Running] = {}
         self.reaper: Reaper | None = None
+        self.rank_env = rank_env
+        self.log_suffix = log_suffix
 
     def log_path(self, trial: str, attempt: int) -> Path:
-        return self.logs_dir / f"{trial}.attempt-{attempt}.log"
+        return self.logs_dir / f"{trial}.attempt-{attempt}{self.log_suffix}.log"
 
     async def launch(self, action: LaunchTrial) -> None:
         container = self.spec.trialTemplate.spec.containers[0]
@@ -119,6 +125,8 @@ class LocalExecutor:
         env["PATH"] = os.pathsep.join([str(Path(sys.executable).parent), env.get("PATH", "")])
         env["PYTHONUNBUFFERED"] = "1"
         ours = trial_env(self.spec, context)
+        if self.rank_env is not None:
+            ours.update(self.rank_env(action))
         argv, container_env = local_launch(container, action.params, ours)
         env.update(container_env)
         env.update(ours)
@@ -132,6 +140,9 @@ class LocalExecutor:
             self.reaper.mark(_RUN_MARKER, env[_RUN_MARKER])
         running = _Running(_open_log(self.log_path(action.name, action.attempt)))
         running.markers = {name: env[name] for name in _ATTEMPT_MARKERS}
+        if self.rank_env is not None:
+            # A gang's ranks share the attempt's variables: one's strays are not the others.
+            running.markers["RANK"] = env["RANK"]
         loop = asyncio.get_running_loop()
         try:
             transport, protocol = await loop.subprocess_exec(

@@ -32,14 +32,17 @@ from kubetune.engine import (
     SampleTrial,
     StopTrial,
 )
-from kubetune.events import ExitKind
+from kubetune.events import ExitKind, WarmStarted
 from kubetune.ingest import Report, ReportServer
 from kubetune.local import batching
-from kubetune.local.executor import LocalExecutor, trial_workdir
+from kubetune.local.executor import trial_workdir
+from kubetune.local.gang import make_executor
+from kubetune.local.parents import load_warm_start
 from kubetune.local.progress import ProgressView
 from kubetune.local.state import ExperimentState, StateError, StateLock, prepare_directory
 from kubetune.offloop import SuggestionWorker
 from kubetune.processes import raise_open_file_limit
+from kubetune.schedulers import pbt
 from kubetune.shell.core import (
     LogReport,
     attempt_context,
@@ -47,9 +50,10 @@ from kubetune.shell.core import (
     experiment_phase,
     take_log_report,
 )
-from kubetune.spec import Experiment, ExperimentSpec
+from kubetune.spec import Experiment, ExperimentSpec, SchedulerName
 from kubetune.trialenv import AttemptContext
 from kubetune.trials import Verdict
+from kubetune.warmstart import WarmStartError, describe, summary
 
 EXIT_OK = 0
 EXIT_EXPERIMENT_FAILED = 1
@@ -183,6 +187,7 @@ class LocalRun:
         if options.output is not None:
             check_output(options.output, experiment_file, options.state_dir)
         check_working_dir(spec, self.workdir)
+        self.warm_start = _read_warm_start(spec, options, resumed=_has_history(options))
         self.lock = _lock_state(options)
         self.state = ExperimentState(options.state_dir)
         base = (
@@ -202,12 +207,13 @@ class LocalRun:
         # Set when the state could not be written (a full disk): the run stops, as if
         # interrupted, and says why; nothing is carried out that is not on disk.
         self.write_error: StateError | None = None
+        self.observer = observability.Observer()  # this run's metrics (no module state)
 
     # ----- engine access, always followed by a durable write ---------------------------
 
     def _write(self, sync: bool = True) -> None:
         self._append(sync)
-        observability.track("", self.name, self.engine)  # trial metrics
+        self.observer.track("", self.name, self.engine)  # trial metrics
         self.view.refresh(self.engine)
 
     def _append(self, sync: bool = True) -> None:
@@ -230,7 +236,7 @@ class LocalRun:
         trial = self.engine.trial_by_name(report.trial)
         self.sdk_reporters.add((trial.number, report.attempt))
         verdict = self.engine.report(
-            trial.number, report.attempt, report.step, report.metrics, time.time()
+            trial.number, report.attempt, report.step, report.metrics, time.time(), report.rank
         )
         self._persist()
         return verdict
@@ -272,12 +278,15 @@ class LocalRun:
         self.flushed_at = time.monotonic()
         self._append()  # fsync what was batched
 
-    def _on_exit(self, number: int, attempt: int, code: int, message: str) -> None:
+    def _on_exit(
+        self, number: int, attempt: int, code: int, message: str, interrupted: bool = False
+    ) -> None:
         if self.stopping:
             # Stopped by us on Ctrl-C: the trial did nothing wrong and resumes next run.
             kind, message = ExitKind.INTERRUPTED, "kubetune run stopped"
         else:
-            kind = ExitKind.EXITED
+            # interrupted: a gang's rank lost to a signal (local/gang.py); it resumes.
+            kind = ExitKind.INTERRUPTED if interrupted else ExitKind.EXITED
         self._hand_over((number, attempt))  # its last value is its result
         if self.engine.attempt_ended(number, attempt, kind, code, time.time(), message):
             self._persist()
@@ -297,6 +306,10 @@ class LocalRun:
     async def _run(self) -> RunResult:
         history = self.state.open(self.spec)
         self.engine = Engine.replay(self.spec, self.name, history)
+        if self.engine.needs_warm_start():
+            event = self.warm_start or _read_warm_start(self.spec, self.options, resumed=False)
+            assert event is not None
+            self.engine.record_warm_start(event)
         self.view = ProgressView(self.spec, self.name, live=self.options.live)
         if self.engine.ended is not None and not self.engine.can_grow():
             # Nothing left to do: say how it ended, as the run that ended it did.
@@ -322,16 +335,22 @@ class LocalRun:
             self.view.note(
                 f"resuming {self.name} from {self.state.directory} ({len(history)} events)"
             )
+        if self.engine.warm is not None and not history:
+            self.view.note(describe(self.engine.warm))
         port = self.options.metrics_port
-        metrics = await observability.serve_local(self.name, lambda: self.engine, port)
+        metrics = await self.observer.serve_local(self.name, lambda: self.engine, port)
         if metrics.url:
             self.view.note(f"Prometheus metrics on {metrics.url}")
         self.tokens = self.state.tokens(self.name)
         server = ReportServer.single(
-            self.tokens, self._on_report, lambda: (t.name for t in self.engine.trials), self.name
+            self.tokens,
+            self._on_report,
+            lambda: (t.name for t in self.engine.trials),
+            self.name,
+            observer=self.observer,
         )
         self.endpoint = await server.start()
-        self.executor = LocalExecutor(
+        self.executor = make_executor(
             self.spec,
             self._context,
             self.workdir,
@@ -451,6 +470,24 @@ class LocalRun:
         return RunResult(code, ended.succeeded, ended.reason, ended.message)
 
 
+def _has_history(options: RunOptions) -> bool:
+    events = options.state_dir / "events.jsonl"
+    return not options.fresh and events.is_file() and events.stat().st_size > 0
+
+
+def _read_warm_start(
+    spec: ExperimentSpec, options: RunOptions, resumed: bool
+) -> WarmStarted | None:
+    """spec.warmStart's earlier experiments, read for a new history only (a resumed run
+    has them in its own, and never reads them again: they may be gone)."""
+    if spec.warmStart is None or resumed:
+        return None
+    try:
+        return load_warm_start(spec, options.state_dir, time.time())
+    except WarmStartError as error:
+        raise StateError(str(error)) from None
+
+
 def _stop_signals() -> list[signal.Signals]:
     """The signals that stop a run gracefully (trials get their grace period to save a
     checkpoint). SIGHUP (the terminal closed) among them, unless it is ignored: under
@@ -463,11 +500,12 @@ def _stop_signals() -> list[signal.Signals]:
 
 def results_document(engine: Engine) -> dict[str, Any]:
     best = engine.best()
-    return {
+    document = {
         "experiment": engine.experiment,
         "objective": engine.spec.objective.model_dump(mode="json"),
         "phase": experiment_phase(engine),
         "reason": engine.ended.reason if engine.ended else None,
+        "warmStart": summary(engine.warm),
         "best": None
         if best is None
         else {"trial": best.name, "params": dict(best.params), "value": best.value},
@@ -485,6 +523,9 @@ def results_document(engine: Engine) -> dict[str, Any]:
             for t in engine.trials
         ],
     }
+    if engine.spec.scheduler.name is SchedulerName.PBT:
+        pbt.add_lineage(document, engine.trials, None if best is None else best.number)
+    return document
 
 
 def write_results(engine: Engine, path: Path) -> None:

@@ -20,7 +20,7 @@ from kubetune.tokens import TokenAuthority
 
 # Parts of the spec a history depends on. Changing them under a running history would
 # make its decisions meaningless; budgets may change (raising maxTrials continues).
-FROZEN_FIELDS = ("objective", "parameters", "algorithm", "scheduler")
+FROZEN_FIELDS = ("objective", "parameters", "algorithm", "scheduler", "warmStart")
 
 
 class StateError(Exception):

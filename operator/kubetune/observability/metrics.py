@@ -3,7 +3,8 @@
 Two kinds, on purpose:
 
 * **State** (experiments and trials by phase, best value, budgets, interruptions, the
-  last progress) is read from the live engines at scrape time by `StateCollector`.
+  last progress) is read from the live engines at scrape time by
+  `state.StateCollector`.
   There is no bookkeeping to drift: the numbers are the engine's, the same ones the
   operator writes to the HPOExperiment status, and they are right again at once after
   a restart (the engine is rebuilt from the stored history).
@@ -18,10 +19,8 @@ are labelled by pool. An experiment's labelled children are dropped with `forget
 from __future__ import annotations
 
 import contextlib
-import math
 import threading
-from collections.abc import Callable, Iterable, Iterator
-from dataclasses import dataclass
+from collections.abc import Callable, Iterable
 
 from prometheus_client import (
     CollectorRegistry,
@@ -32,17 +31,14 @@ from prometheus_client import (
     PlatformCollector,
     ProcessCollector,
 )
-from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily, Metric
-from prometheus_client.registry import Collector
 
 from kubetune import __version__
-from kubetune.engine import Engine
-from kubetune.events import AttemptEnded, Reported, TrialLaunched
+from kubetune.observability.state import EXPERIMENT, ExperimentView, Source, StateCollector
 from kubetune.observability.transitions import Change, Transition
-from kubetune.shell.core import experiment_phase
 from kubetune.trials import TrialPhase
 
-EXPERIMENT_PHASES = ("Running", "Succeeded", "Failed")
+__all__ = ["ExperimentView", "Metrics", "Source"]
+
 FINAL_TRIAL_PHASES = tuple(p.value for p in TrialPhase if p.is_final)
 DECISIONS = ("continue", "pause", "stop")
 
@@ -53,176 +49,12 @@ DURATION_BUCKETS = (
 # Powers of the default reduction factor (rungs 1, 3, 9, 27, ...) and of ten.
 RESOURCE_BUCKETS = (1, 3, 9, 10, 27, 81, 100, 243, 729, 1000, 2187, 6561, 10000, 100000)
 
-EXPERIMENT = ("namespace", "experiment")
-
-
-@dataclass(frozen=True)
-class ExperimentView:
-    """One experiment as a source shows it: where it lives and its engine."""
-
-    namespace: str
-    name: str
-    engine: Engine
-
-
-Source = Callable[[], Iterable[ExperimentView]]
-
-
-def last_progress(engine: Engine) -> float | None:
-    """When a trial last reported, started or ended; the start if none has yet."""
-    for event in reversed(engine.history):
-        if isinstance(event, Reported | AttemptEnded | TrialLaunched):
-            return event.at
-    return engine.started_at
-
-
-class StateCollector(Collector):
-    """Gauges and counters read from the engines of every registered source."""
-
-    def __init__(self, metrics: Metrics) -> None:
-        self.metrics = metrics
-
-    def describe(self) -> Iterator[Metric]:
-        yield from self._families().values()
-
-    def _families(self) -> dict[str, GaugeMetricFamily | CounterMetricFamily]:
-        gauge, counter = GaugeMetricFamily, CounterMetricFamily
-        families: list[GaugeMetricFamily | CounterMetricFamily] = [
-            gauge("kubetune_experiments", "Experiments by phase.", labels=["namespace", "phase"]),
-            gauge(
-                "kubetune_experiment_phase",
-                "1 for the phase the experiment is in, 0 for the others.",
-                labels=[*EXPERIMENT, "phase"],
-            ),
-            gauge(
-                "kubetune_experiment_info",
-                "Always 1: what the experiment optimizes and how.",
-                labels=[
-                    *EXPERIMENT,
-                    "objective",
-                    "goal",
-                    "algorithm",
-                    "scheduler",
-                    "resource",
-                    "node_pool",
-                ],
-            ),
-            gauge("kubetune_trials", "Trials by phase.", labels=[*EXPERIMENT, "phase"]),
-            gauge(
-                "kubetune_experiment_best_objective_value",
-                "Objective value of the best trial so far (the one trained furthest).",
-                labels=list(EXPERIMENT),
-            ),
-            gauge(
-                "kubetune_experiment_start_time_seconds",
-                "When the experiment started, in seconds since the epoch.",
-                labels=list(EXPERIMENT),
-            ),
-            gauge(
-                "kubetune_experiment_last_progress_time_seconds",
-                "When a trial of the experiment last reported, started or ended, "
-                "in seconds since the epoch.",
-                labels=list(EXPERIMENT),
-            ),
-            gauge(
-                "kubetune_experiment_max_trials",
-                "The trial budget (spec.budget.maxTrials).",
-                labels=list(EXPERIMENT),
-            ),
-            gauge(
-                "kubetune_experiment_parallel_trials",
-                "Trials run at once at most (spec.budget.parallelTrials).",
-                labels=list(EXPERIMENT),
-            ),
-            gauge(
-                "kubetune_experiment_max_cost_usd",
-                "The cost budget in US dollars (spec.budget.maxCostUSD), when set.",
-                labels=list(EXPERIMENT),
-            ),
-            gauge(
-                "kubetune_experiment_max_duration_seconds",
-                "The wall-clock budget (spec.budget.maxDuration), when set.",
-                labels=list(EXPERIMENT),
-            ),
-            gauge(
-                "kubetune_experiment_cost_usd",
-                "What the experiment's trials have cost so far, in US dollars.",
-                labels=list(EXPERIMENT),
-            ),
-            counter(
-                "kubetune_trial_interruptions",
-                "Trial attempts lost through no fault of their own (spot reclaims, "
-                "evictions, node shutdowns), from the experiment's whole history.",
-                labels=list(EXPERIMENT),
-            ),
-        ]
-        return {family.name: family for family in families}
-
-    def collect(self) -> Iterator[Metric]:
-        families = self._families()
-
-        def add(name: str, labels: list[str], value: float) -> None:
-            families[name].add_metric(labels, value)
-
-        by_namespace: dict[str, dict[str, int]] = {}
-        costs = self.metrics.costs()
-        for view in self.metrics.views():
-            engine, spec = view.engine, view.engine.spec
-            key = [view.namespace, view.name]
-            phase = experiment_phase(engine)
-            counts = by_namespace.setdefault(view.namespace, dict.fromkeys(EXPERIMENT_PHASES, 0))
-            counts[phase] += 1
-            for each in EXPERIMENT_PHASES:
-                add("kubetune_experiment_phase", [*key, each], float(each == phase))
-            add(
-                "kubetune_experiment_info",
-                [
-                    *key,
-                    spec.objective.metric,
-                    spec.objective.goal.value,
-                    spec.algorithm.name.value,
-                    spec.scheduler.name.value,
-                    spec.scheduler.resource or "",
-                    spec.capacity.nodePool if spec.capacity else "",
-                ],
-                1.0,
-            )
-            for trial_phase, count in engine.counts().items():
-                add("kubetune_trials", [*key, trial_phase], count)
-            best = engine.best()
-            if best is not None and math.isfinite(best.value):
-                add("kubetune_experiment_best_objective_value", key, best.value)
-            if engine.started_at is not None:
-                add("kubetune_experiment_start_time_seconds", key, engine.started_at)
-            progress = last_progress(engine)
-            if progress is not None:
-                add("kubetune_experiment_last_progress_time_seconds", key, progress)
-            budget = spec.budget
-            add("kubetune_experiment_max_trials", key, budget.maxTrials)
-            add("kubetune_experiment_parallel_trials", key, budget.parallelTrials)
-            if budget.maxCostUSD is not None:
-                add("kubetune_experiment_max_cost_usd", key, budget.maxCostUSD)
-            duration = budget.max_duration_seconds()
-            if duration is not None:
-                add("kubetune_experiment_max_duration_seconds", key, duration)
-            interruptions = sum(t.interruptions for t in engine.trials)
-            add("kubetune_trial_interruptions", key, interruptions)
-            # The capacity manager's latest measure (observe_cost), else what the engine
-            # recorded for its cost budget (coarser: it records 1% steps of the budget).
-            if (view.namespace, view.name) not in costs and budget.maxCostUSD is not None:
-                costs[(view.namespace, view.name)] = getattr(engine, "cost_usd", 0.0)
-        for namespace, counts in sorted(by_namespace.items()):
-            for phase, count in counts.items():
-                add("kubetune_experiments", [namespace, phase], count)
-        for (namespace, name), usd in sorted(costs.items()):
-            add("kubetune_experiment_cost_usd", [namespace, name], usd)
-        yield from families.values()
-
 
 class Metrics:
     """Every kubetune metric, in one dedicated `CollectorRegistry`.
 
-    The process has one (`kubetune.observability.METRICS`); tests make their own.
+    Each `observability.Observer` has one (a process has one Observer); tests make
+    their own.
     """
 
     def __init__(self, process_metrics: bool = True) -> None:

@@ -10,6 +10,7 @@ objects and adds no finalizer, so deleting an experiment never waits for the ope
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import logging
 import time
 from concurrent.futures import ThreadPoolExecutor
@@ -18,7 +19,6 @@ from typing import Any
 import kopf
 
 from kubetune import observability
-from kubetune.conditions import experiment_conditions
 from kubetune.ingest import NOT_READY, NotReady, ReportServer, ReportTarget
 from kubetune.names import EXPERIMENTS, GROUP, LABEL_EXPERIMENT, TRIALS, VERSION
 from kubetune.offloop import SuggestionWorker
@@ -26,8 +26,9 @@ from kubetune.operator.controller import ExperimentController, OperatorConfig
 from kubetune.operator.kube import Kube
 from kubetune.operator.logs import LogStreams
 from kubetune.operator.resync import Resync
+from kubetune.operator.status import failed_status
+from kubetune.reclaim import notice_taint
 from kubetune.spec import SchedulerName, SpecError, parse_experiment
-from kubetune.timestamps import rfc3339
 
 logger = logging.getLogger(__name__)
 
@@ -41,15 +42,19 @@ PAUSING_SCHEDULERS = (SchedulerName.SHA, SchedulerName.ASHA, SchedulerName.HYPER
 class Registry:
     """The controllers of the experiments this operator sees, by (namespace, name)."""
 
-    def __init__(self, kube: Kube, config: OperatorConfig) -> None:
+    def __init__(
+        self, kube: Kube, config: OperatorConfig, observer: observability.Observer
+    ) -> None:
         self.kube = kube
         self.config = config
+        self.observer = observer
         self.sampler = SuggestionWorker()
         self.logs = LogStreams(kube.api)
         self.controllers: dict[tuple[str, str], ExperimentController] = {}
-        self.resync = Resync(RESYNC_SECONDS)
+        self.resync = Resync(RESYNC_SECONDS, observer=observer)
         self.started = time.monotonic()
         self.expected: set[tuple[str, str]] | None = None
+        self.noticed: dict[str, dict[str, Any]] = {}  # Nodes with a termination taint
 
     def resolve(
         self, namespace: str | None, experiment: str | None
@@ -79,7 +84,7 @@ class Registry:
         key = (metadata["namespace"], metadata["name"])
         if event_type == "DELETED" or metadata.get("deletionTimestamp"):
             self._remove(key)
-            observability.forget(*key)
+            self.observer.forget(*key)
             return
         controller = self.controllers.get(key)
         if controller is not None and controller.uid != metadata["uid"]:
@@ -115,11 +120,23 @@ class Registry:
         if controller is None and unknown is not None:
             await self._mark_invalid(body, SpecError([("spec.capacity.nodePool", unknown)]))
             return
+        too_big = capacity.check_workers(experiment.spec) if capacity is not None else None
+        if controller is None and too_big is not None:
+            await self._mark_invalid(body, SpecError([("spec.workers", too_big)]))
+            return
         if controller is None:
             controller = ExperimentController(
-                self.kube, self.config, self.sampler, dict(body), experiment.spec, self.logs
+                self.kube.bounded(),  # its calls hanging leave threads for the others'
+                self.config,
+                self.sampler,
+                dict(body),
+                experiment.spec,
+                self.logs,
+                self.observer,
             )
             self.controllers[key] = controller
+            for node in self.noticed.values():  # Nodes already being reclaimed
+                controller.pods.node_changed(node, deleted=False)
             self.resync.start(controller)
             await controller.load()
         elif metadata.get("generation", 0) != controller.generation:
@@ -145,19 +162,8 @@ class Registry:
             return
         # Stalled (kstatus) and Failed, about this generation: GitOps tools see it failed.
         previous = status.get("conditions") or []
-        now = rfc3339(time.time())
-        conditions = experiment_conditions("Failed", "Invalid", problems, generation, previous, now)
-        await self.kube.patch_experiment_status(
-            metadata["namespace"],
-            metadata["name"],
-            {
-                "phase": "Failed",
-                "reason": "Invalid",
-                "message": problems,
-                "observedGeneration": generation,
-                "conditions": conditions,
-            },
-        )
+        failed = dict(failed_status("Invalid", problems, generation, previous, time.time()))
+        await self.kube.patch_experiment_status(metadata["namespace"], metadata["name"], failed)
         await self.kube.post_event(body, "HPOExperiment", "Invalid", problems, warning=True)
 
     async def pod_event(self, event_type: str, body: dict[str, Any]) -> None:
@@ -166,6 +172,18 @@ class Registry:
         controller = self.controllers.get(key)
         if controller is not None:
             await controller.pod_changed(body, deleted=event_type == "DELETED")
+
+    def node_event(self, event_type: str, body: dict[str, Any]) -> None:
+        """A Node changed: its termination taint, if any, tells the trials on it to
+        checkpoint and leave at their next report (operator/notices.py)."""
+        name = body["metadata"]["name"]
+        deleted = event_type == "DELETED"
+        if notice_taint(body) is not None and not deleted:
+            self.noticed[name] = body
+        else:
+            self.noticed.pop(name, None)
+        for controller in self.controllers.values():
+            controller.pods.node_changed(body, deleted)
 
     async def trial_event(self, event_type: str, body: dict[str, Any]) -> None:
         metadata = body["metadata"]
@@ -194,7 +212,7 @@ async def _startup(settings: kopf.OperatorSettings, memo: kopf.Memo, **_: Any) -
     settings.watching.inactivity_timeout = 600
     settings.posting.enabled = False  # our own Events, with reasons users can filter on
     registry = _registry(memo)
-    server = ReportServer(registry.resolve)
+    server = ReportServer(registry.resolve, observer=registry.observer)
     await registry.list_expected()
     host, port = memo.get("listen", ("127.0.0.1", 8080))
     await server.start(host, port)
@@ -225,6 +243,11 @@ def _login(memo: kopf.Memo, **_: Any) -> kopf.ConnectionInfo:
 @kopf.on.cleanup()
 async def _cleanup(memo: kopf.Memo, **_: Any) -> None:
     registry = _registry(memo)
+    # Stopped, not killed: the reports answered but not written yet are written now.
+    late = [c.writer.write_late_reports() for c in registry.controllers.values()]
+    with contextlib.suppress(TimeoutError):
+        async with asyncio.timeout(10):
+            await asyncio.gather(*late, return_exceptions=True)
     registry.resync.close()
     registry.sampler.close()
     await registry.logs.close()
@@ -233,10 +256,11 @@ async def _cleanup(memo: kopf.Memo, **_: Any) -> None:
 @kopf.on.event(GROUP, VERSION, EXPERIMENTS)
 async def _experiment(event: kopf.RawEvent, body: kopf.Body, memo: kopf.Memo, **_: Any) -> None:
     observability.bind_log_context(body.metadata.namespace, body.metadata.name)
+    registry = _registry(memo)
     try:
-        await _registry(memo).experiment_event(event.get("type") or "", dict(body))
+        await registry.experiment_event(event.get("type") or "", dict(body))
     except Exception as error:
-        observability.reconcile_error("experiment", error)
+        registry.observer.reconcile_error("experiment", error)
         logger.exception("experiment %s/%s", body.metadata.namespace, body.metadata.name)
 
 
@@ -244,19 +268,31 @@ async def _experiment(event: kopf.RawEvent, body: kopf.Body, memo: kopf.Memo, **
 async def _trial(event: kopf.RawEvent, body: kopf.Body, memo: kopf.Memo, **_: Any) -> None:
     experiment = body.metadata.labels.get(LABEL_EXPERIMENT)
     observability.bind_log_context(body.metadata.namespace, experiment)
+    registry = _registry(memo)
     try:
-        await _registry(memo).trial_event(event.get("type") or "", dict(body))
+        await registry.trial_event(event.get("type") or "", dict(body))
     except Exception as error:
-        observability.reconcile_error("trial", error)
+        registry.observer.reconcile_error("trial", error)
         logger.exception("trial %s/%s", body.metadata.namespace, body.metadata.name)
+
+
+@kopf.on.event("", "v1", "nodes")
+async def _node(event: kopf.RawEvent, body: kopf.Body, memo: kopf.Memo, **_: Any) -> None:
+    registry = _registry(memo)
+    try:
+        registry.node_event(event.get("type") or "", dict(body))
+    except Exception as error:
+        registry.observer.reconcile_error("node", error)
+        logger.exception("node %s", body.metadata.name)
 
 
 @kopf.on.event("", "v1", "pods", labels={LABEL_EXPERIMENT: kopf.PRESENT})
 async def _pod(event: kopf.RawEvent, body: kopf.Body, memo: kopf.Memo, **_: Any) -> None:
     experiment = body.metadata.labels.get(LABEL_EXPERIMENT)
     observability.bind_log_context(body.metadata.namespace, experiment)
+    registry = _registry(memo)
     try:
-        await _registry(memo).pod_event(event.get("type") or "", dict(body))
+        await registry.pod_event(event.get("type") or "", dict(body))
     except Exception as error:
-        observability.reconcile_error("pod", error)
+        registry.observer.reconcile_error("pod", error)
         logger.exception("pod %s/%s", body.metadata.namespace, body.metadata.name)

@@ -37,14 +37,28 @@ def load_client_config(kubeconfig: str | None = None) -> client.ApiClient:
     return client.ApiClient(configuration)
 
 
+# Calls one experiment may have in flight at once, of the 32 threads they all share
+# (handlers.py): an experiment whose calls hang (a webhook timing out, a slow write)
+# leaves the rest of the threads, so the others' calls do not queue behind it.
+CALLS_PER_EXPERIMENT = 16
+
+
 class Kube:
-    def __init__(self, api: client.ApiClient) -> None:
+    def __init__(self, api: client.ApiClient, max_calls: int | None = None) -> None:
         self.api = api
         self.core = client.CoreV1Api(api)
         self.custom = client.CustomObjectsApi(api)
+        self.slots = asyncio.Semaphore(max_calls) if max_calls else None
+
+    def bounded(self, max_calls: int = CALLS_PER_EXPERIMENT) -> Kube:
+        """The same client, with at most `max_calls` calls in flight through this face."""
+        return Kube(self.api, max_calls)
 
     async def _call(self, function: Any, *args: Any, **kwargs: Any) -> Any:
-        return await asyncio.to_thread(function, *args, **kwargs)
+        if self.slots is None:
+            return await asyncio.to_thread(function, *args, **kwargs)
+        async with self.slots:
+            return await asyncio.to_thread(function, *args, **kwargs)
 
     # ----- experiments and trials --------------------------------------------------------
 
@@ -137,11 +151,15 @@ class Kube:
         return json.loads(found.data).get("items", [])
 
     async def create(self, body: dict) -> dict[str, Any] | None:
-        """Create a Pod or Secret: None, or the pod that holds its name already, left as
-        it is (the caller checks that it is its own: `pods.owned_by`). A Secret that
-        exists is taken as it is: the operator may not read Secrets (rbac.yaml)."""
-        pod = body["kind"] == "Pod"
-        create = self.core.create_namespaced_pod if pod else self.core.create_namespaced_secret
+        """Create a Pod, Secret or Service: None, or the pod or Service that holds its
+        name already, left as it is (the caller checks that it is its own:
+        `pods.owned_by`). A Secret that exists is taken as it is: the operator may not
+        read Secrets (rbac.yaml)."""
+        kind = body["kind"]
+        create, read = {
+            "Pod": (self.core.create_namespaced_pod, self.core.read_namespaced_pod),
+            "Service": (self.core.create_namespaced_service, self.core.read_namespaced_service),
+        }.get(kind, (self.core.create_namespaced_secret, None))
         namespace = body["metadata"]["namespace"]
         try:
             await self._call(create, namespace, body)
@@ -149,10 +167,10 @@ class Kube:
         except ApiException as error:
             if error.status != 409:
                 raise
-        if not pod:
+        if read is None:
             return None
         found = await self._call(
-            self.core.read_namespaced_pod,
+            read,
             body["metadata"]["name"],
             namespace,
             _preload_content=False,

@@ -95,15 +95,16 @@ def run(args: argparse.Namespace) -> int:
     for noisy in ("kopf.objects", "aiohttp.access"):
         logging.getLogger(noisy).setLevel(logging.WARNING)
     api = load_client_config(args.kubeconfig)
+    observer = observability.Observer()  # the process's metrics, handed to every part
     config = OperatorConfig(
         endpoint_url=args.endpoint_url,
         token_key=_token_key(api, args),
         default_checkpoint_uri=args.default_checkpoint_uri,
-        capacity=(manager := capacity.build(args, api)),
+        capacity=(manager := capacity.build(args, api, observer)),
     )
-    registry = handlers.Registry(Kube(api), config)
+    registry = handlers.Registry(Kube(api), config, observer)
     capacity.attach(manager, registry)
-    observability.watch_registry(registry)  # /metrics reads the engines at scrape
+    observer.watch_registry(registry)  # /metrics reads the engines at scrape
     kopf.run(
         # The operator's state, for its handlers (no module globals).
         memo=kopf.Memo(registry=registry, listen=_parse_listen(args.listen), capacity=manager),

@@ -5,8 +5,10 @@ the eviction API, the garbage collector after its HPOTrial was deleted) is an
 *interruption*, as an eviction (a `DisruptionTarget` condition) or a lost node is: the
 trial did nothing wrong, so it resumes from its checkpoint on a new pod, counted in
 `status.interruptions` and not toward `maxFailedTrials`. Its container's exit code
-(143 after SIGTERM) is not the code's failure. The operator's own deletions (a stop, a
-pause of a trial without the SDK) end as the engine decided before it deleted the pod.
+(143 after SIGTERM) is not the code's failure, and neither is an exit 0 after the
+deletion was asked for (a script that stops cleanly on SIGTERM has not finished). The
+operator's own deletions (a stop, a pause of a trial without the SDK) end as the engine
+decided before it deleted the pod.
 """
 
 from __future__ import annotations
@@ -17,6 +19,7 @@ from enum import StrEnum
 from typing import Any
 
 from kubetune.events import ExitKind
+from kubetune.timestamps import parse_rfc3339
 
 # Pod failure reasons that say the node or the cluster took the pod away, not the code.
 INTERRUPTION_REASONS = frozenset(
@@ -53,6 +56,10 @@ def attempt_outcome(pod: dict[str, Any], deleted: bool) -> Outcome | None:
     ]
     terminated = _terminated(status)
     if phase == "Succeeded":
+        if _ended_by_deletion(pod, terminated):
+            # SIGTERM from a deletion, and the script left cleanly (it broke out of its
+            # loop on the SDK's pause without saving): not a finished trial.
+            return Outcome(ExitKind.INTERRUPTED, None, "pod deleted (exit code 0)")
         return Outcome(ExitKind.EXITED, 0, "")
     if phase == "Failed":
         if (pod.get("metadata") or {}).get("deletionTimestamp") and not disrupted:
@@ -72,6 +79,17 @@ def attempt_outcome(pod: dict[str, Any], deleted: bool) -> Outcome | None:
         # Gone before it finished: its node was deleted, or someone deleted it.
         return Outcome(ExitKind.INTERRUPTED, None, "pod deleted before it finished")
     return None
+
+
+def _ended_by_deletion(pod: dict[str, Any], terminated: dict[str, Any] | None) -> bool:
+    """Whether the container ended after someone asked to delete its pod: the deletion's
+    request time is its deletionTimestamp less its grace period."""
+    metadata = pod.get("metadata") or {}
+    deadline = parse_rfc3339(metadata.get("deletionTimestamp"))
+    finished = parse_rfc3339((terminated or {}).get("finishedAt"))
+    if deadline is None or finished is None:
+        return False
+    return finished >= deadline - float(metadata.get("deletionGracePeriodSeconds") or 0)
 
 
 def _terminated(status: dict[str, Any]) -> dict[str, Any] | None:

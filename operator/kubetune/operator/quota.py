@@ -25,11 +25,14 @@ class QuotaWaits:
     def __init__(self) -> None:
         self.waits: dict[int, QuotaWait] = {}
 
-    def refused(self, action: LaunchTrial, now: float) -> float:
-        """One more refusal of `action`'s pod: the seconds until it is tried again."""
+    def refused(
+        self, action: LaunchTrial, now: float, max_delay: float = QUOTA_RETRY_MAX_SECONDS
+    ) -> float:
+        """One more refusal of `action`'s pod: the seconds until it is tried again (a
+        gang waiting for room on its node pool asks every QUOTA_RETRY_SECONDS)."""
         wait = self.waits.get(action.number)
         refusals = (wait.refusals if wait else 0) + 1
-        delay = min(QUOTA_RETRY_SECONDS * 2 ** (refusals - 1), QUOTA_RETRY_MAX_SECONDS)
+        delay = min(QUOTA_RETRY_SECONDS * 2 ** (refusals - 1), max_delay)
         self.waits[action.number] = QuotaWait(action, refusals, now + delay)
         return delay
 

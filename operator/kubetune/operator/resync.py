@@ -41,7 +41,9 @@ class Resync:
         interval: float = 5.0,
         max_backoff: float = 300.0,
         sleep: Callable[[float], Awaitable[None]] = asyncio.sleep,
+        observer: observability.Observer | None = None,
     ) -> None:
+        self.observer = observer if observer is not None else observability.Observer(False)
         self.interval = interval
         self.max_backoff = max_backoff
         self.sleep = sleep
@@ -73,7 +75,7 @@ class Resync:
                 await controller.step()
             except Exception as error:
                 self.failures[key] = failures + 1
-                observability.reconcile_error("resync", error)
+                self.observer.reconcile_error("resync", error)
                 wait = backoff(failures + 1, self.interval, self.max_backoff)
                 RESYNC_LOG.warning(
                     "resync of %s/%s failed (%d in a row; next try in %.0f s)",

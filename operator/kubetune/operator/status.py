@@ -4,16 +4,90 @@ engine's state (the controller writes them; nothing here does I/O)."""
 from __future__ import annotations
 
 from collections.abc import Sequence
-from typing import Any
+from typing import Any, NotRequired, TypedDict
 
 from kubetune.conditions import experiment_conditions
 from kubetune.engine import Engine
 from kubetune.names import GROUP, LABEL_EXPERIMENT, LABEL_TRIAL, VERSION, pod_name
 from kubetune.operator.pods import owner_reference
+from kubetune.schedulers import pbt
 from kubetune.shell.core import experiment_phase
 from kubetune.spec import ExperimentSpec
 from kubetune.timestamps import rfc3339
 from kubetune.trials import TrialPhase, TrialRecord
+from kubetune.warmstart import summary
+
+# The statuses written, key by key: the one model the CRDs' status schemas (crd.py) must
+# list exactly (tests/crd/test_status_model.py holds them to it, both ways); a key added
+# here and not there would be pruned by the API server without a word.
+
+
+class TrialLineage(TypedDict):
+    """pbt: where a member came from. Not `generation`, which Kubernetes' metadata and
+    observedGeneration mean otherwise."""
+
+    parent: str | None
+    fromStep: int | None
+    generation: int
+    replacedBy: str | None
+    schedule: list[dict[str, Any]]  # the latest SCHEDULE_KEPT entries, oldest first
+
+
+# A member's schedule in its status is bounded (the experiment's bestSchedule is whole):
+# a status is one etcd object, and generations grow with the run.
+SCHEDULE_KEPT = 50
+
+
+class TrialStatus(TypedDict):
+    phase: str
+    reason: str  # free text: "not promoted", "exit code 1"
+    value: float | None
+    step: int | None
+    resource: int
+    attempt: int
+    pod: str | None
+    node: str | None
+    interruptions: int
+    parent: str | None
+    fromStep: int | None
+    lineage: TrialLineage | None  # pbt only
+    checkpointUri: str | None
+    startTime: str | None
+    completionTime: str | None
+    history: list[dict[str, Any]]
+
+
+class FailedStatus(TypedDict):
+    """What an experiment that cannot run is told (invalid spec, warm start failed,
+    history unreadable): the rest of its status is left as it was."""
+
+    phase: str
+    reason: str  # CamelCase
+    message: str
+    observedGeneration: int | None
+    conditions: list[dict[str, Any]]
+
+
+class ExperimentStatus(FailedStatus):
+    startTime: str | None
+    completionTime: str | None
+    trialsTotal: int
+    trialsDone: int
+    trialsRunning: int
+    trialsPaused: int
+    trialsCompleted: int
+    trialsStopped: int
+    trialsFailed: int
+    bestTrial: str | None
+    bestValue: float | None
+    bestParams: dict[str, Any] | None
+    bestSchedule: NotRequired[list[dict[str, Any]] | None]  # pbt only
+    interruptions: int
+    costUSD: float | None
+    costAccountedAt: str | None
+    history: list[dict[str, Any]]
+    studyAttrs: dict[str, Any]
+    warmStart: dict[str, object] | None
 
 
 def timestamp(seconds: float | None) -> str | None:
@@ -41,9 +115,33 @@ def trial_object(
     }
 
 
+def _best_schedule(engine: Engine) -> list[dict[str, Any]] | None:
+    """pbt: the best trial's whole schedule of parameters (to retrain with)."""
+    best = engine.best()
+    return None if best is None else pbt.schedule_document(engine.trials, best.number)
+
+
+def trial_lineage(engine: Engine, number: int) -> TrialLineage | None:
+    """pbt: a member's parent, generation and schedule of parameters; None otherwise."""
+    if not isinstance(engine.scheduler, pbt.PBT):
+        return None
+    found = pbt.lineage_document(engine.trials, number)
+    return {
+        "parent": found["parent"],
+        "fromStep": found["fromStep"],
+        "generation": found["generation"],
+        "replacedBy": found["replacedBy"],
+        "schedule": pbt.schedule_document(engine.trials, number)[-SCHEDULE_KEPT:],
+    }
+
+
 def trial_status(
-    trial: TrialRecord, history: list[dict[str, Any]], node: str | None, checkpoint_uri: str
-) -> dict[str, Any]:
+    trial: TrialRecord,
+    history: list[dict[str, Any]],
+    node: str | None,
+    checkpoint_uri: str,
+    lineage: TrialLineage | None,
+) -> TrialStatus:
     attempt = trial.attempt
     return {
         "phase": trial.phase.value,
@@ -55,6 +153,10 @@ def trial_status(
         "pod": pod_name(trial.name, attempt.number) if attempt else None,
         "node": node,
         "interruptions": trial.interruptions,
+        # pbt: the member whose checkpoint (at fromStep) this trial started from
+        "parent": pbt.launch_lineage(trial)[0],
+        "fromStep": trial.from_step,
+        "lineage": lineage,
         "checkpointUri": checkpoint_uri or None,
         "startTime": timestamp(trial.started_at),
         "completionTime": timestamp(trial.ended_at),
@@ -71,7 +173,7 @@ def experiment_status(
     previous_conditions: Sequence[dict[str, Any]],
     capacity_conditions: Sequence[dict[str, Any]],
     now: float,
-) -> dict[str, Any]:
+) -> ExperimentStatus:
     """status of the HPOExperiment; `cost`: USD so far and when it was accounted."""
     counts = engine.counts()
     best = engine.best()
@@ -86,7 +188,7 @@ def experiment_status(
     conditions = experiment_conditions(
         phase, reason, message, generation, list(previous_conditions), timestamp(now)
     )
-    return {
+    status: ExperimentStatus = {
         "phase": phase,
         "reason": reason,
         "message": message,
@@ -108,7 +210,31 @@ def experiment_status(
         "costAccountedAt": None if cost_at is None else rfc3339(cost_at, True),
         "history": history,
         "studyAttrs": engine.study_attrs,
+        "warmStart": summary(engine.warm),
         "conditions": conditions + list(capacity_conditions),
+    }
+    if isinstance(engine.scheduler, pbt.PBT):
+        status["bestSchedule"] = _best_schedule(engine)
+    return status
+
+
+def failed_status(
+    reason: str,
+    message: str,
+    generation: int | None,
+    previous_conditions: Sequence[dict[str, Any]],
+    now: float,
+) -> FailedStatus:
+    """The status of an experiment that cannot run (Failed; Stalled for GitOps tools)."""
+    conditions = experiment_conditions(
+        "Failed", reason, message, generation, list(previous_conditions), timestamp(now)
+    )
+    return {
+        "phase": "Failed",
+        "reason": reason,
+        "message": message,
+        "observedGeneration": generation,
+        "conditions": conditions,
     }
 
 
@@ -116,7 +242,7 @@ def restoring_patch(live: Any, ours: dict[str, Any]) -> dict[str, Any]:
     """The merge patch that turns the status `live` (written by someone else) into `ours`.
 
     Statuses are written with JSON merge patches, which keep every key the patch does not
-    name: a key someone added (an HPOTrial's `conditions`, `studyAttrs.forged`) would
+    name: a key someone added (`studyAttrs.forged`, one an older operator wrote) would
     survive our write. Each key of `live` that `ours` lacks is set to null, at every
     level where both hold an object (lists are replaced whole by a merge patch)."""
     patch: dict[str, Any] = dict(ours)

@@ -181,23 +181,28 @@ def missing_records(histories: Sequence[Sequence[Any]]) -> list[int]:
     """Sequence numbers below the highest stored that no history holds and compaction
     cannot have dropped: signed records deleted by someone (a MAC does not show that a
     record is gone). Every event gets the next number; compaction drops only reports
-    strictly between the first and last kept report of one attempt of one trial."""
+    strictly between the first and last kept report of one attempt of one trial, and an
+    operator killed may have lost reports written late (operator/writes.py) after the
+    last stored report of an attempt that has not ended: those are not missing either."""
     seqs: set[int] = set()
-    spans: list[tuple[int, int]] = []
+    bounds: dict[tuple[Any, Any], tuple[int, int]] = {}
+    ended: set[tuple[Any, Any]] = set()
     for history in histories:
-        bounds: dict[tuple[Any, Any], tuple[int, int]] = {}
         for record in history:
             seq = record.get("seq") if isinstance(record, dict) else None
             if not isinstance(seq, int) or isinstance(seq, bool):
                 continue
             seqs.add(seq)
+            key = (record.get("number"), record.get("attempt"))
             if record.get("type") == "Reported":
-                key = (record.get("number"), record.get("attempt"))
                 low, high = bounds.get(key, (seq, seq))
                 bounds[key] = (min(low, seq), max(high, seq))
-        spans.extend(bounds.values())
+            elif record.get("type") == "AttemptEnded":
+                ended.add(key)
     if not seqs:
         return []
+    top = max(seqs) + 1
+    spans = [(low, high if key in ended else top) for key, (low, high) in bounds.items()]
     return [
         seq
         for seq in range(max(seqs))
@@ -242,6 +247,25 @@ def _size(record: dict[str, Any]) -> int:
     return len(json.dumps(record, separators=(",", ":"))) + 1
 
 
+def decisions_read(
+    decision: str,
+    rung: int | None,
+    step: int,
+    first_of_attempt: bool,
+    must_keep: Callable[[int], bool],
+) -> bool:
+    """Whether a report is one that decisions or replay read: it carries a decision or
+    a rung, is at a step the scheduler reads (`must_keep`), or is its attempt's first.
+    Only the others may be thinned out of a history (`compact`) or written late
+    (`operator.writes`: acknowledged before they are durable)."""
+    return (
+        decision != Decision.CONTINUE.value
+        or rung is not None
+        or must_keep(step)
+        or first_of_attempt
+    )
+
+
 def compact(
     records: list[dict[str, Any]],
     must_keep: Callable[[int], bool],
@@ -267,16 +291,12 @@ def compact(
     def essential(index: int, record: dict[str, Any]) -> bool:
         if record["type"] != "Reported":
             return True
-        decided = record["verdict"]["decision"] != Decision.CONTINUE.value
-        return (
-            decided
-            or record.get("rung") is not None
-            or must_keep(record["step"])
-            or index
-            in (
-                firsts[record["attempt"]],
-                lasts[record["attempt"]],
-            )
+        return index == lasts[record["attempt"]] or decisions_read(
+            record["verdict"]["decision"],
+            record.get("rung"),
+            record["step"],
+            index == firsts[record["attempt"]],
+            must_keep,
         )
 
     keep = {i for i, r in enumerate(records) if essential(i, r)}

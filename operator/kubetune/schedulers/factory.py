@@ -5,6 +5,7 @@ from __future__ import annotations
 from kubetune.schedulers.asha import ASHA
 from kubetune.schedulers.base import SchedulerPolicy, rung_resources
 from kubetune.schedulers.median import MedianStopping, NoScheduler
+from kubetune.schedulers.pbt import PBT
 from kubetune.schedulers.sha import Bracket, SuccessiveHalving, hyperband_brackets
 from kubetune.spec import ExperimentSpec, SchedulerName
 
@@ -18,6 +19,9 @@ def make_scheduler(spec: ExperimentSpec, max_trials: int | None = None) -> Sched
         return NoScheduler(config.maxResource)
     if config.name is SchedulerName.MEDIAN:
         return MedianStopping(sign, config.minTrials, config.warmupSteps, config.maxResource)
+    if config.name is SchedulerName.PBT:
+        seed = spec.algorithm.seed
+        return PBT(config, sign, spec.parameters, seed, spec.budget.maxTrials)
     assert config.maxResource is not None, "validated by the spec"
     rungs = rung_resources(config.minResource, config.maxResource, config.reductionFactor)
     eta = config.reductionFactor

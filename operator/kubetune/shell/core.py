@@ -90,6 +90,9 @@ def attempt_context(
 ) -> AttemptContext:
     """What an attempt is given; with no checkpoint base it gets no checkpoint URI."""
     where = checkpoint_uri(checkpoint_base, experiment, action.name) if checkpoint_base else ""
+    donor = ""
+    if checkpoint_base and action.parent is not None and action.from_step is not None:
+        donor = checkpoint_uri(checkpoint_base, experiment, action.parent)
     return AttemptContext(
         experiment=experiment,
         trial=action.name,
@@ -99,6 +102,8 @@ def attempt_context(
         endpoint=endpoint,
         token=tokens.token_for(action.name),
         checkpoint_uri=where,
+        checkpoint_from=donor,
+        checkpoint_from_step=action.from_step if donor else None,
     )
 
 

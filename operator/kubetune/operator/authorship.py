@@ -1,0 +1,44 @@
+"""Whose write is it: what the operator wrote (statuses and the resourceVersions its
+writes made), to tell its own writes coming back on the watch from anyone else's, and
+the statuses others wrote, whose added keys our next write clears
+(`status.restoring_patch`). Bookkeeping only; kubetune.operator.writes does the writes."""
+
+from __future__ import annotations
+
+from collections import defaultdict, deque
+from typing import Any
+
+from kubetune.operator import store
+
+
+class Authorship:
+    def __init__(self, body: dict[str, Any]) -> None:
+        self.written_status: dict[int, dict[str, Any]] = {}
+        self.writing_status: dict[int, dict[str, Any]] = {}
+        self.trial_versions: dict[int, deque[str]] = defaultdict(lambda: deque(maxlen=8))
+        self.experiment_versions: deque[str] = deque(maxlen=8)
+        self.experiment_versions.append((body.get("metadata") or {}).get("resourceVersion", ""))
+        self.writing_experiment: dict[str, Any] | None = None
+        # Statuses last seen written by someone else: our next write of each clears the
+        # keys they added (`restoring_patch`). The experiment's stored status counts as
+        # such until the first write after a load.
+        self.foreign_trial_status: dict[int, Any] = {}
+        self.foreign_experiment_status: Any = body.get("status")
+
+    def trial_write_is_ours(self, number: int, body: dict[str, Any]) -> bool:
+        """An HPOTrial's change is one of our writes: a version we made, or a status we
+        wrote (or are writing)."""
+        if (body.get("metadata") or {}).get("resourceVersion") in self.trial_versions[number]:
+            return True
+        seen = store.canonical(body.get("status") or {})
+        ours = (self.written_status.get(number), self.writing_status.get(number))
+        return any(s is not None and store.canonical(s) == seen for s in ours)
+
+    def experiment_write_is_ours(
+        self, body: dict[str, Any], last_status: dict[str, Any] | None
+    ) -> bool:
+        if (body.get("metadata") or {}).get("resourceVersion") in self.experiment_versions:
+            return True
+        seen = store.canonical(body.get("status") or {})
+        ours = (last_status, self.writing_experiment)
+        return any(s is not None and store.canonical(s) == seen for s in ours)

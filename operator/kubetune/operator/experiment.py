@@ -1,0 +1,92 @@
+"""What every part of an experiment's controller shares: who the experiment is (its
+names, UID, spec), its engine and the lock that guards it, the API client, and the
+Kubernetes Events it posts. The parts themselves (kubetune.operator.controller lists
+them) each hold their own state and reach the others only through their methods."""
+
+from __future__ import annotations
+
+import asyncio
+from collections.abc import Coroutine
+from dataclasses import dataclass
+from typing import Any
+
+from kubetune.engine import Engine
+from kubetune.names import endpoint_for
+from kubetune.observability import Observer
+from kubetune.operator import store
+from kubetune.operator.kube import Kube
+from kubetune.placement import PlacementSource
+from kubetune.spec import ExperimentSpec
+from kubetune.timestamps import parse_rfc3339
+from kubetune.tokens import TokenAuthority, experiment_scope
+from kubetune.trialenv import checkpoint_uri
+
+
+@dataclass(frozen=True)
+class OperatorConfig:
+    endpoint_url: str
+    token_key: bytes
+    pod_grace_seconds: int = 30
+    # Where trials checkpoint when their experiment names no `spec.checkpoints`.
+    default_checkpoint_uri: str | None = None
+    # The capacity loop (kubetune.capacity.manager.CapacityManager): node pool placement.
+    capacity: PlacementSource | None = None
+
+
+class Experiment:
+    def __init__(
+        self,
+        kube: Kube,
+        config: OperatorConfig,
+        body: dict[str, Any],
+        spec: ExperimentSpec,
+        observer: Observer | None = None,
+    ) -> None:
+        metadata = body["metadata"]
+        self.kube = kube
+        self.config = config
+        # The operator's metrics (handlers.Registry's); None: counted nowhere.
+        self.observer = observer if observer is not None else Observer(False)
+        self.namespace: str = metadata["namespace"]
+        self.name: str = metadata["name"]
+        self.uid: str = metadata["uid"]
+        self.generation: int = metadata.get("generation", 1)
+        self.body = body
+        self.spec = spec
+        # The UID: a recreated experiment of the same name does not take the old tokens.
+        scope = experiment_scope(self.namespace, self.name, self.uid)
+        self.tokens = TokenAuthority(config.token_key, scope)
+        self.signer = store.HistorySigner(config.token_key, scope)
+        self.endpoint = endpoint_for(config.endpoint_url, self.namespace, self.name)
+        self.lock = asyncio.Lock()
+        self.engine = Engine(spec, self.name)  # replaced by the one `load` rebuilds
+        self.loaded = False
+        self.closed = False  # the experiment is gone: nothing more is written
+        self.load_failure: str | None = None
+        self.background: set[asyncio.Task[Any]] = set()
+        # Written by the capacity loop (capacity_update); the stored cost seeds it, and
+        # the time it was accounted up to tells a restarted loop what it has not seen.
+        stored = body.get("status") or {}
+        self.cost_usd: float | None = stored.get("costUSD")
+        self.cost_at: float | None = parse_rfc3339(stored.get("costAccountedAt"))
+        self.capacity_conditions: list[dict[str, Any]] = []
+
+    def in_background(self, work: Coroutine[Any, Any, Any]) -> None:
+        """Run `work` without waiting for it, kept referenced until it ends."""
+        task = asyncio.create_task(work)
+        self.background.add(task)
+        task.add_done_callback(self.background.discard)
+
+    async def event(self, message: str, reason: str, warning: bool = False) -> None:
+        # Events are for people: posted in the background, never holding up a decision.
+        self.in_background(
+            self.kube.post_event(self.body, "HPOExperiment", reason, message, warning)
+        )
+
+    def checkpoint_base(self) -> str | None:
+        base = self.spec.checkpoints.uri if self.spec.checkpoints else None
+        return base or self.config.default_checkpoint_uri
+
+    def checkpoint_uri(self, trial: str) -> str:
+        base = self.checkpoint_base()
+        return checkpoint_uri(base, self.name, trial) if base else ""

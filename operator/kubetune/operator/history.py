@@ -1,0 +1,82 @@
+"""The experiment's history as it is stored: each engine event numbered, signed and
+filed by owner (the experiment's status, or one HPOTrial's), and compacted to what
+decisions and replay read. No I/O: kubetune.operator.writes writes the records."""
+
+from __future__ import annotations
+
+from collections import defaultdict
+from collections.abc import Callable, Sequence
+from typing import Any
+
+from kubetune.events import Event, Reported, TrialPlanned
+from kubetune.operator import store
+from kubetune.operator.experiment import Experiment
+
+Record = dict[str, Any]
+
+
+class HistoryRecords:
+    def __init__(self, experiment: Experiment) -> None:
+        self.experiment = experiment
+        self.seqs: list[int] = []  # of the engine's history, event by event
+        self.next_seq = 0
+        self.trials: dict[int, list[Record]] = defaultdict(list)
+        self.experiment_records: list[Record] = []
+
+    def restore(
+        self, seqs: list[int], experiment_records: list[Record], trials: dict[int, list[Record]]
+    ) -> None:
+        """What a load replayed: the engine's history is these records' events."""
+        self.seqs = seqs
+        self.next_seq = max(seqs) + 1 if seqs else 0
+        self.experiment_records = experiment_records
+        self.trials.update(trials)
+
+    def note_new_events(self) -> set[int]:
+        """Give events the engine appended a sequence number and file them by owner;
+        returns the trials whose histories grew."""
+        grown: set[int] = set()
+        for event in self.experiment.engine.history[len(self.seqs) :]:
+            seq = self.next_seq
+            self.next_seq += 1
+            self.seqs.append(seq)
+            self._file(seq, event, grown)
+        return grown
+
+    def add_plan(self, seq: int, plan: TrialPlanned) -> None:
+        """A plan `store.repair` made again for a trial that lost its history."""
+        self.trials[plan.number].append(self.experiment.signer.sign(store.encode(seq, plan)))
+
+    def _file(self, seq: int, event: Event, grown: set[int]) -> None:
+        number = store.trial_number_of(event)
+        record = self.experiment.signer.sign(store.encode(seq, event))
+        if number is None:
+            self.experiment_records.append(record)
+        else:
+            self.trials[number].append(record)
+            grown.add(number)
+
+    def compact(self, history: list[Record]) -> list[Record]:
+        must_keep = self.experiment.engine.scheduler.must_keep
+        return store.compact(history, must_keep, shrink=self._objective_only)
+
+    def _objective_only(self, record: Record) -> Record:
+        """A report with only the objective's value (what replay reads of any report but
+        the last), signed again: a history of big reports stays within its bytes."""
+        metrics = record.get("metrics") or {}
+        objective = self.experiment.spec.objective.metric
+        kept = {k: v for k, v in metrics.items() if k == objective}
+        if kept == metrics:
+            return record
+        return self.experiment.signer.sign({**record, "metrics": kept})
+
+
+def late_report(new: Sequence[Event], first: bool, must_keep: Callable[[int], bool]) -> bool:
+    """Whether what a report added to the history may be written after it is answered:
+    one report that no decision or replay reads (`store.decisions_read`)."""
+    if len(new) != 1 or not isinstance(new[0], Reported):
+        return False
+    event = new[0]
+    return not store.decisions_read(
+        event.verdict.decision.value, event.rung, event.step, first, must_keep
+    )

@@ -1,0 +1,201 @@
+"""What the trial pods tell: an attempt that ended (its outcome fed to the engine), the
+node a pod runs on, and `name=value` metric lines in the log of a script without the
+SDK (followed until the attempt ends, or until it reports through the SDK)."""
+
+from __future__ import annotations
+
+import asyncio
+import time
+from typing import Any
+
+from kubetune.events import ExitKind
+from kubetune.names import LABEL_ATTEMPT, LABEL_TRIAL
+from kubetune.operator import ownership
+from kubetune.operator.actions import PodActions, relaunch
+from kubetune.operator.experiment import Experiment
+from kubetune.operator.gang import attempt_pod_names, gang_at_start, pod_rank, rank_ended
+from kubetune.operator.gangshell import delete_ranks, delete_ranks_later
+from kubetune.operator.logs import LogStreams
+from kubetune.operator.notices import NodeNotices
+from kubetune.operator.outcomes import attempt_outcome, pod_node
+from kubetune.operator.writes import StatusWriter
+from kubetune.shell.core import LogReport, take_log_report
+
+
+class PodWatch:
+    def __init__(
+        self,
+        experiment: Experiment,
+        writer: StatusWriter,
+        actions: PodActions,
+        logs: LogStreams | None,
+    ) -> None:
+        self.experiment = experiment
+        self.writer = writer
+        self.actions = actions
+        self.logs = logs
+        self.followers: dict[tuple[int, int], asyncio.Task[None]] = {}
+        self.sdk_reporters: set[tuple[int, int]] = set()
+        self.notices = NodeNotices()
+
+    def node_changed(self, node: dict[str, Any], deleted: bool) -> None:
+        """A Node's termination taint (operator/notices.py): its trials leave at their
+        next report."""
+        self.notices.node_changed(node, deleted)
+
+    async def reconcile(self) -> None:
+        """At load: the pods as they are now against the attempts the engine runs."""
+        exp = self.experiment
+        # Still listed below: the deletion's watch event ends their attempts.
+        await ownership.delete_orphaned_pods(exp)
+        pods = {p["metadata"]["name"]: p for p in await exp.kube.list_pods(exp.namespace, exp.name)}
+        workers = exp.spec.workers
+        for trial in list(exp.engine.running()):
+            attempt = trial.attempts[-1]
+            found = gang_at_start(pods, trial.name, attempt.number, workers)
+            if found == "launch":
+                # The launch was recorded but its pods (some ranks of a gang) never made
+                # it: carry the launch out (what exists is not created twice).
+                await self.actions.launch_one(relaunch(trial))
+                continue
+            if found == "interrupt":
+                await self._interrupt_broken_gang(trial.number, trial.name, attempt.number)
+                continue
+            for name in attempt_pod_names(trial.name, attempt.number, workers):
+                self._end_attempt_from_pod(pods[name], deleted=False)
+
+    async def _interrupt_broken_gang(self, number: int, trial: str, attempt: int) -> None:
+        """A rank of a running gang vanished while the operator was away: a new rank must
+        not join the others, so the attempt ends as an interruption, resumed whole."""
+        exp = self.experiment
+        message = f"a rank of the gang vanished while the operator was not running ({trial})"
+        if exp.engine.attempt_ended(
+            number, attempt, ExitKind.INTERRUPTED, None, time.time(), message
+        ):
+            await delete_ranks(exp, trial, attempt)
+
+    def sdk_reported(self, number: int, attempt: int) -> None:
+        """The attempt reports through the SDK: its log is just output from now on."""
+        key = (number, attempt)
+        if key not in self.sdk_reporters:
+            self.sdk_reporters.add(key)
+            follower = self.followers.pop(key, None)
+            if follower is not None:
+                follower.cancel()
+
+    async def pod_changed(self, pod: dict[str, Any], deleted: bool) -> None:
+        exp = self.experiment
+        follower = self.followers.get(_attempt_key(pod))
+        ended = attempt_outcome(pod, deleted) is not None
+        if follower is not None and ended and pod_rank(pod) == 0:
+            # The log stream may still hold the last metric lines: let it deliver them
+            # before the attempt is recorded as ended (outside the lock it needs).
+            await asyncio.wait({follower}, timeout=10)
+        if not exp.loaded:
+            return
+        if attempt_outcome(pod, deleted) is None:
+            # Nothing ended: note the node and follow the log; no lock, no write now.
+            self._end_attempt_from_pod(pod, deleted)
+            return
+        async with exp.lock:
+            if self._end_attempt_from_pod(pod, deleted):
+                await self.actions.step_locked()
+
+    def _end_attempt_from_pod(self, pod: dict[str, Any], deleted: bool) -> bool:
+        engine = self.experiment.engine
+        labels = pod["metadata"].get("labels", {})
+        try:
+            trial = engine.trial_by_name(labels.get(LABEL_TRIAL, ""))
+            attempt = int(labels.get(LABEL_ATTEMPT, "0"))
+        except (KeyError, ValueError, LookupError):
+            return False
+        node = pod_node(pod)
+        rank = pod_rank(pod)  # a gang's rank 0 stands for its trial (its node, its log)
+        if node and rank == 0 and self.writer.nodes.get(trial.number) != node:
+            self.writer.nodes[trial.number] = node
+            self.writer.lazy_trials.add(trial.number)
+            self.writer.flush_soon()
+        outcome = attempt_outcome(pod, deleted)
+        self.notices.pod_seen(
+            pod["metadata"]["name"], trial.number, attempt, node, gone=outcome is not None
+        )
+        workers = self.experiment.spec.workers
+        if workers > 1:
+            self.actions.partial.pod_seen(
+                trial.number, attempt, rank, workers, bool(node), outcome is not None, time.time()
+            )
+        if outcome is None:
+            if rank == 0:
+                self._follow_logs(pod, trial.number, attempt)
+            return False
+        outcome = self.notices.outcome(trial.number, attempt, node, outcome)
+        verdict = rank_ended(rank, workers, outcome)
+        if verdict.outcome is None:
+            return False  # a rank > 0 done: rank 0 speaks for the attempt
+        outcome = verdict.outcome
+        ended = engine.attempt_ended(
+            trial.number, attempt, outcome.kind, outcome.exit_code, time.time(), outcome.message
+        )
+        if ended and verdict.stop:
+            self._stop_ranks(trial.name, attempt, verdict.stop, verdict.graceful)
+        return ended
+
+    def _stop_ranks(self, trial: str, attempt: int, ranks: tuple[int, ...], later: bool) -> None:
+        exp = self.experiment
+        if later:
+            delete_ranks_later(exp, trial, attempt, ranks)
+            return
+        task = asyncio.create_task(delete_ranks(exp, trial, attempt, ranks))
+        exp.background.add(task)
+        task.add_done_callback(exp.background.discard)
+
+    def _follow_logs(self, pod: dict[str, Any], number: int, attempt: int) -> None:
+        exp = self.experiment
+        key = (number, attempt)
+        phase = (pod.get("status") or {}).get("phase")
+        if self.logs is None or phase != "Running" or key in self.followers:
+            return
+        if key in self.sdk_reporters:
+            return
+        container = pod["spec"]["containers"][0]["name"]
+
+        async def on_line(step: int, metrics: dict[str, float]) -> bool:
+            return await self._log_report(number, attempt, step, metrics)
+
+        self.followers[key] = asyncio.create_task(
+            self.logs.follow(
+                exp.namespace,
+                pod["metadata"]["name"],
+                container,
+                exp.spec.scheduler.resource,
+                on_line,
+            )
+        )
+
+    async def _log_report(
+        self, number: int, attempt: int, step: int, metrics: dict[str, float]
+    ) -> bool:
+        """A `name=value` line from a trial's log; False once the pod is being stopped."""
+        exp = self.experiment
+        async with exp.lock:
+            taken = take_log_report(
+                exp.engine, self.sdk_reporters, number, attempt, step, metrics, time.time()
+            )
+            if taken is LogReport.SDK or taken is LogReport.REFUSED:
+                return False  # nothing more to read from this log
+            await self.writer.persist()
+            if taken is LogReport.CONTINUE:
+                return True
+            # A script without the SDK cannot hear a pause or a stop: its pod is stopped.
+            await delete_ranks(exp, exp.engine.trials[number].name, attempt)
+            return False
+
+
+def _attempt_key(pod: dict[str, Any]) -> tuple[int, int]:
+    labels = pod["metadata"].get("labels", {})
+    trial = labels.get(LABEL_TRIAL, "")
+    number = trial.rpartition("-")[2]
+    attempt = labels.get(LABEL_ATTEMPT, "")
+    if not (number.isdigit() and attempt.isdigit()):
+        return (-1, -1)
+    return int(number), int(attempt)

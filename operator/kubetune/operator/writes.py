@@ -1,0 +1,262 @@
+"""The durable writes: each trial's HPOTrial (created, its status and history patched,
+put back when someone deleted it) and the experiment's status.
+
+Trial histories and experiment-level events are written before anything acts on them
+(`persist`); derived summaries (counts, best, nodes) wait for a flush that coalesces
+many changes (`flush_soon`). Writes of one HPOTrial go through one CoalescedWriter,
+so they never overlap and a caller's change is durable when its flush returns.
+
+Reports that no decision reads (`store.decisions_read`: no decision, no rung, not a
+step the scheduler reads, not the attempt's first) are answered before they are
+durable and written together every `REPORT_WRITE_SECONDS` (`note_late_report`): at a
+report a second per trial that is one HPOTrial write in five instead of one per report.
+What a SIGKILLed operator can lose is only such reports; the SDK sends its last one
+again, with `flush`, before its process exits, so no attempt's final value is lost
+(tests/operator/test_durability.py). Any write-ahead write of the trial (a rung, its
+attempt's end) carries the late ones with it: a status is always written whole.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import time
+from typing import Any
+
+from kubernetes.client.rest import ApiException
+
+from kubetune.operator import ownership
+from kubetune.operator.authorship import Authorship
+from kubetune.operator.coalesce import CoalescedWriter
+from kubetune.operator.experiment import Experiment
+from kubetune.operator.gang import rank_pod_name
+from kubetune.operator.history import HistoryRecords, Record
+from kubetune.operator.pods import owned_by
+from kubetune.operator.settings import env_seconds
+from kubetune.operator.status import (
+    experiment_status,
+    restoring_patch,
+    trial_lineage,
+    trial_object,
+    trial_status,
+)
+from kubetune.shell.core import experiment_phase
+from kubetune.trials import TrialPhase, TrialRecord
+
+log = logging.getLogger(__name__)
+REPORT_WRITE_SECONDS = env_seconds("KUBETUNE_REPORT_WRITE_SECONDS", 5.0)
+# A late write that failed (an API error) is tried again after this, even with no new
+# report to start one (never sooner than a second: no tight loop against an API down).
+REPORT_RETRY_SECONDS = max(REPORT_WRITE_SECONDS, 1.0)
+
+
+class StatusWriter:
+    def __init__(self, experiment: Experiment, history: HistoryRecords) -> None:
+        self.experiment = experiment
+        self.history = history
+        self.ours = Authorship(experiment.body)
+        self.trial_uids: dict[int, str] = {}  # the HPOTrials that exist, by trial number
+        self.nodes: dict[int, str] = {}
+        self.dirty_trials: set[int] = set()  # to be written before any decision acts
+        self.lazy_trials: set[int] = set()  # to be written at the next flush
+        self.late_reports: set[int] = set()  # answered reports not yet durable
+        self.report_flush: asyncio.Task[None] | None = None
+        self.written_phases: dict[int, tuple[str, str]] = {}
+        self.writers: dict[int, CoalescedWriter] = {}
+        self.flush: asyncio.Task[None] | None = None
+        self.written_experiment_history = 0
+        self.last_status: dict[str, Any] | None = None
+        # Trials whose HPOTrial name someone else's object holds: they fail at launch.
+        self.name_taken: dict[int, str] = {}
+
+    def note_new_events(self) -> None:
+        self.dirty_trials |= self.history.note_new_events()
+
+    def note_late_report(self) -> None:
+        """The engine's one new event is a report no decision reads: written within
+        REPORT_WRITE_SECONDS, together with others, not before it is answered."""
+        self.late_reports |= self.history.note_new_events()
+        if self.report_flush is None or self.report_flush.done():
+            self.report_flush = asyncio.create_task(self._write_late_reports())
+
+    def durable(self, number: int) -> bool:
+        return number not in self.late_reports and number not in self.dirty_trials
+
+    async def write_late_reports(self) -> None:
+        await asyncio.gather(*(self.flush_trial(n) for n in sorted(self.late_reports)))
+
+    async def _write_late_reports(self) -> None:
+        delay = REPORT_WRITE_SECONDS
+        while True:
+            await asyncio.sleep(delay)
+            try:
+                await self.write_late_reports()
+                return
+            except Exception as error:
+                # Tried again: a trial that sends no further report (it hangs, or its
+                # pod lingers) must not keep an answered report unwritten for ever.
+                log.warning(
+                    "%s: writing reports failed (tried again in %.0f s): %s",
+                    self.experiment.name,
+                    REPORT_RETRY_SECONDS,
+                    error,
+                )
+            if self.experiment.closed or not self.late_reports:
+                return
+            delay = REPORT_RETRY_SECONDS
+
+    async def persist(self) -> None:
+        """Write what changed. Trial histories and experiment-level events are written
+        now (decisions wait for them); derived summaries may wait for a flush."""
+        exp = self.experiment
+        self.note_new_events()
+        for trial in exp.engine.trials:
+            # Experiment-level events (the end, say) change trials' phases too.
+            if self.written_phases.get(trial.number) != (trial.phase.value, trial.reason):
+                self.dirty_trials.add(trial.number)
+        ready = []
+        for number in sorted(self.dirty_trials):
+            if number >= len(exp.engine.trials):
+                self.dirty_trials.discard(number)  # search exhausted before it was sampled
+            elif exp.engine.trials[number].phase is not TrialPhase.SAMPLING:
+                ready.append(number)  # a sampling trial is written with its parameters
+        await asyncio.gather(*(self.flush_trial(n) for n in ready))
+        for event in exp.observer.trial_events(exp.namespace, exp.name, exp.engine):
+            await exp.event(*event)  # pauses, promotions, failures, interruptions
+        phase = experiment_phase(exp.engine)
+        urgent = (
+            len(self.history.experiment_records) != self.written_experiment_history
+            or self.last_status is None
+            or phase != self.last_status.get("phase")
+        )
+        if urgent:
+            await self.write_experiment_status()
+        else:
+            self.flush_soon()
+
+    async def flush_trial(self, number: int) -> None:
+        """Trial `number`'s HPOTrial as it is now, durable when this returns."""
+        writer = self.writers.get(number)
+        if writer is None:
+            writer = self.writers[number] = CoalescedWriter(lambda: self._write_trial(number))
+        await writer.flush()
+
+    async def _write_trial(self, number: int) -> None:
+        """Write one trial's status as it is now (only ever through its CoalescedWriter)."""
+        exp = self.experiment
+        if exp.closed:
+            return
+        trial = exp.engine.trials[number]
+        if number in self.name_taken:
+            self.dirty_trials.discard(number)  # nothing of ours to write it in
+            self.lazy_trials.discard(number)
+            self.late_reports.discard(number)
+            return
+        if number not in self.trial_uids and not await self._create_trial(trial):
+            return
+        history = self.history.compact(self.history.trials[number])
+        self.history.trials[number] = history
+        phase = (trial.phase.value, trial.reason)
+        written = len(history)
+        # A copy: the client serializes in a thread while new events may be appended.
+        status = self.trial_status(trial, list(history))
+        self.ours.writing_status[number] = status
+        patch = restoring_patch(self.ours.foreign_trial_status.get(number), status)
+        try:
+            version = await exp.kube.patch_trial_status(exp.namespace, trial.name, patch)
+        except ApiException as error:
+            if error.status != 404:
+                raise
+            # Deleted by someone else: put back, with everything the engine holds.
+            self.trial_uids.pop(number, None)
+            if not await self._create_trial(trial, restored=True):
+                return
+            version = await exp.kube.patch_trial_status(exp.namespace, trial.name, status)
+        self.ours.trial_versions[number].append(version)
+        self.ours.written_status[number] = status
+        self.ours.foreign_trial_status.pop(number, None)
+        self.written_phases[number] = phase
+        if self.history.trials[number] is history and len(history) == written:
+            # Nothing new arrived during the write.
+            self.dirty_trials.discard(number)
+            self.lazy_trials.discard(number)
+            self.late_reports.discard(number)
+
+    async def _create_trial(self, trial: TrialRecord, restored: bool = False) -> bool:
+        """Create the trial's HPOTrial; False (and the experiment closes) if the
+        experiment itself is gone, so that nothing is created for it any more."""
+        exp = self.experiment
+        if restored:
+            current = await exp.kube.get_experiment(exp.namespace, exp.name)
+            metadata = (current or {}).get("metadata") or {}
+            if metadata.get("uid") != exp.uid or metadata.get("deletionTimestamp"):
+                exp.closed = True
+                return False
+        body = trial_object(exp.namespace, exp.name, exp.uid, trial)
+        created = await exp.kube.create_trial(exp.namespace, body)
+        if not owned_by(created, {exp.uid}):
+            self.name_taken[trial.number] = await ownership.name_taken(exp, "HPOTrial", trial.name)
+            return False
+        self.trial_uids[trial.number] = created["metadata"]["uid"]
+        # Its ADDED event, status still empty, is ours too.
+        self.ours.trial_versions[trial.number].append(created["metadata"]["resourceVersion"])
+        if restored:
+            await ownership.delete_orphaned_pods(exp, trial.name, created["metadata"]["uid"])
+            exp.observer.object_restored("HPOTrial", "deleted")
+            await exp.event(
+                f"HPOTrial {trial.name} was deleted by someone other than the operator: put "
+                f"back from the operator's state",
+                "TrialRestored",
+                True,
+            )
+        return True
+
+    def flush_soon(self, delay: float = 1.0) -> None:
+        """Write the summaries (counts, best, nodes) within `delay`, once for many changes."""
+        if self.flush is not None and not self.flush.done():
+            return
+
+        async def flush() -> None:
+            await asyncio.sleep(delay)
+            async with self.experiment.lock:
+                await asyncio.gather(*(self.flush_trial(n) for n in sorted(self.lazy_trials)))
+                await self.write_experiment_status()
+
+        self.flush = asyncio.create_task(flush())
+
+    def trial_status(self, trial: TrialRecord, history: list[Record]) -> dict[str, Any]:
+        node = self.nodes.get(trial.number)
+        # A plain dict from here on: what was written, compared and patched as JSON.
+        uri = self.experiment.checkpoint_uri(trial.name)
+        lineage = trial_lineage(self.experiment.engine, trial.number)
+        found = dict(trial_status(trial, history, node, uri, lineage))
+        workers = self.experiment.spec.workers
+        if workers > 1 and trial.attempt is not None:  # a gang: its rank 0 stands for it
+            found["pod"] = rank_pod_name(trial.name, trial.attempt.number, 0, workers)
+        return found
+
+    async def write_experiment_status(self, force: bool = False) -> None:
+        exp = self.experiment
+        if exp.closed:
+            return
+        status: dict[str, Any] = dict(
+            experiment_status(
+                exp.engine,
+                exp.spec,
+                exp.generation,
+                (exp.cost_usd, exp.cost_at),
+                self.history.experiment_records,
+                (self.last_status or {}).get("conditions", []),
+                exp.capacity_conditions,
+                time.time(),
+            )
+        )
+        if status == self.last_status and not force:
+            return
+        self.ours.writing_experiment = status
+        patch = restoring_patch(self.ours.foreign_experiment_status, status)
+        version = await exp.kube.patch_experiment_status(exp.namespace, exp.name, patch)
+        self.ours.foreign_experiment_status = None
+        self.ours.experiment_versions.append(version)
+        self.last_status = status
+        self.written_experiment_history = len(self.history.experiment_records)

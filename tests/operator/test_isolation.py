@@ -1,0 +1,318 @@
+"""One experiment whose API calls fail stalls no other (issue 14, item 6).
+
+The API server itself refuses every HPOTrial of the experiment `blocked` (a
+ValidatingAdmissionPolicy, as a broken admission webhook or a policy would), so each of
+its steps fails at its first write. Another experiment in the same namespace must still
+complete on time, and the failing one must be counted, logged and retried with a backoff
+that doubles (kubetune.operator.resync), not hammered or given up on.
+"""
+
+from __future__ import annotations
+
+import base64
+import http.server
+import itertools
+import json
+import re
+import ssl
+import threading
+import time
+import urllib.request
+from collections.abc import Iterator
+from typing import Any
+
+import pytest
+
+from kubetune.names import LABEL_EXPERIMENT
+from tests.operator.harness import (
+    GPU_NODE_TAINTS,
+    OperatorProcess,
+    apply,
+    experiment,
+    get,
+    status,
+    trials,
+    wait_finished,
+    wait_for,
+)
+
+pytestmark = [pytest.mark.cluster, pytest.mark.slow]
+
+BLOCKED = "blocked"
+HANGING = "hanging"
+WEBHOOK_TIMEOUT = 20  # seconds the API server waits on the webhook before it refuses
+
+
+@pytest.fixture
+def refused(control_plane: Any, installed: Any, namespace: str) -> Iterator[str]:
+    """A policy that refuses the creation of `blocked`'s HPOTrials in `namespace` only."""
+    name = f"kubetune-test-refuse-{namespace}"
+    policy = {
+        "apiVersion": "admissionregistration.k8s.io/v1",
+        "kind": "ValidatingAdmissionPolicy",
+        "metadata": {"name": name},
+        "spec": {
+            "failurePolicy": "Fail",
+            "matchConstraints": {
+                "resourceRules": [
+                    {
+                        "apiGroups": ["kubetune.dev"],
+                        "apiVersions": ["*"],
+                        "operations": ["CREATE"],
+                        "resources": ["hpotrials"],
+                    }
+                ]
+            },
+            "validations": [
+                {
+                    "expression": f"object.spec.experiment != '{BLOCKED}'",
+                    "message": "refused by the test's policy",
+                }
+            ],
+        },
+    }
+    binding = {
+        "apiVersion": "admissionregistration.k8s.io/v1",
+        "kind": "ValidatingAdmissionPolicyBinding",
+        "metadata": {"name": name},
+        "spec": {
+            "policyName": name,
+            "validationActions": ["Deny"],
+            "matchResources": {
+                "namespaceSelector": {"matchLabels": {"kubernetes.io/metadata.name": namespace}}
+            },
+        },
+    }
+    for document in (policy, binding):
+        control_plane.kubectl("apply", "-f", "-", input=json.dumps(document))
+    probe = {
+        "apiVersion": "kubetune.dev/v1alpha1",
+        "kind": "HPOTrial",
+        "metadata": {"name": f"{BLOCKED}-probe"},
+        "spec": {"experiment": BLOCKED, "number": 0, "params": {}},
+    }
+
+    def in_force() -> bool:
+        # Policies take effect asynchronously: wait until a creation is refused.
+        result = control_plane.kubectl(
+            "create",
+            "-n",
+            namespace,
+            "--dry-run=server",
+            "-f",
+            "-",
+            input=json.dumps(probe),
+            check=False,
+        )
+        return result.returncode != 0 and "refused by the test's policy" in result.stderr
+
+    wait_for("the policy to be in force", in_force, 30)
+    try:
+        yield name
+    finally:
+        control_plane.kubectl(
+            "delete",
+            "validatingadmissionpolicybinding,validatingadmissionpolicy",
+            name,
+            "--ignore-not-found",
+            check=False,
+        )
+
+
+def test_an_experiment_whose_writes_are_refused_stalls_no_other(
+    control_plane: Any,
+    namespace: str,
+    refused: str,
+    operator: OperatorProcess,
+    process_node_factory: Any,
+) -> None:
+    process_node_factory(gpus=4, taints=GPU_NODE_TAINTS)
+    apply(control_plane, namespace, experiment(BLOCKED, max_trials=4, parallel=2))
+    apply(control_plane, namespace, experiment("healthy", max_trials=4, parallel=2))
+    began = time.monotonic()
+    done = wait_finished(control_plane, namespace, "healthy", operator, timeout=120)
+    took = time.monotonic() - began
+    assert done["phase"] == "Succeeded", done
+    assert done["trialsCompleted"] + done["trialsStopped"] == 4, done
+
+    # The blocked experiment made nothing and ran nothing, and its steps keep failing,
+    # each failure logged on one line with a wait that doubles.
+    assert not [t for t in trials(control_plane, namespace) if t["spec"]["experiment"] == BLOCKED]
+    blocked = status(control_plane, namespace, BLOCKED)
+    assert blocked.get("phase") in (None, "Pending", "Running") and not blocked.get("trialsDone")
+    pattern = re.compile(
+        rf"resync of {namespace}/{BLOCKED} failed \((\d+) in a row; next try in (\d+) s\)"
+    )
+
+    def failures() -> list[tuple[int, int]]:
+        found = pattern.findall(operator.log_path.read_text(errors="replace"))
+        return [(int(n), int(wait)) for n, wait in found]
+
+    wait_for(
+        "two failed resyncs of the blocked experiment",
+        lambda: len(failures()) >= 2,
+        60,
+        operator.log_tail,
+    )
+    seen = failures()
+    assert [n for n, _ in seen] == list(range(1, len(seen) + 1)), seen
+    assert all(b == 2 * a for (_, a), (_, b) in itertools.pairwise(seen)), seen
+    with urllib.request.urlopen(f"{operator.endpoint}/metrics", timeout=10) as response:
+        counted = [
+            line
+            for line in response.read().decode().splitlines()
+            if line.startswith("kubetune_reconcile_errors")
+        ]
+    resync_errors = sum(float(line.rsplit(" ", 1)[1]) for line in counted if "resync" in line)
+    assert resync_errors >= 2, counted
+    print(f"healthy experiment done in {took:.1f} s beside a blocked one; failures {seen}")
+
+
+class Hang(http.server.BaseHTTPRequestHandler):
+    """An admission webhook that never answers in time (the API server gives up)."""
+
+    def do_POST(self) -> None:
+        self.rfile.read(int(self.headers.get("Content-Length") or 0))
+        time.sleep(WEBHOOK_TIMEOUT + 2)
+        self.send_response(500)
+        self.end_headers()
+
+    def log_message(self, *args: Any) -> None:
+        pass
+
+
+def hang_webhook(
+    control_plane: Any, namespace: str, rule: dict[str, Any], expression: str
+) -> Iterator[str]:
+    """A webhook on the calls `rule` names in `namespace` whose object matches
+    `expression` (CEL), that hangs until the API server times it out and refuses."""
+    name = f"kubetune-test-hang-{namespace}"
+    cert, key = control_plane.issue_serving_cert("hang-webhook")
+    server = http.server.ThreadingHTTPServer(("127.0.0.1", 0), Hang)
+    server.daemon_threads = True
+    context = ssl.SSLContext(ssl.PROTOCOL_TLS_SERVER)
+    context.load_cert_chain(cert, key)
+    server.socket = context.wrap_socket(server.socket, server_side=True)
+    threading.Thread(target=server.serve_forever, daemon=True).start()
+    webhook = {
+        "apiVersion": "admissionregistration.k8s.io/v1",
+        "kind": "ValidatingWebhookConfiguration",
+        "metadata": {"name": name},
+        "webhooks": [
+            {
+                "name": "hang.kubetune.dev",
+                "admissionReviewVersions": ["v1"],
+                "sideEffects": "None",
+                "failurePolicy": "Fail",
+                "timeoutSeconds": WEBHOOK_TIMEOUT,
+                "clientConfig": {
+                    "url": f"https://127.0.0.1:{server.server_address[1]}/validate",
+                    "caBundle": base64.b64encode(control_plane.ca.cert_pem).decode(),
+                },
+                "rules": [{"apiVersions": ["*"], **rule}],
+                "namespaceSelector": {"matchLabels": {"kubernetes.io/metadata.name": namespace}},
+                "matchConditions": [{"name": "hanging", "expression": expression}],
+            }
+        ],
+    }
+    control_plane.kubectl("apply", "-f", "-", input=json.dumps(webhook))
+    try:
+        yield name
+    finally:
+        control_plane.kubectl(
+            "delete", "validatingwebhookconfiguration", name, "--ignore-not-found", check=False
+        )
+        server.shutdown()
+
+
+@pytest.fixture
+def hanging(control_plane: Any, installed: Any, namespace: str) -> Iterator[str]:
+    """Every creation of `hanging`'s HPOTrials hangs, then is refused."""
+    rule = {"apiGroups": ["kubetune.dev"], "operations": ["CREATE"], "resources": ["hpotrials"]}
+    yield from hang_webhook(
+        control_plane, namespace, rule, f"object.spec.experiment == '{HANGING}'"
+    )
+
+
+@pytest.fixture
+def slow_deletes(control_plane: Any, installed: Any, namespace: str) -> Iterator[str]:
+    """Every deletion of `hanging`'s trial pods hangs, then is refused (a slow delete, as
+    a stuck finalizer webhook or an overloaded API server makes one)."""
+    rule = {"apiGroups": [""], "operations": ["DELETE"], "resources": ["pods"]}
+    expression = f"oldObject.metadata.labels['{LABEL_EXPERIMENT}'] == '{HANGING}'"
+    yield from hang_webhook(control_plane, namespace, rule, expression)
+
+
+def test_an_experiment_whose_calls_hang_stalls_no_other(
+    control_plane: Any,
+    namespace: str,
+    hanging: str,
+    operator: OperatorProcess,
+    process_node_factory: Any,
+) -> None:
+    """Many calls of one experiment hang at once (40 trials sampled together): the
+    operator's threads for API calls must not all wait on them."""
+    process_node_factory(gpus=4, taints=GPU_NODE_TAINTS)
+    apply(control_plane, namespace, experiment(HANGING, max_trials=40, parallel=40))
+    time.sleep(2)  # its first step is under way, its creations hanging
+    apply(control_plane, namespace, experiment("healthy", max_trials=4, parallel=2))
+    began = time.monotonic()
+    done = wait_finished(control_plane, namespace, "healthy", operator, timeout=120)
+    took = time.monotonic() - began
+    assert done["phase"] == "Succeeded", done
+    assert not [t for t in trials(control_plane, namespace) if t["spec"]["experiment"] == HANGING]
+    print(f"healthy experiment done in {took:.1f} s beside one whose calls hang")
+    # Alone it takes about 7 s here; its calls waiting behind the hanging ones, 20 s more.
+    assert took < WEBHOOK_TIMEOUT, f"healthy took {took:.1f} s beside a hanging experiment"
+    # The hanging one's calls did hang, and failed when the API server gave up on them.
+    wait_for(
+        "the hanging experiment's failed resync in the log",
+        lambda: (
+            f"resync of {namespace}/{HANGING} failed (1 in a row"
+            in operator.log_path.read_text(errors="replace")
+        ),
+        WEBHOOK_TIMEOUT + 15,
+        operator.log_tail,
+    )
+
+
+def test_an_experiment_whose_pod_deletions_hang_stalls_no_other(
+    control_plane: Any,
+    namespace: str,
+    slow_deletes: str,
+    operator: OperatorProcess,
+    process_node_factory: Any,
+) -> None:
+    """Katib #2725: a reconciler blocked deleting trials. Here `hanging` runs 40 trials;
+    one reports and meets the objective's target at once, and the stops of the other 39
+    (each a pod deletion) hang: more calls than the operator has threads for API calls.
+    Another experiment must still finish on time."""
+    process_node_factory(gpus=44, taints=GPU_NODE_TAINTS)
+    slow = experiment(HANGING, max_trials=40, parallel=40, sleep=1.0)
+    container = slow["spec"]["trialTemplate"]["spec"]["containers"][0]
+    reporter = " ".join(container["command"])
+    # One trial reports; the other 39 only hold their pods (a cheap process each).
+    container["command"] = [
+        "sh",
+        "-c",
+        f'if [ "$KUBETUNE_TRIAL" = {HANGING}-0 ]; then exec {reporter}; else exec sleep 300; fi',
+    ]
+    slow["spec"]["objective"]["target"] = 10.0  # any first report (loss <= 3) meets it
+    apply(control_plane, namespace, slow)
+
+    def stopped() -> int:
+        events = get(control_plane, namespace, "events")["items"]
+        return sum(e["reason"] == "TrialStopped" for e in events)
+
+    wait_for("the target reached and 39 stops under way", lambda: stopped() >= 39, 90)
+    apply(control_plane, namespace, experiment("healthy", max_trials=4, parallel=2))
+    began = time.monotonic()
+    done = wait_finished(control_plane, namespace, "healthy", operator, timeout=120)
+    took = time.monotonic() - began
+    assert done["phase"] == "Succeeded", done
+    print(f"healthy experiment done in {took:.1f} s beside one whose deletions hang")
+    assert took < WEBHOOK_TIMEOUT, f"healthy took {took:.1f} s beside hanging deletions"
+    # The deletions did hang: the stopped trials' pods were still there meanwhile.
+    pods = get(control_plane, namespace, "pods")["items"]
+    held = [p for p in pods if p["metadata"]["labels"].get(LABEL_EXPERIMENT) == HANGING]
+    assert len(held) >= 39, len(held)

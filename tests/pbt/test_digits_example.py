@@ -1,0 +1,56 @@
+"""trial_image/examples/digits-pbt.yaml, cut down (3 members, 6 epochs), run locally:
+the torch checkpoints carry each member's lineage, and a member made by an exploit
+trained on from its parent's state at the pinned epoch with its own lr and momentum."""
+
+from __future__ import annotations
+
+import io
+import json
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+import torch
+import yaml
+
+REPO = Path(__file__).resolve().parents[2]
+EXAMPLES = REPO / "trial_image" / "examples"
+
+pytestmark = pytest.mark.slow
+
+
+def test_digits_pbt_example_runs_and_records_lineage(tmp_path: Path) -> None:
+    document = yaml.safe_load((EXAMPLES / "digits-pbt.yaml").read_text())
+    spec = document["spec"]
+    spec["scheduler"]["maxResource"] = 6
+    spec["scheduler"]["quantile"] = 0.5  # two decision points, one member replaced each
+    spec["budget"]["parallelTrials"] = 3
+    spec["checkpoints"]["uri"] = (tmp_path / "ckpt").as_uri()
+    container = spec["trialTemplate"]["spec"]["containers"][0]
+    container["workingDir"] = str(EXAMPLES)
+    path = tmp_path / "digits-pbt.yaml"
+    path.write_text(yaml.safe_dump(document))
+    out = tmp_path / "results.json"
+    done = subprocess.run(
+        [sys.executable, "-m", "kubetune.cli", "run", str(path), "--no-live", "--output", str(out)],
+        cwd=tmp_path,
+        capture_output=True,
+        text=True,
+        timeout=400,
+    )
+    assert done.returncode == 0, done.stdout[-3000:] + done.stderr[-3000:]
+    results = json.loads(out.read_text())
+    assert results["reason"] == "PopulationTrained"
+    children = [t for t in results["trials"] if t["parent"]]
+    assert children, "the worst member was replaced at least once"
+    for child in children:
+        step = child["fromStep"]
+        name = tmp_path / "ckpt" / "digits-pbt" / child["name"] / f"step-{step + 2:08d}.ckpt"
+        state = torch.load(io.BytesIO(name.read_bytes()), weights_only=True)
+        *_, previous, own = state["lineage"]
+        assert previous[:2] == [child["parent"], step]
+        assert own[:2] == [child["name"], step + 2]
+        assert own[2:] == [child["params"]["lr"], child["params"]["momentum"]]
+    best = results["best"]
+    assert best["schedule"][-1]["trial"] == best["trial"]

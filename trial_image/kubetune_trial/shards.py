@@ -1,0 +1,67 @@
+"""Checkpoints of a distributed trial (``WORLD_SIZE`` > 1): one shard per rank.
+
+Layout: ``<uri>/rank-<r>/step-<8 digits>.ckpt``, each rank writing only its own folder.
+A step is checkpointed when *every* rank has its shard of it; ``load`` returns this
+rank's shard of the newest such step, and resume uses nothing newer: a gang interrupted
+while some ranks had saved step 8 and others not goes back to step 6 on all ranks.
+
+Pruning keeps each rank's shards of the ``keep`` newest complete steps and anything
+newer (a step other ranks are still saving); ``load`` deletes this rank's shards newer
+than the step it returns, which a gang that was interrupted half-way through saving
+left behind, so they can never complete a step with another attempt's shards.
+"""
+
+from __future__ import annotations
+
+import logging
+from collections.abc import Callable
+
+from .storage import Store, open_store
+
+log = logging.getLogger("kubetune_trial")
+
+# Step -> object name of a store's checkpoints (checkpoint.py's listing).
+StepsOf = Callable[[Store], dict[int, str]]
+
+
+def rank_store(base: Store, rank: int) -> Store:
+    return open_store(f"{base.uri}/rank-{rank}")
+
+
+def complete_steps(base: Store, world_size: int, steps_of: StepsOf) -> list[int]:
+    """The steps every rank has a shard of, oldest first."""
+    common: set[int] | None = None
+    for rank in range(world_size):
+        steps = set(steps_of(rank_store(base, rank)))
+        common = steps if common is None else common & steps
+        if not common:
+            return []
+    return sorted(common or ())
+
+
+def prune(own: Store, complete: list[int], step: int, keep: int, steps_of: StepsOf) -> None:
+    """Delete this rank's shards that no resume can use (see the module docstring)."""
+    found = steps_of(own)
+    kept = [s for s in complete if s <= step][-keep:]
+    oldest_kept = kept[0] if kept else None
+    for old, name in found.items():
+        if old > step or (oldest_kept is not None and old < oldest_kept):
+            try:
+                own.delete(name)
+            except Exception as err:  # the new shard is durable: a leftover only costs space
+                log.warning("could not delete old checkpoint shard step %d: %s", old, err)
+
+
+def load(base: Store, rank: int, world_size: int, steps_of: StepsOf) -> tuple[int, bytes] | None:
+    """This rank's shard of the newest step every rank saved, or None."""
+    own = rank_store(base, rank)
+    complete = complete_steps(base, world_size, steps_of)
+    found = steps_of(own)
+    newest = complete[-1] if complete else None
+    for stale in [s for s in found if newest is None or s > newest]:
+        own.delete(found[stale])
+    for step in reversed(complete):
+        data = own.read(found[step])
+        if data is not None:
+            return step, data
+    return None
