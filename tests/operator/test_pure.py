@@ -6,8 +6,8 @@ import json
 import math
 
 from kubetune.engine import Engine
-from kubetune.events import AttemptEnded, ExitKind, Reported, TrialLaunched, to_record
-from kubetune.operator import store
+from kubetune.events import ExitKind, Reported, TrialLaunched, to_record
+from kubetune.operator import gaps, store
 from kubetune.operator.outcomes import Refusal, api_message, attempt_outcome, refusal
 from kubetune.operator.pods import owned_by, token_secret, trial_pod
 from kubetune.operator.status import restoring_patch
@@ -261,7 +261,8 @@ def stored_histories(
     histories: list[list[dict]] = [[] for _ in range(trials + 1)]
     for seq, event in enumerate(driver.engine.history):
         owner = store.trial_number_of(event)
-        record = signer.sign(store.encode(seq, event))
+        # Each made once all before it were durable (operator/gaps.py).
+        record = signer.sign({**store.encode(seq, event), gaps.DURABLE_FIELD: seq})
         histories[0 if owner is None else owner + 1].append(record)
     return [as_the_api_server_keeps_it(h) for h in histories], driver.engine
 
@@ -474,34 +475,22 @@ def test_compaction_bounds_a_history_of_big_reports_in_bytes() -> None:
     assert store.compact(small, is_milestone, shrink=objective_only) == small
 
 
-def test_late_reports_lost_by_a_killed_operator_are_missing_once_their_attempt_ended() -> None:
-    """Reports written late (operator/writes.py) after an attempt's last stored report
-    may die with a SIGKILLed operator: not missing while the attempt runs (no false
-    HistoryRecordsMissing at every restart); missing once its end is stored, which is
-    written with every report the operator held."""
-    events = [TrialLaunched(3, 1, False, 27, 0.0)] + [reported(s) for s in range(1, 8)]
-    records = [store.encode(seq, e) for seq, e in enumerate(events)]
-    stored = records[:5]  # the launch and steps 1-4; steps 5-7 (seqs 5-7) were late
-    another = [store.encode(8, TrialLaunched(4, 1, False, 27, 0.0))]
-    assert store.missing_records([stored, another]) == []
-    end = store.encode(9, AttemptEnded(3, 1, ExitKind.EXITED, 0, 0.0))
-    assert store.missing_records([[*stored, end], another]) == [5, 6, 7]
-
-
 def test_signed_records_taken_away_are_found_missing_unless_compaction_dropped_them() -> None:
     signer = store.HistorySigner(b"k" * 32, "team/exp/uid-1")
     histories, _ = stored_histories(signer)
-    assert store.missing_records(histories) == []
+    assert gaps.find_holes(histories) == gaps.Holes([], [])
     # Compaction drops reports between an attempt's first and last: not missing.
     events = [TrialLaunched(3, 1, False, 27, 0.0)] + [reported(s) for s in range(1, 600)]
     records = [store.encode(seq, e) for seq, e in enumerate(events)]
-    assert store.missing_records([store.compact(records, is_milestone, limit=200)]) == []
+    kept = store.compact(records, is_milestone, limit=200)
+    assert len(kept) < len(records)
+    assert gaps.find_holes([kept]) == gaps.Holes([], [])
     # A signed record deleted (each left is valid, so no MAC tells): found missing.
     trial_1 = histories[2]
     last_report = [r for r in trial_1 if r["type"] == "Reported"][-1]
     holed = [*histories[:2], [r for r in trial_1 if r is not last_report], *histories[3:]]
     assert store.check_histories(holed, signer).refused == [0, 0, 0, 0]
-    assert store.missing_records(holed) == [last_report["seq"]]
+    assert gaps.find_holes(holed).missing == [last_report["seq"]]
     launch = next(r for r in histories[1] if r["type"] == "TrialLaunched")
     no_launch = [histories[0], [r for r in histories[1] if r is not launch], *histories[2:]]
-    assert store.missing_records(no_launch) == [launch["seq"]]
+    assert gaps.find_holes(no_launch).missing == [launch["seq"]]

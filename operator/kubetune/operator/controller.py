@@ -25,7 +25,8 @@ kubetune owns its objects, level-triggered:
   refused at load (Event `HistoryRecordRefused`, metric
   `kubetune_history_records_refused_total`) and never replayed; a history whose every
   record is refused fails the experiment. Signed records deleted are told (Event
-  `HistoryRecordsMissing`, metric `kubetune_history_records_missing_total`).
+  `HistoryRecordsMissing`, metric `kubetune_history_records_missing_total`); records a
+  killed operator never wrote are not (`gaps.py`: each record says what was durable).
 * An HPOTrial or pod found under the operator's name that it does not own is left as it
   is and fails its trial (Event `TrialObjectNameTaken`); a trial pod that lost its owner
   (HPOTrial deleted with `--cascade=orphan`) is deleted (Event `OrphanedPodDeleted`).

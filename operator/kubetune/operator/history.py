@@ -11,6 +11,7 @@ from typing import Any
 from kubetune.events import Event, Reported, TrialPlanned
 from kubetune.operator import store
 from kubetune.operator.experiment import Experiment
+from kubetune.operator.gaps import Owner, Watermark
 
 Record = dict[str, Any]
 
@@ -22,15 +23,26 @@ class HistoryRecords:
         self.next_seq = 0
         self.trials: dict[int, list[Record]] = defaultdict(list)
         self.experiment_records: list[Record] = []
+        self.watermark = Watermark()  # what is durable, stamped on each record (gaps.py)
 
     def restore(
-        self, seqs: list[int], experiment_records: list[Record], trials: dict[int, list[Record]]
+        self,
+        seqs: list[int],
+        experiment_records: list[Record],
+        trials: dict[int, list[Record]],
+        holes: list[int],
     ) -> None:
-        """What a load replayed: the engine's history is these records' events."""
+        """What a load replayed: the engine's history is these records' events; `holes`
+        are carried by the next records (told once, or a crash's loss)."""
         self.seqs = seqs
         self.next_seq = max(seqs) + 1 if seqs else 0
         self.experiment_records = experiment_records
         self.trials.update(trials)
+        self.watermark.carry(holes)
+
+    def written(self, owner: Owner, snapshot: list[Record]) -> None:
+        """`owner`'s history as in `snapshot` is durable (its status write returned)."""
+        self.watermark.written(owner, snapshot)
 
     def note_new_events(self) -> set[int]:
         """Give events the engine appended a sequence number and file them by owner;
@@ -45,11 +57,15 @@ class HistoryRecords:
 
     def add_plan(self, seq: int, plan: TrialPlanned) -> None:
         """A plan `store.repair` made again for a trial that lost its history."""
-        self.trials[plan.number].append(self.experiment.signer.sign(store.encode(seq, plan)))
+        self.trials[plan.number].append(self._record(seq, plan, plan.number))
+
+    def _record(self, seq: int, event: Event, owner: Owner) -> Record:
+        stamp = self.watermark.stamp(seq, owner)
+        return self.experiment.signer.sign({**store.encode(seq, event), **stamp})
 
     def _file(self, seq: int, event: Event, grown: set[int]) -> None:
         number = store.trial_number_of(event)
-        record = self.experiment.signer.sign(store.encode(seq, event))
+        record = self._record(seq, event, number)
         if number is None:
             self.experiment_records.append(record)
         else:

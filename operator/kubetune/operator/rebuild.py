@@ -9,12 +9,11 @@ from __future__ import annotations
 
 import logging
 import time
-from collections.abc import Sequence
 from typing import Any
 
 from kubetune.engine import Engine
 from kubetune.events import last_launch_version
-from kubetune.operator import ownership, parents, store
+from kubetune.operator import gaps, ownership, parents, store
 from kubetune.operator.experiment import Experiment
 from kubetune.operator.history import HistoryRecords
 from kubetune.operator.podwatch import PodWatch
@@ -80,7 +79,15 @@ class Rebuilder:
                 node = (trial.get("status") or {}).get("node")
                 if node:
                     writer.nodes[number] = node
-            history.restore([seq for seq, _ in events], checked.histories[0], trial_records)
+            accepted = {id(r) for h in checked.histories for r in h}
+            refused = [r for h in stored for r in h if id(r) not in accepted]
+            holes = gaps.find_holes(checked.histories, refused)
+            history.restore(
+                [seq for seq, _ in events],
+                checked.histories[0],
+                trial_records,
+                holes.missing + holes.lost,
+            )
             # Pods launched by kubetune v0.1.0 hold tokens of its scope (no UID): they
             # keep reporting after an upgrade (their launch records are version 0).
             exp.tokens.accept_release_0(
@@ -92,7 +99,8 @@ class Rebuilder:
                 ),
             )
             await self._report_refused(owners, checked.refused)
-            await self._report_missing(stored, bool(made))  # refused ones are told above
+            # Refused ones are told above; a deleted HPOTrial's (`made`) below.
+            await self._report_missing([] if made else holes.missing)
             for seq, plan in made:
                 history.add_plan(seq, plan)
                 writer.dirty_trials.add(plan.number)
@@ -151,12 +159,11 @@ class Rebuilder:
         await exp.event(message, "HistoryRecordRefused", True)
         self.writer.dirty_trials.update(self.history.trials)  # written again without them
 
-    async def _report_missing(self, histories: Sequence[Sequence[Any]], lost: bool) -> None:
-        """Signed records deleted from a history (not a whole HPOTrial: `lost`, its
-        plan made again) are told: Event `HistoryRecordsMissing` and a metric. What is
-        left replayed (it did, or loading failed already); it may lack reports."""
+    async def _report_missing(self, missing: list[int]) -> None:
+        """Signed records deleted from a history (operator/gaps.py) are told: Event
+        `HistoryRecordsMissing` and a metric. What is left replayed (it did, or loading
+        failed already); it may lack reports."""
         exp = self.experiment
-        missing = [] if lost else store.missing_records(histories)
         if not missing:
             return
         exp.observer.history_records_missing(exp.namespace, exp.name, len(missing))

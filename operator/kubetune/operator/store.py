@@ -46,6 +46,7 @@ from kubetune.events import (
     record_version,
     to_record,
 )
+from kubetune.operator.gaps import DURABLE_FIELD, LOST_FIELD
 from kubetune.schedulers.base import SchedulerPolicy
 from kubetune.trials import Decision
 
@@ -72,7 +73,8 @@ def encode(seq: int, event: Event) -> dict[str, Any]:
 def decode(record: dict[str, Any]) -> tuple[int, Event]:
     data = dict(record)
     seq = int(data.pop("seq"))
-    data.pop(MAC_FIELD, None)
+    for field in (MAC_FIELD, DURABLE_FIELD, LOST_FIELD):
+        data.pop(field, None)
     return seq, from_record(data)
 
 
@@ -177,39 +179,6 @@ def check_histories(histories: Sequence[Sequence[Any]], signer: HistorySigner) -
     return CheckedHistories(accepted, refused, legacy=False)
 
 
-def missing_records(histories: Sequence[Sequence[Any]]) -> list[int]:
-    """Sequence numbers below the highest stored that no history holds and compaction
-    cannot have dropped: signed records deleted by someone (a MAC does not show that a
-    record is gone). Every event gets the next number; compaction drops only reports
-    strictly between the first and last kept report of one attempt of one trial, and an
-    operator killed may have lost reports written late (operator/writes.py) after the
-    last stored report of an attempt that has not ended: those are not missing either."""
-    seqs: set[int] = set()
-    bounds: dict[tuple[Any, Any], tuple[int, int]] = {}
-    ended: set[tuple[Any, Any]] = set()
-    for history in histories:
-        for record in history:
-            seq = record.get("seq") if isinstance(record, dict) else None
-            if not isinstance(seq, int) or isinstance(seq, bool):
-                continue
-            seqs.add(seq)
-            key = (record.get("number"), record.get("attempt"))
-            if record.get("type") == "Reported":
-                low, high = bounds.get(key, (seq, seq))
-                bounds[key] = (min(low, seq), max(high, seq))
-            elif record.get("type") == "AttemptEnded":
-                ended.add(key)
-    if not seqs:
-        return []
-    top = max(seqs) + 1
-    spans = [(low, high if key in ended else top) for key, (low, high) in bounds.items()]
-    return [
-        seq
-        for seq in range(max(seqs))
-        if seq not in seqs and not any(low < seq < high for low, high in spans)
-    ]
-
-
 def repair(
     merged: Sequence[tuple[int, Event]], scheduler: SchedulerPolicy
 ) -> tuple[list[tuple[int, Event]], list[tuple[int, TrialPlanned]]]:
@@ -289,8 +258,8 @@ def compact(
             lasts[record["attempt"]] = index
 
     def essential(index: int, record: dict[str, Any]) -> bool:
-        if record["type"] != "Reported":
-            return True
+        if record["type"] != "Reported" or LOST_FIELD in record:
+            return True  # `lost` says which holes a load found (operator/gaps.py)
         return index == lasts[record["attempt"]] or decisions_read(
             record["verdict"]["decision"],
             record.get("rung"),

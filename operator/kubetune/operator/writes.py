@@ -172,6 +172,7 @@ class StatusWriter:
             if not await self._create_trial(trial, restored=True):
                 return
             version = await exp.kube.patch_trial_status(exp.namespace, trial.name, status)
+        self.history.written(number, history)
         self.ours.trial_versions[number].append(version)
         self.ours.written_status[number] = status
         self.ours.foreign_trial_status.pop(number, None)
@@ -239,13 +240,14 @@ class StatusWriter:
         exp = self.experiment
         if exp.closed:
             return
+        records = list(self.history.experiment_records)
         status: dict[str, Any] = dict(
             experiment_status(
                 exp.engine,
                 exp.spec,
                 exp.generation,
                 (exp.cost_usd, exp.cost_at),
-                self.history.experiment_records,
+                records,
                 (self.last_status or {}).get("conditions", []),
                 exp.capacity_conditions,
                 time.time(),
@@ -257,6 +259,7 @@ class StatusWriter:
         patch = restoring_patch(self.ours.foreign_experiment_status, status)
         version = await exp.kube.patch_experiment_status(exp.namespace, exp.name, patch)
         self.ours.foreign_experiment_status = None
+        self.history.written(None, records)
         self.ours.experiment_versions.append(version)
         self.last_status = status
-        self.written_experiment_history = len(self.history.experiment_records)
+        self.written_experiment_history = len(records)
