@@ -99,6 +99,13 @@ class Rebuilder:
                 ),
             )
             await self._report_refused(owners, checked.refused)
+            if holes.lost:
+                logger.info(
+                    "experiment %s/%s: %d history records a stopped operator never wrote",
+                    exp.namespace,
+                    exp.name,
+                    len(holes.lost),
+                )
             # Refused ones are told above; a deleted HPOTrial's (`made`) below.
             await self._report_missing([] if made else holes.missing)
             for seq, plan in made:
