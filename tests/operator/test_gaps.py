@@ -126,8 +126,11 @@ def test_a_durable_record_deleted_is_missing_and_told_once() -> None:
 def test_records_without_a_watermark_tell_nothing_and_refused_ones_are_not_believed() -> None:
     older = [store.encode(seq, TrialLaunched(seq, 1, False, 27, 0.0)) for seq in (0, 2, 4)]
     assert gaps.find_holes([older]) == Holes(missing=[], lost=[1, 3])
-    forged = {**store.encode(9, TrialLaunched(7, 1, False, 27, 0.0)), "durable": 10**9}
-    assert gaps.find_holes([older], refused=[forged]) == Holes([], [1, 3, 5, 6, 7, 8])
+    forged = {**store.encode(3, TrialLaunched(7, 1, False, 27, 0.0)), "durable": 10**9}
+    assert gaps.find_holes([older], refused=[forged]) == Holes([], [1])
+    # A refused record's number bounds nothing: the holes end at the highest signed one.
+    far = {**store.encode(10**15, TrialLaunched(8, 1, False, 27, 0.0)), "durable": 10**15}
+    assert gaps.find_holes([older], refused=[far]) == Holes([], [1, 3])
 
 
 def test_compaction_keeps_the_records_that_carry_holes() -> None:

@@ -75,7 +75,8 @@ def find_holes(histories: Sequence[Sequence[Any]], refused: Iterable[Any] = ()) 
     `refused` records (told as refused already) are not holes, and nothing else of
     theirs is believed."""
     numbers = (_int(r.get("seq")) for r in refused if isinstance(r, dict))
-    seqs: set[int] = {s for s in numbers if s is not None}
+    told: set[int] = {s for s in numbers if s is not None}
+    seqs: set[int] = set()
     spans: dict[tuple[Any, Any], tuple[int, int]] = {}
     excused: list[tuple[int, int]] = []  # closed intervals
     watermark = 0
@@ -98,8 +99,9 @@ def find_holes(histories: Sequence[Sequence[Any]], refused: Iterable[Any] = ()) 
     covered = _merged(inside + excused)
     starts = [low for low, _ in covered]
     holes = []
+    # Up to the highest signed number only: a refused record's could be anything.
     for seq in range(max(seqs)):
-        if seq in seqs:
+        if seq in seqs or seq in told:
             continue
         at = bisect.bisect_right(starts, seq) - 1
         if at < 0 or seq > covered[at][1]:
