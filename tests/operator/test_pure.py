@@ -478,19 +478,19 @@ def test_compaction_bounds_a_history_of_big_reports_in_bytes() -> None:
 def test_signed_records_taken_away_are_found_missing_unless_compaction_dropped_them() -> None:
     signer = store.HistorySigner(b"k" * 32, "team/exp/uid-1")
     histories, _ = stored_histories(signer)
-    assert gaps.find_holes(histories) == gaps.Holes([], [])
+    assert gaps.find_holes(histories).missing == gaps.find_holes(histories).lost == []
     # Compaction drops reports between an attempt's first and last: not missing.
     events = [TrialLaunched(3, 1, False, 27, 0.0)] + [reported(s) for s in range(1, 600)]
     records = [store.encode(seq, e) for seq, e in enumerate(events)]
     kept = store.compact(records, is_milestone, limit=200)
     assert len(kept) < len(records)
-    assert gaps.find_holes([kept]) == gaps.Holes([], [])
+    assert gaps.find_holes([kept]).missing == gaps.find_holes([kept]).lost == []
     # A signed record deleted (each left is valid, so no MAC tells): found missing.
     trial_1 = histories[2]
     last_report = [r for r in trial_1 if r["type"] == "Reported"][-1]
     holed = [*histories[:2], [r for r in trial_1 if r is not last_report], *histories[3:]]
     assert store.check_histories(holed, signer).refused == [0, 0, 0, 0]
-    assert gaps.find_holes(holed).missing == [last_report["seq"]]
+    assert gaps.find_holes(holed).missing == [(last_report["seq"], last_report["seq"])]
     launch = next(r for r in histories[1] if r["type"] == "TrialLaunched")
     no_launch = [histories[0], [r for r in histories[1] if r is not launch], *histories[2:]]
-    assert gaps.find_holes(no_launch).missing == [launch["seq"]]
+    assert gaps.find_holes(no_launch).missing == [(launch["seq"], launch["seq"])]

@@ -11,7 +11,7 @@ from typing import Any
 from kubetune.events import Event, Reported, TrialPlanned
 from kubetune.operator import store
 from kubetune.operator.experiment import Experiment
-from kubetune.operator.gaps import Owner, Watermark
+from kubetune.operator.gaps import Owner, Run, Watermark
 
 Record = dict[str, Any]
 
@@ -30,10 +30,10 @@ class HistoryRecords:
         seqs: list[int],
         experiment_records: list[Record],
         trials: dict[int, list[Record]],
-        holes: list[int],
+        holes: list[Run],
     ) -> None:
         """What a load replayed: the engine's history is these records' events; `holes`
-        are carried by the next records (told once, or a crash's loss)."""
+        (`gaps.Holes.to_carry`) are carried by the next records."""
         self.seqs = seqs
         self.next_seq = max(seqs) + 1 if seqs else 0
         self.experiment_records = experiment_records

@@ -86,7 +86,7 @@ class Rebuilder:
                 [seq for seq, _ in events],
                 checked.histories[0],
                 trial_records,
-                holes.missing + holes.lost,
+                holes.to_carry(),
             )
             # Pods launched by kubetune v0.1.0 hold tokens of its scope (no UID): they
             # keep reporting after an upgrade (their launch records are version 0).
@@ -104,10 +104,9 @@ class Rebuilder:
                     "experiment %s/%s: %d history records a stopped operator never wrote",
                     exp.namespace,
                     exp.name,
-                    len(holes.lost),
+                    gaps.count(holes.lost),
                 )
-            # Refused ones are told above; a deleted HPOTrial's (`made`) below.
-            await self._report_missing([] if made else holes.missing)
+            await self._report_missing(holes.missing)  # refused ones are told above
             for seq, plan in made:
                 history.add_plan(seq, plan)
                 writer.dirty_trials.add(plan.number)
@@ -145,7 +144,7 @@ class Rebuilder:
         kept = self.history.compact(self.history.trials[number])
         expected = writer.trial_status(exp.engine.trials[number], kept)
         writer.ours.written_status[number] = expected
-        if store.canonical(trial.get("status") or {}) != store.canonical(expected):
+        if not store.same_json(trial.get("status") or {}, expected):
             writer.dirty_trials.add(number)
             writer.ours.foreign_trial_status[number] = trial.get("status")
             if not legacy:
@@ -166,17 +165,18 @@ class Rebuilder:
         await exp.event(message, "HistoryRecordRefused", True)
         self.writer.dirty_trials.update(self.history.trials)  # written again without them
 
-    async def _report_missing(self, missing: list[int]) -> None:
-        """Signed records deleted from a history (operator/gaps.py) are told: Event
-        `HistoryRecordsMissing` and a metric. What is left replayed (it did, or loading
-        failed already); it may lack reports."""
+    async def _report_missing(self, missing: list[gaps.Run]) -> None:
+        """Signed records deleted from a history (operator/gaps.py; a whole HPOTrial's
+        too, told besides as TrialReplanned) are told: Event `HistoryRecordsMissing` and
+        a metric. What is left replayed (it did, or loading failed already); it may lack
+        reports."""
         exp = self.experiment
         if not missing:
             return
-        exp.observer.history_records_missing(exp.namespace, exp.name, len(missing))
-        shown = ", ".join(map(str, missing[:10])) + (", ..." if len(missing) > 10 else "")
+        total = gaps.count(missing)
+        exp.observer.history_records_missing(exp.namespace, exp.name, total)
         message = (
-            f"{len(missing)} history records missing (sequence numbers {shown}): deleted "
+            f"{total} history records missing (sequence numbers {gaps.describe(missing)}): deleted "
             f"by someone other than the operator; the rest is replayed without them"
         )
         logger.warning("experiment %s/%s: %s", exp.namespace, exp.name, message)

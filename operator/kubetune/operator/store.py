@@ -121,6 +121,15 @@ def canonical(value: Any) -> Any:
     return value
 
 
+def same_json(a: Any, b: Any) -> bool:
+    """Whether two statuses are equal as the API server keeps them; a value nested too
+    deep to compare (someone else's status) is not equal."""
+    try:
+        return bool(canonical(a) == canonical(b))
+    except RecursionError:
+        return False
+
+
 class HistorySigner:
     """MACs of history records under a key derived from the operator's token key (never
     the token key itself), bound to one experiment object (`tokens.experiment_scope`)."""
@@ -153,6 +162,17 @@ class CheckedHistories:
     legacy: bool  # nothing was signed: an older operator wrote it all
 
 
+def _signed(signer: HistorySigner, record: Any) -> dict[str, Any] | None:
+    """A legacy record signed as it stands; None (refused) for one that is not an object
+    or is nested too deep to sign."""
+    if not isinstance(record, dict):
+        return None
+    try:
+        return signer.sign(record)
+    except RecursionError:
+        return None
+
+
 def _written_since_macs(record: Any) -> bool:
     """A record only a signing operator writes: one with a MAC, or of format version 1
     or later (records got a version after they got MACs; v0.1.0, the only release
@@ -171,7 +191,7 @@ def _written_since_macs(record: Any) -> bool:
 def check_histories(histories: Sequence[Sequence[Any]], signer: HistorySigner) -> CheckedHistories:
     signed = any(_written_since_macs(r) for h in histories for r in h)
     if not signed:
-        accepted = [[signer.sign(r) for r in h if isinstance(r, dict)] for h in histories]
+        accepted = [[s for r in h if (s := _signed(signer, r))] for h in histories]
         refused = [len(h) - len(a) for h, a in zip(histories, accepted, strict=True)]
         return CheckedHistories(accepted, refused, legacy=True)
     accepted = [[r for r in h if signer.valid(r)] for h in histories]
@@ -257,9 +277,11 @@ def compact(
             firsts.setdefault(record["attempt"], index)
             lasts[record["attempt"]] = index
 
+    carrier = max((i for i, r in enumerate(records) if LOST_FIELD in r), default=-1)
+
     def essential(index: int, record: dict[str, Any]) -> bool:
-        if record["type"] != "Reported" or LOST_FIELD in record:
-            return True  # `lost` says which holes a load found (operator/gaps.py)
+        if record["type"] != "Reported" or index == carrier:
+            return True  # the last `lost` holds the holes loads found (operator/gaps.py)
         return index == lasts[record["attempt"]] or decisions_read(
             record["verdict"]["decision"],
             record.get("rung"),

@@ -158,8 +158,10 @@ class StatusWriter:
         self.history.trials[number] = history
         phase = (trial.phase.value, trial.reason)
         written = len(history)
-        # A copy: the client serializes in a thread while new events may be appended.
-        status = self.trial_status(trial, list(history))
+        # A copy: the client serializes in a thread while new events may be appended,
+        # and only what this write sends becomes durable (gaps.Watermark).
+        sent = list(history)
+        status = self.trial_status(trial, sent)
         self.ours.writing_status[number] = status
         patch = restoring_patch(self.ours.foreign_trial_status.get(number), status)
         try:
@@ -172,7 +174,7 @@ class StatusWriter:
             if not await self._create_trial(trial, restored=True):
                 return
             version = await exp.kube.patch_trial_status(exp.namespace, trial.name, status)
-        self.history.written(number, history)
+        self.history.written(number, sent)
         self.ours.trial_versions[number].append(version)
         self.ours.written_status[number] = status
         self.ours.foreign_trial_status.pop(number, None)
