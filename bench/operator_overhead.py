@@ -666,7 +666,7 @@ def main(argv: list[str] | None = None) -> int:
         )
         setup[f"kwok, {nodes} nodes x {GPUS_PER_NODE} GPUs"] = time.monotonic() - t
         t = time.monotonic()
-        operator = OperatorProcess(sa_kubeconfig, workdir).start()
+        operator = OperatorProcess(sa_kubeconfig, workdir, test_defaults=False).start()
         assert operator.process is not None
         _wait_healthy(operator, timeout=60)
         setup["operator ready"] = time.monotonic() - t

@@ -466,7 +466,7 @@ def main(argv: list[str] | None = None) -> int:
             taints=[Taint(GPU_TAINT["key"], "true")],
             timeout=120,
         )
-        operator = OperatorProcess(kubeconfig, workdir).start()
+        operator = OperatorProcess(kubeconfig, workdir, test_defaults=False).start()
         _wait_healthy(operator, timeout=60)
         print(f"setup done in {time.monotonic() - wall:.0f}s", flush=True)
         scale = Scale(cp, operator, figures)

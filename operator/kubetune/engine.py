@@ -315,6 +315,11 @@ class Engine:
                 f"{trial.phase.value}, current attempt {current.number if current else None})"
             )
         verdict, rung = self._verdict(trial, step, metrics)
+        if rung is not None and rung in trial.rung_values:
+            # Only a trial's first value at a rung is its rung value (`_apply_report`): a
+            # report past a rung already reached decides nothing, and is marked so, so
+            # that it may be written late and thinned (operator/store.decisions_read).
+            rung = None
         exploit = None
         if trial.replaced_by is not None and verdict.decision is Decision.CONTINUE:
             # pbt: its replacement is history but this report of the decision is not (the

@@ -12,7 +12,7 @@ import random
 import pytest
 
 from kubetune.engine import MAX_TRIALS_REACHED, LaunchTrial
-from kubetune.events import ExitKind
+from kubetune.events import ExitKind, Reported
 from kubetune.schedulers.asha import ASHA
 from kubetune.trials import Attempt, Decision, TrialPhase, TrialRecord
 
@@ -131,6 +131,31 @@ def test_asha_pauses_at_the_target_rung_and_not_before() -> None:
     again = driver.report(0, 3, 3.0)
     assert again == verdict
     assert driver.engine.trials[0].rung_values == {0: 4.0}
+
+
+def test_only_the_first_value_at_a_rung_is_marked_with_the_rung() -> None:
+    """Reports past a rung the trial already has a value for decide nothing (its rung
+    value is its first there), so they carry no rung: the operator writes them late and
+    thins them. While they carried it, every report after rung 0 was written ahead."""
+    driver = Driver(asha_spec(max_resource=27, max_trials=1))
+    driver.decide()
+    rungs: dict[int, int | None] = {}
+
+    def reported(step: int, metrics: dict[str, float]) -> None:
+        driver.engine.report(0, driver.attempt(0), step, metrics, driver.now)
+        event = driver.engine.history[-1]
+        assert isinstance(event, Reported) and event.step == step
+        rungs[step] = event.rung
+
+    reported(1, {"loss": 9.0})  # rung 0 (1): paused there
+    for step in (3, 9):
+        assert driver.exit(0)
+        driver.decide()  # the only trial is promoted, to 3 and then to 9
+        reported(step - 1, {"loss": 8.0})
+        reported(step, {"accuracy": 0.5})  # at the rung without the objective: no value
+        reported(step + 1, {"loss": 7.0 if step == 3 else 5.0})  # its value at the rung
+    assert rungs == {1: 0, 2: None, 3: None, 4: 1, 8: None, 9: None, 10: 2}
+    assert driver.engine.trials[0].rung_values == {0: 9.0, 1: 7.0, 2: 5.0}
 
 
 def record(number: int, phase: TrialPhase, rung_values: dict[int, float]) -> TrialRecord:

@@ -33,12 +33,14 @@ def free_port() -> int:
         return sock.getsockname()[1]
 
 
-def operator_env() -> dict[str, str]:
+def operator_env(test_defaults: bool = True) -> dict[str, str]:
     """The operator's environment in tests: reports no decision reads are written
     within a second (the default is 5 s), so that tests that wait for a trial's
-    `status.step` see it move as they used to; a test may set its own."""
+    `status.step` see it move as they used to; a test may set its own. Benchmarks run
+    the operator as shipped (`test_defaults=False`)."""
     env = dict(os.environ)
-    env.setdefault("KUBETUNE_REPORT_WRITE_SECONDS", "1")
+    if test_defaults:
+        env.setdefault("KUBETUNE_REPORT_WRITE_SECONDS", "1")
     return env
 
 
@@ -49,9 +51,12 @@ class OperatorProcess:
         workdir: Path,
         extra_args: Sequence[str] = (),
         banner: bool = True,
+        test_defaults: bool = True,
     ) -> None:
-        """`banner`: a line in the log at each start (off when every line must be JSON)."""
+        """`banner`: a line in the log at each start (off when every line must be JSON);
+        `test_defaults`: see `operator_env`."""
         self.kubeconfig = kubeconfig
+        self.test_defaults = test_defaults
         self.extra_args = list(extra_args)
         self.banner = banner
         self.checkpoints = (workdir / "checkpoints").as_uri()
@@ -87,7 +92,7 @@ class OperatorProcess:
             ],
             stdout=log,
             stderr=subprocess.STDOUT,
-            env=operator_env(),
+            env=operator_env(self.test_defaults),
         )
         return self
 

@@ -112,9 +112,7 @@ class PodWatch:
         node = pod_node(pod)
         rank = pod_rank(pod)  # a gang's rank 0 stands for its trial (its node, its log)
         if node and rank == 0 and self.writer.nodes.get(trial.number) != node:
-            self.writer.nodes[trial.number] = node
-            self.writer.lazy_trials.add(trial.number)
-            self.writer.flush_soon()
+            self.writer.note_node(trial.number, node)
         outcome = attempt_outcome(pod, deleted)
         self.notices.pod_seen(
             pod["metadata"]["name"], trial.number, attempt, node, gone=outcome is not None

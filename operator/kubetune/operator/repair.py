@@ -27,7 +27,9 @@ async def trial_changed(
     if metadata.get("uid") != writer.trial_uids.get(number):
         return  # an older object, or one put back already
     if deleted:
-        # Written now: the write finds it gone and puts it back (`StatusWriter`).
+        # Written now: the write finds it gone and puts it back (`StatusWriter`); what
+        # we wrote last is gone with it, so the write is not skipped as unchanged.
+        writer.ours.written_status.pop(number, None)
         writer.dirty_trials.add(number)
         await writer.flush_trial(number)
         return

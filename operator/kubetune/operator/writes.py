@@ -2,7 +2,7 @@
 put back when someone deleted it) and the experiment's status.
 
 Trial histories and experiment-level events are written before anything acts on them
-(`persist`); derived summaries (counts, best, nodes) wait for a flush that coalesces
+(`persist`); derived summaries (counts, best) wait for a flush that coalesces
 many changes (`flush_soon`). Writes of one HPOTrial go through one CoalescedWriter,
 so they never overlap and a caller's change is durable when its flush returns.
 
@@ -14,6 +14,8 @@ What a SIGKILLed operator can lose is only such reports; the SDK sends its last 
 again, with `flush`, before its process exits, so no attempt's final value is lost
 (tests/operator/test_durability.py). Any write-ahead write of the trial (a rung, its
 attempt's end) carries the late ones with it: a status is always written whole.
+A trial's node is written the same way, with its next write (`note_node`), and a write
+that would send the status last written is not sent.
 """
 
 from __future__ import annotations
@@ -60,6 +62,7 @@ class StatusWriter:
         self.dirty_trials: set[int] = set()  # to be written before any decision acts
         self.lazy_trials: set[int] = set()  # to be written at the next flush
         self.late_reports: set[int] = set()  # answered reports not yet durable
+        self.late_nodes: set[int] = set()  # a trial's node, written with its next write
         self.report_flush: asyncio.Task[None] | None = None
         self.written_phases: dict[int, tuple[str, str]] = {}
         self.writers: dict[int, CoalescedWriter] = {}
@@ -76,6 +79,17 @@ class StatusWriter:
         """The engine's one new event is a report no decision reads: written within
         REPORT_WRITE_SECONDS, together with others, not before it is answered."""
         self.late_reports |= self.history.note_new_events()
+        self._start_late_writes()
+
+    def note_node(self, number: int, node: str) -> None:
+        """Trial `number` runs on `node`: shown in its status by its next write (its
+        first report's, usually) or within REPORT_WRITE_SECONDS, not by a write of its
+        own (one HPOTrial write per attempt fewer)."""
+        self.nodes[number] = node
+        self.late_nodes.add(number)
+        self._start_late_writes()
+
+    def _start_late_writes(self) -> None:
         if self.report_flush is None or self.report_flush.done():
             self.report_flush = asyncio.create_task(self._write_late_reports())
 
@@ -83,7 +97,8 @@ class StatusWriter:
         return number not in self.late_reports and number not in self.dirty_trials
 
     async def write_late_reports(self) -> None:
-        await asyncio.gather(*(self.flush_trial(n) for n in sorted(self.late_reports)))
+        late = self.late_reports | self.late_nodes
+        await asyncio.gather(*(self.flush_trial(n) for n in sorted(late)))
 
     async def _write_late_reports(self) -> None:
         delay = REPORT_WRITE_SECONDS
@@ -101,7 +116,7 @@ class StatusWriter:
                     REPORT_RETRY_SECONDS,
                     error,
                 )
-            if self.experiment.closed or not self.late_reports:
+            if self.experiment.closed or not (self.late_reports or self.late_nodes):
                 return
             delay = REPORT_RETRY_SECONDS
 
@@ -148,9 +163,7 @@ class StatusWriter:
             return
         trial = exp.engine.trials[number]
         if number in self.name_taken:
-            self.dirty_trials.discard(number)  # nothing of ours to write it in
-            self.lazy_trials.discard(number)
-            self.late_reports.discard(number)
+            self._written(number)  # nothing of ours to write it in
             return
         if number not in self.trial_uids and not await self._create_trial(trial):
             return
@@ -162,6 +175,15 @@ class StatusWriter:
         # and only what this write sends becomes durable (gaps.Watermark).
         sent = list(history)
         status = self.trial_status(trial, sent)
+        if (
+            number not in self.ours.foreign_trial_status
+            and self.ours.written_status.get(number) == status
+        ):
+            # A flush asked for what an earlier write already carried (the late writer
+            # and a report's own write-ahead, say): nothing to send.
+            self.written_phases[number] = phase
+            self._written(number)
+            return
         self.ours.writing_status[number] = status
         patch = restoring_patch(self.ours.foreign_trial_status.get(number), status)
         try:
@@ -180,10 +202,13 @@ class StatusWriter:
         self.ours.foreign_trial_status.pop(number, None)
         self.written_phases[number] = phase
         if self.history.trials[number] is history and len(history) == written:
-            # Nothing new arrived during the write.
-            self.dirty_trials.discard(number)
-            self.lazy_trials.discard(number)
-            self.late_reports.discard(number)
+            self._written(number)  # nothing new arrived during the write
+
+    def _written(self, number: int) -> None:
+        self.dirty_trials.discard(number)
+        self.lazy_trials.discard(number)
+        self.late_reports.discard(number)
+        self.late_nodes.discard(number)
 
     async def _create_trial(self, trial: TrialRecord, restored: bool = False) -> bool:
         """Create the trial's HPOTrial; False (and the experiment closes) if the
