@@ -16,6 +16,7 @@ from kubetune.operator.gaps import Holes, Watermark
 from kubetune.operator.history import HistoryRecords
 from kubetune.operator.writes import StatusWriter
 from kubetune.trials import Decision, TrialPhase, Verdict
+from tests.operator.test_write_economy import fake_experiment
 
 Owner = int | None
 
@@ -280,16 +281,7 @@ def test_only_what_a_write_sent_becomes_durable() -> None:
         stored[name] = patch["history"]
         return "1"
 
-    experiment = SimpleNamespace(
-        body={},
-        closed=False,
-        engine=engine,
-        signer=store.HistorySigner(b"k" * 32, "ns/e/uid"),
-        spec=SimpleNamespace(objective=SimpleNamespace(metric="loss")),
-        namespace="ns",
-        name="e",
-        kube=SimpleNamespace(patch_trial_status=patch_trial_status),
-    )
+    experiment = fake_experiment(engine, SimpleNamespace(patch_trial_status=patch_trial_status))
 
     def report(number: int, step: int) -> Reported:
         return Reported(number, 1, step, {"loss": 1.0}, Verdict(Decision.CONTINUE), None, 0.0)

@@ -30,13 +30,9 @@ class FakeTrials:
         return str(len(self.patches))
 
 
-def make_writer(api: FakeTrials) -> tuple[StatusWriter, Any]:
-    engine = SimpleNamespace(
-        history=[],
-        trials=[SimpleNamespace(number=0, name="t0", phase=TrialPhase.RUNNING, reason="")],
-        scheduler=SimpleNamespace(must_keep=lambda step: False),
-    )
-    experiment = SimpleNamespace(
+def fake_experiment(engine: Any, kube: Any) -> Any:
+    """What StatusWriter and HistoryRecords read of an operator/experiment.Experiment."""
+    return SimpleNamespace(
         body={},
         closed=False,
         engine=engine,
@@ -44,8 +40,17 @@ def make_writer(api: FakeTrials) -> tuple[StatusWriter, Any]:
         spec=SimpleNamespace(objective=SimpleNamespace(metric="loss")),
         namespace="ns",
         name="e",
-        kube=api,
+        kube=kube,
     )
+
+
+def make_writer(api: FakeTrials) -> tuple[StatusWriter, Any]:
+    engine = SimpleNamespace(
+        history=[],
+        trials=[SimpleNamespace(number=0, name="t0", phase=TrialPhase.RUNNING, reason="")],
+        scheduler=SimpleNamespace(must_keep=lambda step: False),
+    )
+    experiment = fake_experiment(engine, api)
     writer = StatusWriter(experiment, HistoryRecords(experiment))  # type: ignore[arg-type]
     writer.trial_uids = {0: "u0"}
 
