@@ -21,7 +21,7 @@ from kubetune.operator import ownership
 from kubetune.operator.experiment import Experiment
 from kubetune.operator.gang import PARTIAL_GANG_SECONDS, PartialGangs, rank_pods, trial_service
 from kubetune.operator.gangshell import delete_ranks, stop_ranks
-from kubetune.operator.outcomes import Refusal, api_message, refusal
+from kubetune.operator.outcomes import Refusal, api_message, namespace_terminating, refusal
 from kubetune.operator.pods import owned_by, token_secret, trial_pod
 from kubetune.operator.quota import QUOTA_RETRY_SECONDS, QuotaWaits
 from kubetune.operator.writes import StatusWriter
@@ -130,6 +130,9 @@ class PodActions:
                     self.refused.append((action, await ownership.name_taken(exp, kind, name)))
                     return
         except ApiException as error:
+            if namespace_terminating(error.status, error.body):
+                exp.close_with_namespace()
+                return
             message = api_message(error.body, str(error.reason or ""))
             kind = refusal(error.status, message)
             if kind is None:
@@ -221,10 +224,16 @@ class PodActions:
             exp.observer.reconcile_error("sampling", error)
             logger.exception("sampling trials %s of %s/%s failed", numbers, exp.namespace, exp.name)
             return
-        async with exp.lock:
-            for number, suggestion in zip(numbers, suggestions, strict=True):
-                exp.engine.record_suggestion(number, suggestion)
-            await self.step_locked()
+        try:
+            async with exp.lock:
+                for number, suggestion in zip(numbers, suggestions, strict=True):
+                    exp.engine.record_suggestion(number, suggestion)
+                await self.step_locked()
+        except Exception as error:
+            # A task of its own: raised, it was "never retrieved" and logged by asyncio
+            # alone. The trials are carried out by the next reconcile (resync.py).
+            exp.observer.reconcile_error("sampling", error)
+            logger.exception("launching sampled trials of %s/%s failed", exp.namespace, exp.name)
 
 
 def relaunch(trial: TrialRecord) -> LaunchTrial:

@@ -6,6 +6,7 @@ them) each hold their own state and reach the others only through their methods.
 from __future__ import annotations
 
 import asyncio
+import logging
 from collections.abc import Coroutine
 from dataclasses import dataclass
 from typing import Any
@@ -20,6 +21,8 @@ from kubetune.spec import ExperimentSpec
 from kubetune.timestamps import parse_rfc3339
 from kubetune.tokens import TokenAuthority, experiment_scope
 from kubetune.trialenv import checkpoint_uri
+
+log = logging.getLogger(__name__)
 
 
 @dataclass(frozen=True)
@@ -70,6 +73,13 @@ class Experiment:
         self.cost_usd: float | None = stored.get("costUSD")
         self.cost_at: float | None = parse_rfc3339(stored.get("costAccountedAt"))
         self.capacity_conditions: list[dict[str, Any]] = []
+
+    def close_with_namespace(self) -> None:
+        """The API server refused a create because the namespace is being deleted: the
+        experiment goes with it, so nothing more is written or created for it."""
+        if not self.closed:
+            log.info("%s/%s: its namespace is being deleted", self.namespace, self.name)
+        self.closed = True
 
     def in_background(self, work: Coroutine[Any, Any, Any]) -> None:
         """Run `work` without waiting for it, kept referenced until it ends."""

@@ -119,6 +119,20 @@ def refusal(status: int, message: str) -> Refusal | None:
     return None
 
 
+def namespace_terminating(status: int, body: str | bytes | None) -> bool:
+    """Whether an API error is the NamespaceLifecycle admission's refusal to create
+    anything in a namespace being deleted: the experiment goes with it, so nothing is to
+    be created, retried or failed for it (a namespace deleted under 128 trials logged
+    128 tracebacks and tried to put every HPOTrial back)."""
+    if status != 403:
+        return False
+    try:
+        causes = (json.loads(body or b"").get("details") or {}).get("causes") or []
+    except (ValueError, AttributeError, TypeError):
+        return False
+    return any(isinstance(c, dict) and c.get("reason") == "NamespaceTerminating" for c in causes)
+
+
 def api_message(body: str | bytes | None, fallback: str = "", limit: int = 1000) -> str:
     """The `message` of a Kubernetes Status in an error's body, bounded."""
     try:

@@ -33,6 +33,7 @@ from kubetune.operator.coalesce import CoalescedWriter
 from kubetune.operator.experiment import Experiment
 from kubetune.operator.gang import rank_pod_name
 from kubetune.operator.history import HistoryRecords, Record
+from kubetune.operator.outcomes import namespace_terminating
 from kubetune.operator.pods import owned_by
 from kubetune.operator.settings import env_seconds
 from kubetune.operator.status import (
@@ -221,7 +222,13 @@ class StatusWriter:
                 exp.closed = True
                 return False
         body = trial_object(exp.namespace, exp.name, exp.uid, trial)
-        created = await exp.kube.create_trial(exp.namespace, body)
+        try:
+            created = await exp.kube.create_trial(exp.namespace, body)
+        except ApiException as error:
+            if not namespace_terminating(error.status, error.body):
+                raise
+            exp.close_with_namespace()
+            return False
         if not owned_by(created, {exp.uid}):
             self.name_taken[trial.number] = await ownership.name_taken(exp, "HPOTrial", trial.name)
             return False
