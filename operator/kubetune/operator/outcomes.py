@@ -119,6 +119,15 @@ def refusal(status: int, message: str) -> Refusal | None:
     return None
 
 
+def api_status(body: str | bytes | None) -> dict[str, Any]:
+    """The Kubernetes Status in an API error's body; {} when it is not one."""
+    try:
+        found = json.loads(body or b"")
+    except (ValueError, TypeError):
+        return {}
+    return found if isinstance(found, dict) else {}
+
+
 def namespace_terminating(status: int, body: str | bytes | None) -> bool:
     """Whether an API error is the NamespaceLifecycle admission's refusal to create
     anything in a namespace being deleted: the experiment goes with it, so nothing is to
@@ -126,18 +135,14 @@ def namespace_terminating(status: int, body: str | bytes | None) -> bool:
     128 tracebacks and tried to put every HPOTrial back)."""
     if status != 403:
         return False
-    try:
-        causes = (json.loads(body or b"").get("details") or {}).get("causes") or []
-    except (ValueError, AttributeError, TypeError):
+    details = api_status(body).get("details")
+    causes = details.get("causes") if isinstance(details, dict) else None
+    if not isinstance(causes, list):
         return False
     return any(isinstance(c, dict) and c.get("reason") == "NamespaceTerminating" for c in causes)
 
 
 def api_message(body: str | bytes | None, fallback: str = "", limit: int = 1000) -> str:
     """The `message` of a Kubernetes Status in an error's body, bounded."""
-    try:
-        message = json.loads(body or b"").get("message")
-    except (ValueError, AttributeError, TypeError):
-        message = None
-    text = str(message or fallback or "refused")
+    text = str(api_status(body).get("message") or fallback or "refused")
     return text if len(text) <= limit else text[:limit] + "..."
