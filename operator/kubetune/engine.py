@@ -36,11 +36,21 @@ from kubetune.events import (
     TrialSampled,
     WarmStarted,
 )
-from kubetune.samplers import SamplerState, SamplerTrial, Suggestion
+from kubetune.samplers import SamplerState, SamplerTrial, Suggestion, reads_history
 from kubetune.schedulers import SchedulerPolicy, make_scheduler
+from kubetune.schedulers.ladders import RungLadders
 from kubetune.schedulers.pbt import EXPLOITED, PBT
 from kubetune.spec import AlgorithmName, ExperimentSpec, WarmStartMode
-from kubetune.trials import Attempt, Decision, TrialPhase, TrialRecord, Verdict, trained_from
+from kubetune.trials import (
+    SLOT_PHASES,
+    Attempt,
+    Decision,
+    PhaseIndex,
+    TrialPhase,
+    TrialRecord,
+    Verdict,
+    trained_from,
+)
 
 
 class EngineError(Exception):
@@ -144,10 +154,13 @@ class Engine:
     target_reached: bool = False
     # spec.warmStart: the earlier experiments' trials, as read once at the start.
     warm: WarmStarted | None = None
+    phases: PhaseIndex = field(default_factory=PhaseIndex, repr=False, compare=False)
+    cost_observed: bool = False  # a CostObserved is in the history
 
     def __post_init__(self) -> None:
         self.scheduler = self._make_scheduler()
         self.sign = self.spec.objective.sign()
+        self.ladders = RungLadders(self.sign)  # kept by _apply, read by ASHA's promotions
 
     # ----- rebuilding -----------------------------------------------------------------
 
@@ -166,6 +179,16 @@ class Engine:
 
     def _apply(self, event: Event) -> None:
         self.history.append(event)
+        self._apply_event(event)
+        if isinstance(event, SearchExhausted | ExperimentEnded | ExperimentReopened):
+            self.phases.rebuild(self.trials)  # these move many trials, or drop some
+            self.ladders = RungLadders.of(self.trials, self.sign)
+        elif (number := getattr(event, "number", None)) is not None:
+            trial = self.trials[number]
+            if self.phases.update(trial) and trial.phase is TrialPhase.FAILED:
+                self.ladders.drop(trial)
+
+    def _apply_event(self, event: Event) -> None:
         match event:
             case ExperimentStarted(at=at):
                 self.started_at = at
@@ -207,6 +230,7 @@ class Engine:
                 self._apply_attempt_end(event)
             case CostObserved(usd=usd, trial_usd_per_hour=rate):
                 self.cost_usd, self.trial_usd_per_hour = usd, rate
+                self.cost_observed = True
             case WarmStarted():
                 self.warm = event
             case ExperimentReopened():
@@ -230,8 +254,9 @@ class Engine:
         value = event.metrics.get(self.spec.objective.metric)
         if value is not None and math.isfinite(value):
             trial.values[event.step] = value
-            if event.rung is not None:
-                trial.rung_values.setdefault(event.rung, value)
+            if event.rung is not None and event.rung not in trial.rung_values:
+                trial.rung_values[event.rung] = value
+                self.ladders.add(trial, event.rung, value)
         if attempt.first_step is None:
             attempt.first_step = event.step
             attempt.trained_from = trained_from(trial.attempts, event.step)
@@ -416,7 +441,7 @@ class Engine:
         if self.ended is None or self.exhausted:
             return False
         budget = self.spec.budget
-        failed = sum(t.phase is TrialPhase.FAILED for t in self.trials)
+        failed = self.phases.count(TrialPhase.FAILED)
         if budget.maxFailedTrials is not None and failed > budget.maxFailedTrials:
             return False
         if self.ended.reason == TARGET_REACHED:
@@ -443,7 +468,7 @@ class Engine:
         limit = self.spec.budget.maxCostUSD
         if limit is None or self.ended is not None:
             return False
-        first = not any(isinstance(e, CostObserved) for e in self.history)
+        first = not self.cost_observed
         old_rate = self.trial_usd_per_hour
         moved = usd - self.cost_usd >= COST_STEP * limit
         crossed = self.cost_usd < limit <= usd
@@ -456,10 +481,11 @@ class Engine:
     def sampler_request(self, number: int) -> tuple[ExperimentSpec, list[SamplerTrial], dict, int]:
         """Arguments for `samplers.suggest` for trial `number`: trials sampled before it
         (after spec.warmStart's, numbered below 0)."""
-        trials = [
-            *self._prior_view(),
-            *(_sampler_view(t) for t in self.trials if t.number < number),
-        ]
+        trials = (
+            [*self._prior_view(), *(_sampler_view(t) for t in self.trials if t.number < number)]
+            if reads_history(self.spec)
+            else []  # nothing to build, nor to send to a sampler process, per suggestion
+        )
         return self.spec, trials, dict(self.study_attrs), number
 
     # ----- spec.warmStart (kubetune.warmstart) --------------------------------------------
@@ -524,11 +550,14 @@ class Engine:
         if ending is not None:
             return self._wind_down(*ending, now)
         budget = self.spec.budget
-        free = budget.parallelTrials - sum(t.phase.holds_slot for t in self.trials)
+        free = budget.parallelTrials - self.phases.count(*SLOT_PHASES)
         committed = self._committed_cost(now)  # budget.maxCostUSD: what work under way costs
         unaffordable = False
         target: int | None
-        for trial, target in self.scheduler.promotions(self.trials, max(free, 0)):
+        holders = self.phases.members(*SLOT_PHASES) if free > 0 else []
+        for trial, target in self.scheduler.promotions(
+            self.trials, max(free, 0), self.ladders, holders
+        ):
             if not self._affordable(committed, cost := self._work_cost(target, trial.last_step)):
                 unaffordable = True
                 break
@@ -546,8 +575,8 @@ class Engine:
             self._record(TrialPlanned(number, bracket, target))
             free -= 1
         actions: list[Action] = []
-        for trial in self.trials:
-            if trial.phase is TrialPhase.PENDING and not self._waits_for_slot(trial):
+        for trial in self.phases.members(TrialPhase.PENDING):
+            if not self._waits_for_slot(trial):
                 attempt = len(trial.attempts) + 1
                 resume = bool(trial.attempts)
                 self._record(TrialLaunched(trial.number, attempt, resume, trial.next_target, now))
@@ -564,10 +593,10 @@ class Engine:
                         trial.from_step,
                     )
                 )
-        sampling = [t.number for t in self.trials if t.phase is TrialPhase.SAMPLING]
+        sampling = self.phases.members(TrialPhase.SAMPLING)
         if sampling:
-            actions.append(SampleTrial(sampling[0]))
-        if not any(t.phase.holds_slot for t in self.trials):
+            actions.append(SampleTrial(sampling[0].number))
+        if not self.phases.count(*SLOT_PHASES):
             if unaffordable:
                 message = (
                     f"the next trial or promotion would take the cost (${self.cost_usd:.2f} "
@@ -636,7 +665,7 @@ class Engine:
         if self.spec.budget.maxCostUSD is None:
             return 0.0
         total = self.cost_usd
-        for trial in self.trials:
+        for trial in self.phases.members(*SLOT_PHASES):
             if trial.phase is TrialPhase.RUNNING:
                 attempt = trial.attempts[-1]
                 elapsed = now - (attempt.started_at if attempt.started_at is not None else now)
@@ -650,7 +679,9 @@ class Engine:
         limit = self.spec.budget.maxCostUSD
         if limit is None or self.cost_usd >= limit:
             return limit is None
-        promotions = self.scheduler.promotions(self.trials, 1)
+        promotions = self.scheduler.promotions(
+            self.trials, 1, self.ladders, self.phases.members(*SLOT_PHASES)
+        )
         if promotions:
             trial, resource = promotions[0]
             return self._affordable(self.cost_usd, self._work_cost(resource, trial.last_step))
@@ -661,7 +692,7 @@ class Engine:
 
     def _ending_reason(self, now: float) -> tuple[bool, str, str] | None:
         budget = self.spec.budget
-        failed = sum(t.phase is TrialPhase.FAILED for t in self.trials)
+        failed = self.phases.count(TrialPhase.FAILED)
         if budget.maxFailedTrials is not None and failed > budget.maxFailedTrials:
             message = (
                 f"{failed} trials failed, more than maxFailedTrials ({budget.maxFailedTrials})"
@@ -691,7 +722,7 @@ class Engine:
 
     def _wind_down(self, succeeded: bool, reason: str, message: str, now: float) -> list[Action]:
         actions: list[Action] = []
-        running = [t for t in self.trials if t.phase is TrialPhase.RUNNING]
+        running = self.phases.members(TrialPhase.RUNNING)
         for trial in running:
             if trial.number not in self.stop_reasons:
                 self._record(StopRequested(trial.number, reason))
@@ -738,13 +769,10 @@ class Engine:
         return Best(trial.number, trial.name, trial.params, trial.value, trial.resource)
 
     def counts(self) -> dict[str, int]:
-        counts = {phase.value: 0 for phase in TrialPhase}
-        for trial in self.trials:
-            counts[trial.phase.value] += 1
-        return counts
+        return {phase.value: self.phases.count(phase) for phase in TrialPhase}
 
     def running(self) -> Sequence[TrialRecord]:
-        return [t for t in self.trials if t.phase is TrialPhase.RUNNING]
+        return self.phases.members(TrialPhase.RUNNING)
 
 
 def _sampler_view(trial: TrialRecord) -> SamplerTrial:

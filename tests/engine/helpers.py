@@ -23,6 +23,7 @@ from kubetune.engine import (
 )
 from kubetune.events import ExitKind, from_record, to_record
 from kubetune.samplers import Suggestion, suggest
+from kubetune.schedulers.ladders import RungLadders
 from kubetune.spec import ExperimentSpec, parse_experiment
 from kubetune.trials import TrialPhase, Verdict
 
@@ -131,6 +132,7 @@ class Driver:
         for trial in trials:
             # Only the last attempt may be open.
             assert all(a.ended_at is not None for a in trial.attempts[:-1]), trial
+        check_indexes(self.engine)
 
     # ----- the trials' side -----------------------------------------------------------
 
@@ -147,6 +149,15 @@ class Driver:
 
     def exit(self, number: int, code: int | None = 0, kind: ExitKind = ExitKind.EXITED) -> bool:
         return self.engine.attempt_ended(number, self.attempt(number), kind, code, self.now)
+
+
+def check_indexes(engine: Engine) -> None:
+    """The engine's kept indexes (trials by phase, rung ladders) are what a scan of every
+    trial gives: decisions read them instead of the trials."""
+    trials = engine.trials
+    for phase in TrialPhase:
+        assert engine.phases.members(phase) == [t for t in trials if t.phase is phase], phase
+    assert engine.ladders.entries() == RungLadders.of(trials, engine.sign).entries()
 
 
 def launches(actions: list[Action]) -> list[tuple[int, int, bool, int | None]]:

@@ -214,7 +214,7 @@ class PodActions:
     async def _sample(self) -> None:
         """Every trial waiting for parameters, in one call to the sampler worker."""
         exp = self.experiment
-        numbers = [t.number for t in exp.engine.trials if t.phase is TrialPhase.SAMPLING]
+        numbers = [t.number for t in exp.engine.phases.members(TrialPhase.SAMPLING)]
         if not numbers:
             return
         spec, trials, attrs, _ = exp.engine.sampler_request(numbers[0])

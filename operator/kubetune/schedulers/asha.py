@@ -15,9 +15,11 @@ rungs 1, 3, 9, 27 would train no one to 27.
 
 from __future__ import annotations
 
+import math
 from collections.abc import Sequence
 
-from kubetune.schedulers.base import ranking_key, stop_at_max
+from kubetune.schedulers.base import stop_at_max
+from kubetune.schedulers.ladders import RungLadders
 from kubetune.trials import Decision, TrialPhase, TrialRecord, Verdict
 
 
@@ -61,43 +63,52 @@ class ASHA:
     def must_keep(self, step: int) -> bool:
         return False  # decisions read rung reports only, and those are marked with their rung
 
-    def promotions(self, trials: Sequence[TrialRecord], free: int) -> list[tuple[TrialRecord, int]]:
+    def promotions(
+        self,
+        trials: Sequence[TrialRecord],
+        free: int,
+        ladders: RungLadders | None = None,
+        holders: Sequence[TrialRecord] | None = None,
+    ) -> list[tuple[TrialRecord, int]]:
+        """`ladders` and `holders`: the engine's up-to-date `RungLadders` of `trials`, and
+        the trials that hold a slot (both found here when not given)."""
+        if free <= 0:
+            return []
+        ranked = ladders if ladders is not None else RungLadders.of(trials, self.sign)
         chosen: list[tuple[TrialRecord, int]] = []
         taken: set[int] = set()
+        closed: float | None = None  # computed once, and only when needed
         for _ in range(free):
-            found = self._next_promotion(trials, taken)
+            found = self._scan(ranked, taken, None)
+            if found is None and self.max_trials is not None and len(trials) >= self.max_trials:
+                if closed is None:
+                    closed = _closed_up_to(
+                        [t for t in trials if t.phase.holds_slot] if holders is None else holders
+                    )
+                found = self._scan(ranked, taken, closed)
             if found is None:
                 break
             chosen.append(found)
             taken.add(found[0].number)
         return chosen
 
-    def _next_promotion(
-        self, trials: Sequence[TrialRecord], taken: set[int]
-    ) -> tuple[TrialRecord, int] | None:
-        found = self._scan(trials, taken, closing=False)
-        if found is None and self.max_trials is not None and len(trials) >= self.max_trials:
-            found = self._scan(trials, taken, closing=True)
-        return found
-
     def _scan(
-        self, trials: Sequence[TrialRecord], taken: set[int], closing: bool
+        self, ladders: RungLadders, taken: set[int], closed: float | None
     ) -> tuple[TrialRecord, int] | None:
+        """`closed`: every trial exists, and no trial in training can still join a rung
+        up to this one: each such rung promotes at least one."""
         for rung in range(len(self.rungs) - 2, -1, -1):
-            members = [
-                (t, t.rung_values[rung])
-                for t in trials
-                if rung in t.rung_values and t.phase is not TrialPhase.FAILED
-            ]
-            members.sort(key=ranking_key(self.sign))
-            quota = len(members) // self.eta
-            if closing and not any(
-                t.phase.holds_slot and max(t.rung_values, default=-1) < rung for t in trials
-            ):
+            quota = ladders.size(rung) // self.eta
+            if closed is not None and rung <= closed:
                 quota = max(quota, 1)  # no one else will join this rung
-            for trial, _ in members[:quota]:
+            for trial in ladders.promotable(rung, quota):
                 if trial.phase is TrialPhase.PAUSED and trial.number not in taken:
-                    paused_here = max(trial.rung_values) == rung
-                    if paused_here:
-                        return trial, self.rungs[rung + 1]
+                    return trial, self.rungs[rung + 1]
         return None
+
+
+def _closed_up_to(holders: Sequence[TrialRecord]) -> float:
+    """The highest rung that no trial holding a slot can still join: the lowest rung such
+    a trial has reached (-1: one has reached none), every rung when none holds a slot."""
+    reached = [max(t.rung_values, default=-1) for t in holders]
+    return min(reached, default=math.inf)

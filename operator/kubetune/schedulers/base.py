@@ -6,6 +6,7 @@ import math
 from collections.abc import Callable, Sequence
 from typing import Protocol
 
+from kubetune.schedulers.ladders import RungLadders
 from kubetune.trials import Decision, TrialPhase, TrialRecord, Verdict
 
 
@@ -28,7 +29,13 @@ class SchedulerPolicy(Protocol):
         """The verdict for a report, and the rung index it reached (None: not a rung)."""
         ...
 
-    def promotions(self, trials: Sequence[TrialRecord], free: int) -> list[tuple[TrialRecord, int]]:
+    def promotions(
+        self,
+        trials: Sequence[TrialRecord],
+        free: int,
+        ladders: RungLadders | None = None,
+        holders: Sequence[TrialRecord] | None = None,
+    ) -> list[tuple[TrialRecord, int]]:
         """Up to `free` paused trials to resume, each with the resource to train to."""
         ...
 

@@ -15,6 +15,7 @@ import statistics
 from collections.abc import Sequence
 
 from kubetune.schedulers.base import is_milestone, stop_at_max
+from kubetune.schedulers.ladders import RungLadders
 from kubetune.trials import Decision, TrialPhase, TrialRecord, Verdict
 
 
@@ -62,7 +63,13 @@ class MedianStopping:
     def must_keep(self, step: int) -> bool:
         return is_milestone(step)  # decisions compare values at milestones only
 
-    def promotions(self, trials: Sequence[TrialRecord], free: int) -> list[tuple[TrialRecord, int]]:
+    def promotions(
+        self,
+        trials: Sequence[TrialRecord],
+        free: int,
+        ladders: RungLadders | None = None,
+        holders: Sequence[TrialRecord] | None = None,
+    ) -> list[tuple[TrialRecord, int]]:
         return []
 
 
@@ -90,5 +97,11 @@ class NoScheduler:
     def must_keep(self, step: int) -> bool:
         return False  # nothing is decided from a report but maxResource
 
-    def promotions(self, trials: Sequence[TrialRecord], free: int) -> list[tuple[TrialRecord, int]]:
+    def promotions(
+        self,
+        trials: Sequence[TrialRecord],
+        free: int,
+        ladders: RungLadders | None = None,
+        holders: Sequence[TrialRecord] | None = None,
+    ) -> list[tuple[TrialRecord, int]]:
         return []

@@ -18,6 +18,7 @@ from collections.abc import Sequence
 from dataclasses import dataclass
 
 from kubetune.schedulers.base import ranking_key, stop_at_max
+from kubetune.schedulers.ladders import RungLadders
 from kubetune.trials import Decision, TrialPhase, TrialRecord, Verdict
 
 
@@ -84,7 +85,13 @@ class SuccessiveHalving:
     def must_keep(self, step: int) -> bool:
         return False  # decisions read rung reports only, and those are marked with their rung
 
-    def promotions(self, trials: Sequence[TrialRecord], free: int) -> list[tuple[TrialRecord, int]]:
+    def promotions(
+        self,
+        trials: Sequence[TrialRecord],
+        free: int,
+        ladders: RungLadders | None = None,
+        holders: Sequence[TrialRecord] | None = None,
+    ) -> list[tuple[TrialRecord, int]]:
         chosen: list[tuple[TrialRecord, int]] = []
         for index, bracket in enumerate(self.brackets):
             members = [t for t in trials if t.bracket == index]
