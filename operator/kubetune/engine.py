@@ -19,6 +19,7 @@ from dataclasses import dataclass, field
 from typing import Any
 
 from kubetune.events import (
+    MOVES_MANY,
     AttemptEnded,
     CostObserved,
     Event,
@@ -180,8 +181,8 @@ class Engine:
     def _apply(self, event: Event) -> None:
         self.history.append(event)
         self._apply_event(event)
-        if isinstance(event, SearchExhausted | ExperimentEnded | ExperimentReopened):
-            self.phases.rebuild(self.trials)  # these move many trials, or drop some
+        if isinstance(event, MOVES_MANY):
+            self.phases.rebuild(self.trials)
             self.ladders = RungLadders.of(self.trials, self.sign)
         elif (number := getattr(event, "number", None)) is not None:
             trial = self.trials[number]

@@ -9,12 +9,13 @@ decisions that depended on timing (which report came first).
 from __future__ import annotations
 
 import dataclasses
+from collections.abc import Iterable
 from dataclasses import dataclass, field
 from enum import StrEnum
 from typing import Any
 
 from kubetune.space import Params
-from kubetune.trials import Decision, TrialPhase, Verdict
+from kubetune.trials import GO_ON, Decision, TrialPhase, Verdict
 
 
 class ExitKind(StrEnum):
@@ -23,19 +24,19 @@ class ExitKind(StrEnum):
     REFUSED = "refused"  # never ran: the cluster refused its pod (the spec is at fault)
 
 
-@dataclass(frozen=True)
+@dataclass(frozen=True, slots=True)
 class ExperimentStarted:
     at: float
 
 
-@dataclass(frozen=True)
+@dataclass(frozen=True, slots=True)
 class TrialPlanned:
     number: int
     bracket: int
     target: int | None
 
 
-@dataclass(frozen=True)
+@dataclass(frozen=True, slots=True)
 class TrialSampled:
     number: int
     params: Params
@@ -43,18 +44,18 @@ class TrialSampled:
     study_attrs: dict[str, Any] = field(default_factory=dict)
 
 
-@dataclass(frozen=True)
+@dataclass(frozen=True, slots=True)
 class SearchExhausted:
     number: int
 
 
-@dataclass(frozen=True)
+@dataclass(frozen=True, slots=True)
 class TrialPromoted:
     number: int
     target: int
 
 
-@dataclass(frozen=True)
+@dataclass(frozen=True, slots=True)
 class TrialExploited:
     """Population-based training: planned trial `number` replaces member `replaces`,
     starting from the checkpoint trial `parent` saved at step `from_step`, with the
@@ -69,7 +70,7 @@ class TrialExploited:
     at: float
 
 
-@dataclass(frozen=True)
+@dataclass(frozen=True, slots=True)
 class TrialLaunched:
     number: int
     attempt: int
@@ -78,7 +79,7 @@ class TrialLaunched:
     at: float
 
 
-@dataclass(frozen=True)
+@dataclass(frozen=True, slots=True)
 class Reported:
     number: int
     attempt: int
@@ -89,13 +90,13 @@ class Reported:
     at: float
 
 
-@dataclass(frozen=True)
+@dataclass(frozen=True, slots=True)
 class StopRequested:
     number: int
     reason: str
 
 
-@dataclass(frozen=True)
+@dataclass(frozen=True, slots=True)
 class AttemptEnded:
     number: int
     attempt: int
@@ -105,7 +106,7 @@ class AttemptEnded:
     message: str = ""
 
 
-@dataclass(frozen=True)
+@dataclass(frozen=True, slots=True)
 class ExperimentEnded:
     succeeded: bool
     reason: str
@@ -113,14 +114,14 @@ class ExperimentEnded:
     at: float
 
 
-@dataclass(frozen=True)
+@dataclass(frozen=True, slots=True)
 class ExperimentReopened:
     """The budget grew after the experiment had ended: it goes on."""
 
     at: float
 
 
-@dataclass(frozen=True)
+@dataclass(frozen=True, slots=True)
 class CostObserved:
     """What the experiment's nodes have cost so far, as the shell measured it (USD), and
     what one trial costs per hour now: the engine's budget decisions read only these."""
@@ -130,7 +131,7 @@ class CostObserved:
     at: float
 
 
-@dataclass(frozen=True)
+@dataclass(frozen=True, slots=True)
 class PriorTrial:
     """A completed trial of an earlier experiment, mapped onto this experiment's space."""
 
@@ -140,7 +141,7 @@ class PriorTrial:
     value: float
 
 
-@dataclass(frozen=True)
+@dataclass(frozen=True, slots=True)
 class WarmStarted:
     """spec.warmStart, done: the earlier experiments' completed trials, read once when the
     experiment started and mapped onto its space (kubetune.warmstart). Replay reads them
@@ -170,6 +171,25 @@ Event = (
     | CostObserved
     | TrialExploited
 )
+
+# Events that may change any trial's phase (an end stops the paused ones, a reopening
+# resumes them, a search running out drops the unsampled): every other event changes
+# the trial it names, if any.
+MOVES_MANY = (SearchExhausted, ExperimentEnded, ExperimentReopened)
+
+
+def touched_trials(events: Iterable[Event]) -> set[int] | None:
+    """The numbers of the trials these events changed; None when one may have changed
+    any trial (`MOVES_MANY`)."""
+    numbers: set[int] = set()
+    for event in events:
+        if isinstance(event, MOVES_MANY):
+            return None
+        number = getattr(event, "number", None)
+        if number is not None:
+            numbers.add(number)
+    return numbers
+
 
 _TYPES: dict[str, type] = {
     cls.__name__: cls
@@ -280,11 +300,12 @@ def _metrics(value: Any) -> dict[str, float]:
 def _verdict(value: Any) -> Verdict:
     data = _object(value)
     final = data.get("final")
-    return Verdict(
+    verdict = Verdict(
         Decision(data["decision"]),
         _str(data.get("reason", "")),
         TrialPhase(final) if final else None,
     )
+    return GO_ON if verdict == GO_ON else verdict  # one object, as the engine keeps it
 
 
 def _strings(value: Any) -> list[str]:

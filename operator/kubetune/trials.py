@@ -37,7 +37,7 @@ class Decision(StrEnum):
     STOP = "stop"
 
 
-@dataclass(frozen=True)
+@dataclass(frozen=True, slots=True)
 class Verdict:
     """A scheduler's answer to a report. `final` is the phase a stop leads to."""
 
@@ -53,10 +53,14 @@ class Verdict:
 
     @staticmethod
     def go_on() -> Verdict:
-        return Verdict(Decision.CONTINUE)
+        return GO_ON
 
 
-@dataclass
+# One object for the verdict most reports get: the engine keeps every report's verdict.
+GO_ON = Verdict(Decision.CONTINUE)
+
+
+@dataclass(slots=True)
 class Attempt:
     number: int
     resume: bool

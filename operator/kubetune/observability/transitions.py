@@ -16,7 +16,7 @@ from dataclasses import dataclass
 from enum import StrEnum
 
 from kubetune.engine import NOT_PROMOTED, Engine
-from kubetune.events import TrialPromoted
+from kubetune.events import TrialPromoted, touched_trials
 from kubetune.trials import Decision, TrialPhase, TrialRecord
 
 
@@ -102,14 +102,23 @@ class TrialWatcher:
         first = self._engine_id != id(engine)
         self._engine_id = id(engine)
         promoted: dict[int, int] = {}
+        new = engine.history[self._history :]
         if not first:
-            for event in engine.history[self._history :]:
+            for event in new:
                 if isinstance(event, TrialPromoted):
                     promoted[event.number] = promoted.get(event.number, 0) + 1
         self._history = len(engine.history)
         changes: list[Transition] = []
         objective = engine.spec.objective.metric
-        for trial in engine.trials:
+        # Only the trials the new events name can have changed (or any, after one that
+        # moves many): at 10,000 trials, looking at each on every report was milliseconds.
+        touched = None if first else touched_trials(new)
+        looked = (
+            engine.trials
+            if touched is None
+            else [engine.trials[n] for n in sorted(touched) if 0 <= n < len(engine.trials)]
+        )
+        for trial in looked:
             ended = sum(a.ended_at is not None for a in trial.attempts)
             now = _Seen(trial.phase, trial.interruptions, ended)
             before = self._seen.get(trial.number)

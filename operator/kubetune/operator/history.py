@@ -8,7 +8,7 @@ from collections import defaultdict
 from collections.abc import Callable, Sequence
 from typing import Any
 
-from kubetune.events import Event, Reported, TrialPlanned
+from kubetune.events import MOVES_MANY, Event, Reported, TrialPlanned
 from kubetune.operator import store
 from kubetune.operator.experiment import Experiment
 from kubetune.operator.gaps import Owner, Run, Watermark
@@ -24,6 +24,9 @@ class HistoryRecords:
         self.trials: dict[int, list[Record]] = defaultdict(list)
         self.experiment_records: list[Record] = []
         self.watermark = Watermark()  # what is durable, stamped on each record (gaps.py)
+        # An event that may change any trial's phase was filed (events.MOVES_MANY): the
+        # writer then looks at every trial, not only those whose histories grew.
+        self.moved_many = True
 
     def restore(
         self,
@@ -53,6 +56,7 @@ class HistoryRecords:
             self.next_seq += 1
             self.seqs.append(seq)
             self._file(seq, event, grown)
+            self.moved_many |= isinstance(event, MOVES_MANY)
         return grown
 
     def add_plan(self, seq: int, plan: TrialPlanned) -> None:

@@ -126,10 +126,13 @@ class StatusWriter:
         now (decisions wait for them); derived summaries may wait for a flush."""
         exp = self.experiment
         self.note_new_events()
-        for trial in exp.engine.trials:
-            # Experiment-level events (the end, say) change trials' phases too.
-            if self.written_phases.get(trial.number) != (trial.phase.value, trial.reason):
-                self.dirty_trials.add(trial.number)
+        if self.history.moved_many:
+            # Experiment-level events (the end, say) change trials' phases too; any other
+            # event changes only its own trial, whose history grew (note_new_events).
+            self.history.moved_many = False
+            for trial in exp.engine.trials:
+                if self.written_phases.get(trial.number) != (trial.phase.value, trial.reason):
+                    self.dirty_trials.add(trial.number)
         ready = []
         for number in sorted(self.dirty_trials):
             if number >= len(exp.engine.trials):

@@ -1,0 +1,58 @@
+"""The rebuild's LIST of an experiment's HPOTrials is read a page at a time: in one
+response, 1,000 trials' histories were ~70 MB of JSON that the client held whole, as
+bytes, text and objects at once (the operator's peak memory at every restart of
+bench/scale.py). On the real API server, with the operator's own ServiceAccount."""
+
+from __future__ import annotations
+
+import asyncio
+import json
+from pathlib import Path
+from typing import Any
+
+from kubetune.operator.kube import Kube, load_client_config
+from kubetune.operator.status import trial_object
+from kubetune.trials import TrialRecord
+from tests.operator.harness import experiment
+
+
+def test_every_trial_is_listed_across_pages_and_only_the_experiments(
+    control_plane: Any, installed: Path, tmp_path: Path
+) -> None:
+    namespace = "list-pages"
+    control_plane.kubectl("create", "namespace", namespace)
+    uids = {}
+    for name in ("paged", "other"):
+        path = tmp_path / f"{name}.json"
+        path.write_text(json.dumps(experiment(name)))
+        control_plane.kubectl("apply", "-n", namespace, "-f", str(path))
+        uids[name] = control_plane.kubectl(
+            "get", "hpoexperiment", name, "-n", namespace, "-o", "jsonpath={.metadata.uid}"
+        ).stdout.strip()
+    counts = {"paged": 5, "other": 2}
+    for name, count in counts.items():
+        for number in range(count):
+            body = trial_object(
+                namespace, name, uids[name], TrialRecord(number, f"{name}-{number}")
+            )
+            path = tmp_path / f"{name}-{number}.json"
+            path.write_text(json.dumps(body))
+            control_plane.kubectl("create", "-f", str(path))
+
+    kube = Kube(load_client_config(str(installed)))
+    calls: list[dict[str, Any]] = []
+    listing = kube.custom.list_namespaced_custom_object
+
+    def counted(*args: Any, **kwargs: Any) -> Any:
+        calls.append(kwargs)
+        return listing(*args, **kwargs)
+
+    kube.custom.list_namespaced_custom_object = counted  # type: ignore[method-assign]
+    listed = asyncio.run(kube.list_trials(namespace, "paged", page=2))
+    assert sorted(t["metadata"]["name"] for t in listed) == [f"paged-{n}" for n in range(5)]
+    assert len(calls) == 3, calls  # 2 + 2 + 1
+    assert all(c["limit"] == 2 for c in calls)
+    assert "_continue" not in calls[0] and all(c["_continue"] for c in calls[1:])
+    calls.clear()
+    assert len(asyncio.run(kube.list_trials(namespace, "other"))) == 2
+    assert len(calls) == 1  # the default page holds them
