@@ -12,8 +12,8 @@ import sys
 import time
 from pathlib import Path
 
-import pytest
 import optuna
+import pytest
 from optuna.samplers import GPSampler, RandomSampler, TPESampler
 
 from kubetune.engine import SEARCH_SPACE_EXHAUSTED
