@@ -45,6 +45,19 @@ class SchedulerPolicy(Protocol):
         ...
 
 
+class NoPromotions:
+    """For a policy that never resumes a paused trial (it pauses none)."""
+
+    def promotions(
+        self,
+        trials: Sequence[TrialRecord],
+        free: int,
+        ladders: RungLadders | None = None,
+        holders: Sequence[TrialRecord] | None = None,
+    ) -> list[tuple[TrialRecord, int]]:
+        return []
+
+
 def rung_resources(min_resource: int, max_resource: int, reduction_factor: int) -> list[int]:
     """[r, rη, rη², …, R]: geometric rungs from min to max, the top one being max itself.
 

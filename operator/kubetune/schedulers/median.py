@@ -14,12 +14,11 @@ from __future__ import annotations
 import statistics
 from collections.abc import Sequence
 
-from kubetune.schedulers.base import is_milestone, stop_at_max
-from kubetune.schedulers.ladders import RungLadders
+from kubetune.schedulers.base import NoPromotions, is_milestone, stop_at_max
 from kubetune.trials import Decision, TrialPhase, TrialRecord, Verdict
 
 
-class MedianStopping:
+class MedianStopping(NoPromotions):
     def __init__(
         self, sign: float, min_trials: int, warmup_steps: int, max_resource: int | None
     ) -> None:
@@ -63,21 +62,12 @@ class MedianStopping:
     def must_keep(self, step: int) -> bool:
         return is_milestone(step)  # decisions compare values at milestones only
 
-    def promotions(
-        self,
-        trials: Sequence[TrialRecord],
-        free: int,
-        ladders: RungLadders | None = None,
-        holders: Sequence[TrialRecord] | None = None,
-    ) -> list[tuple[TrialRecord, int]]:
-        return []
-
 
 def trial_metric(signed: float, sign: float) -> str:
     return f"{signed * sign:.6g}"
 
 
-class NoScheduler:
+class NoScheduler(NoPromotions):
     """Every trial runs until it ends by itself (or reaches maxResource, when set)."""
 
     def __init__(self, max_resource: int | None) -> None:
@@ -96,12 +86,3 @@ class NoScheduler:
 
     def must_keep(self, step: int) -> bool:
         return False  # nothing is decided from a report but maxResource
-
-    def promotions(
-        self,
-        trials: Sequence[TrialRecord],
-        free: int,
-        ladders: RungLadders | None = None,
-        holders: Sequence[TrialRecord] | None = None,
-    ) -> list[tuple[TrialRecord, int]]:
-        return []

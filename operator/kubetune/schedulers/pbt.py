@@ -27,7 +27,6 @@ from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 from typing import Any
 
-from kubetune.schedulers.ladders import RungLadders
 from kubetune.schedulers.median import NoScheduler
 from kubetune.spec import (
     CategoricalParameter,
@@ -85,15 +84,6 @@ class PBT(NoScheduler):
 
     def must_keep(self, step: int) -> bool:
         return step % self.interval == 0  # members are ranked by their interval reports
-
-    def promotions(
-        self,
-        trials: Sequence[TrialRecord],
-        free: int,
-        ladders: RungLadders | None = None,
-        holders: Sequence[TrialRecord] | None = None,
-    ) -> list[tuple[TrialRecord, int]]:
-        return []
 
     # ----- exploit and explore ---------------------------------------------------------
 
