@@ -182,8 +182,8 @@ class Engine:
         self.history.append(event)
         self._apply_event(event)
         if isinstance(event, MOVES_MANY):
+            # These move phases (none to Failed) and drop unsampled trials: no rung changes.
             self.phases.rebuild(self.trials)
-            self.ladders = RungLadders.of(self.trials, self.sign)
         elif (number := getattr(event, "number", None)) is not None:
             trial = self.trials[number]
             if self.phases.update(trial) and trial.phase is TrialPhase.FAILED:

@@ -161,7 +161,7 @@ class PhaseIndex:
     def update(self, trial: TrialRecord) -> bool:
         """File `trial` under its phase; True when that phase is new for it."""
         old = self._phase.get(trial.number)
-        if old is trial.phase and self._members[old].get(trial.number) is trial:
+        if old is trial.phase:
             return False
         if old is not None:
             self._members[old].pop(trial.number, None)
