@@ -10,7 +10,9 @@ What a sampler remembers between asks in Optuna's storage (CMA-ES keeps its opti
 trial system attributes, QMC a sample counter in the study's) is returned with the
 suggestion, stored in the history, and written back when the study is rebuilt. The GP
 sampler remembers one thing outside the storage: its fitted kernel parameters, the
-starting point of the next fit, which kubetune carries in a study attribute too.
+starting point of the next fit, which kubetune carries in a study attribute too
+(kubetune.gp_state). TPE's is its random generator: kubetune carries its position
+(kubetune.tpe_stream), so `tpe` draws what a long-lived TPESampler draws.
 
 `bayesian` and `tpe` draw their start-up trials at random; a long-lived Optuna sampler
 draws them from one random stream, so kubetune replays that stream (the experiment's
@@ -44,7 +46,6 @@ from dataclasses import dataclass, field
 from enum import StrEnum
 from typing import Any, Literal
 
-import numpy as np
 import optuna
 from optuna.samplers import (
     BaseSampler,
@@ -56,9 +57,16 @@ from optuna.samplers import (
 )
 from optuna.trial import TrialState
 
+from kubetune.gp_state import (
+    GP_KERNEL_ATTR,
+    fitted_gp_kernel,
+    restore_gp_kernel,
+    widen_acquisition_search,
+)
 from kubetune.space import Params, distributions_for, iter_grid, params_key, suggest_params
 from kubetune.spec import AlgorithmName, ExperimentSpec, Goal
 from kubetune.startup import startup_point, startup_trials
+from kubetune.tpe_stream import TPE_STREAM_ATTR, StreamPosition
 
 optuna.logging.set_verbosity(optuna.logging.WARNING)
 # QMC and GP samplers are marked experimental in Optuna; kubetune pins their behaviour
@@ -99,79 +107,6 @@ class Suggestion:
     params: Params
     system_attrs: dict[str, Any]
     study_attrs: dict[str, Any]
-
-
-GP_KERNEL_ATTR = "kubetune:gp_kernel"
-"""Study attribute holding the GP's last fitted kernel: inverse squared length scales
-(one per dimension), then kernel scale, then noise variance."""
-
-
-def _restore_gp_kernel(sampler: GPSampler, study_attrs: Mapping[str, Any]) -> None:
-    """Give a fresh GPSampler the kernel its predecessor fitted, as a long-lived one has.
-
-    Private API: Optuna keeps this warm start in `GPSampler._gprs_cache_list` (its TODO
-    says it should become system attrs); only `inverse_squared_lengthscales`,
-    `kernel_scale` and `noise_var` of the cached regressor are read, as the initial point
-    of `optuna._gp.gp.fit_kernel_params`. Written against Optuna 4.4-5.0; if a later
-    version renames the attribute, nothing breaks (the sampler fits from defaults, and
-    the regret bound in tests/engine/test_samplers.py fails to say so).
-    """
-    saved = study_attrs.get(GP_KERNEL_ATTR)
-    if not isinstance(saved, list) or len(saved) < 3 or not hasattr(sampler, "_gprs_cache_list"):
-        return
-    import torch
-    from optuna._gp.gp import GPRegressor
-
-    params = torch.tensor([float(v) for v in saved], dtype=torch.float64)
-    dim = len(saved) - 2
-    # A dimension mismatch (the relative search space changed) makes the sampler drop it.
-    sampler._gprs_cache_list = [
-        GPRegressor(
-            is_categorical=torch.zeros(dim, dtype=torch.bool),
-            X_train=torch.zeros((1, dim), dtype=torch.float64),
-            y_train=torch.zeros(1, dtype=torch.float64),
-            inverse_squared_lengthscales=params[:-2],
-            kernel_scale=params[-2],
-            noise_var=params[-1],
-        )
-    ]
-
-
-def _fitted_gp_kernel(sampler: GPSampler) -> list[float] | None:
-    """The kernel the sampler fitted in its last ask (None when it fitted none)."""
-    cache = getattr(sampler, "_gprs_cache_list", None)
-    if not cache:
-        return None
-    gpr = cache[0]
-    values = [
-        *np.asarray(gpr.inverse_squared_lengthscales.detach(), dtype=float).tolist(),
-        float(gpr.kernel_scale.detach()),
-        float(gpr.noise_var.detach()),
-    ]
-    return values if all(math.isfinite(v) for v in values) else None
-
-
-GP_PRELIMINARY_SAMPLES = 4096
-GP_LOCAL_SEARCHES = 20
-"""Acquisition search of `bayesian`: QMC points scored, then local searches started from the
-best of them; Optuna's GPSampler uses 2048 and 10. Twice as wide, the acquisition's global
-maximum is found more often, and Hartmann-6 at p=4 gets stuck in a local basin less:
-mean regret over seeds 0-19 0.125 against 0.243 with Optuna's values, and Optuna's own
-GPSampler 0.214 (bench/search_quality.py; H12b's measurements in the commit message)."""
-
-
-def _widen_acquisition_search(sampler: GPSampler) -> None:
-    """Set the acquisition search's width on a GPSampler.
-
-    Private API: Optuna has no constructor option for it; it keeps these as
-    `_n_preliminary_samples` and `_n_local_search` (Optuna 4.4-5.0) and passes them to
-    `optuna._gp.optim_mixed.optimize_acqf_mixed` (the GPSampler docstring's steps 2 and 4).
-    If a later version renames them, nothing breaks (the sampler keeps its own values), and
-    tests/engine/test_samplers.py, which watches the optimizer's arguments, fails to say so.
-    """
-    if hasattr(sampler, "_n_preliminary_samples") and hasattr(sampler, "_n_local_search"):
-        sampler._n_preliminary_samples = GP_PRELIMINARY_SAMPLES
-        sampler._n_local_search = GP_LOCAL_SEARCHES
 
 
 def derived_seed(seed: int, number: int) -> int:
@@ -236,7 +171,7 @@ def make_sampler(
             )
         case AlgorithmName.BAYESIAN:
             gp = GPSampler(seed=seed, warn_independent_sampling=False, **startup)
-            _widen_acquisition_search(gp)
+            widen_acquisition_search(gp)
             return gp
         case AlgorithmName.CMAES:
             return CmaEsSampler(
@@ -308,6 +243,17 @@ def _next_grid_point(spec: ExperimentSpec, trials: Sequence[SamplerTrial]) -> Pa
     return next((p for p in points if params_key(p) not in used), None)
 
 
+def draws_from_tpe_stream(spec: ExperimentSpec, finished: int) -> bool:
+    """Whether a TPE suggestion draws from the experiment's one TPE stream, as a long-lived
+    TPESampler would (kubetune.tpe_stream): always for `tpe`, and for `bayesian` once it has
+    handed over to TPE. The one suggestion in four TPE makes for `bayesian` at p > 1 is
+    seeded per trial, as it was measured (TPE_SHARE_IN_PARALLEL)."""
+    algorithm = spec.algorithm
+    return algorithm.name is AlgorithmName.TPE or (
+        algorithm.name is AlgorithmName.BAYESIAN and finished > algorithm.gpMaxTrials
+    )
+
+
 def reads_history(spec: ExperimentSpec) -> bool:
     """Whether the algorithm's suggestions depend on the trials before: random search's
     draws come from the trial's own seed alone, and building the study of every trial
@@ -369,11 +315,20 @@ def suggest_many(
                 break
             study.enqueue_trial(point)
         if isinstance(study.sampler, GPSampler):
-            _restore_gp_kernel(study.sampler, storage.get_study_system_attrs(study_id))
+            restore_gp_kernel(study.sampler, storage.get_study_system_attrs(study_id))
+        stream = (
+            StreamPosition(
+                study.sampler, spec.algorithm.seed, storage.get_study_system_attrs(study_id)
+            )
+            if isinstance(study.sampler, TPESampler) and draws_from_tpe_stream(spec, finished)
+            else None
+        )
         asked = study.ask()
         params = suggest_params(asked, spec.parameters)
+        if stream is not None:
+            storage.set_study_system_attr(study_id, TPE_STREAM_ATTR, stream.after())
         if isinstance(study.sampler, GPSampler):
-            kernel = _fitted_gp_kernel(study.sampler)
+            kernel = fitted_gp_kernel(study.sampler)
             if kernel is not None:
                 storage.set_study_system_attr(study_id, GP_KERNEL_ATTR, kernel)
         system_attrs = {
