@@ -14,7 +14,9 @@ is built on, driven directly, with the same protocol, in one run:
   for the GP and 100 for TPE: their regret is bimodal (global basin found or not), so
   10 seeds move a ratio by 0.3 one way or the other;
 * the same sampler options (kubetune's `tpe` is Optuna's TPESampler with constant liar,
-  multivariate and group, so the Optuna row uses them too; `bayesian` is GPSampler with
+  multivariate and group, so the Optuna row uses them too; it draws from one stream as a
+  long-lived TPESampler does, so its rows equal Optuna's and a TPE ratio of 1 says it
+  still does; `bayesian` is GPSampler with
   its default 10 start-up trials (10 - p at p > 1), and at p > 1 lets TPE make one in four;
   its peer stays GPSampler alone, the stronger of Optuna's two at every p here), the same
   seeds, the same objective and noise.
