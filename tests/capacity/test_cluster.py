@@ -227,8 +227,10 @@ def test_the_cost_goes_on_while_the_operator_is_down(
     apply(control_plane, namespace, document)
     wait_for(
         "a cost stored with both nodes up",
-        lambda: pool.cloud.count() == 2
-        and (status(control_plane, namespace, "unwatched").get("costUSD") or 0) > 0,
+        lambda: (
+            pool.cloud.count() == 2
+            and (status(control_plane, namespace, "unwatched").get("costUSD") or 0) > 0
+        ),
         120,
         operator.log_tail,
     )

@@ -79,8 +79,7 @@ def without_nulls(value: Any) -> Any:
 def json_round_trip(history: list) -> list:
     """The history through JSON, and through the API server's pruning of nulls."""
     return [
-        from_record(without_nulls(json.loads(json.dumps(to_record(event)))))
-        for event in history
+        from_record(without_nulls(json.loads(json.dumps(to_record(event))))) for event in history
     ]
 
 

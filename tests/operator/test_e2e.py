@@ -31,7 +31,6 @@ from tests.operator.harness import (
 pytestmark = [pytest.mark.cluster, pytest.mark.slow]
 
 
-
 def test_an_experiment_runs_to_completion(
     control_plane: Any, namespace: str, operator: OperatorProcess, process_node_factory: Any
 ) -> None:

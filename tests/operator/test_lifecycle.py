@@ -21,7 +21,6 @@ from tests.operator.harness import (
 pytestmark = [pytest.mark.cluster, pytest.mark.slow]
 
 
-
 @pytest.fixture
 def second_namespace(control_plane: Any, namespace: str) -> Any:
     name = f"{namespace}-b"

@@ -15,9 +15,7 @@ def keys(bucket: str, prefix: str = "") -> list[str]:
     return sorted(item["Key"] for item in listing.get("Contents", []))
 
 
-def test_round_trip_rotation_and_layout(
-    s3_bucket: str, monkeypatch: pytest.MonkeyPatch
-) -> None:
+def test_round_trip_rotation_and_layout(s3_bucket: str, monkeypatch: pytest.MonkeyPatch) -> None:
     monkeypatch.setenv("KUBETUNE_CHECKPOINT_URI", f"s3://{s3_bucket}/runs/digits-mlp/t-7")
     assert kt.load_checkpoint() is None
     for step in range(1, 5):

@@ -76,8 +76,22 @@ def test_pause_then_resume_continues_after_the_checkpoint(
     params = '{"lr": 0.01, "hidden": 32, "optimizer": "adam"}'
     # The same training, uninterrupted and run by hand, alongside (two cores, two runs).
     reference = subprocess.Popen(
-        [sys.executable, str(DIGITS), "--lr", "0.01", "--hidden", "32", "--optimizer", "adam",
-         "--seed", "3", "--epochs", "5", "--device", "cpu"],
+        [
+            sys.executable,
+            str(DIGITS),
+            "--lr",
+            "0.01",
+            "--hidden",
+            "32",
+            "--optimizer",
+            "adam",
+            "--seed",
+            "3",
+            "--epochs",
+            "5",
+            "--device",
+            "cpu",
+        ],
         env=clean_env(KUBETUNE_RESOURCE="epoch"),
         stdout=subprocess.PIPE,
         stderr=subprocess.PIPE,

@@ -86,9 +86,7 @@ def test_a_log_report_has_one_meaning_per_outcome() -> None:
     assert take_log_report(engine, set(), 0, attempt + 5, 1, {"loss": 1.0}, 1.0) is (
         LogReport.REFUSED
     )
-    assert take_log_report(engine, set(), 0, attempt, 1, {"loss": 1.0}, 1.0) is (
-        LogReport.CONTINUE
-    )
+    assert take_log_report(engine, set(), 0, attempt, 1, {"loss": 1.0}, 1.0) is (LogReport.CONTINUE)
     assert take_log_report(engine, set(), 0, attempt, 5, {"loss": 0.5}, 2.0) is LogReport.HALT
 
 

@@ -61,9 +61,7 @@ def validate_metrics(metrics: Mapping[str, object]) -> dict[str, float]:
     result: dict[str, float] = {}
     for name, value in metrics.items():
         if not isinstance(name, str) or not METRIC_NAME.fullmatch(name):
-            raise ValueError(
-                f"metric name {name!r} must match [A-Za-z_][A-Za-z0-9_.]*"
-            )
+            raise ValueError(f"metric name {name!r} must match [A-Za-z_][A-Za-z0-9_.]*")
         if len(name) > MAX_NAME_LENGTH:
             raise ValueError(f"metric name {name!r} is longer than {MAX_NAME_LENGTH}")
         result[name] = _metric_value(name, value)

@@ -108,9 +108,7 @@ class S3Store:
         if self._client is None:
             import boto3  # Lazy: file:// checkpoints and reports need no boto3.
 
-            endpoint = os.environ.get("AWS_ENDPOINT_URL_S3") or os.environ.get(
-                "AWS_ENDPOINT_URL"
-            )
+            endpoint = os.environ.get("AWS_ENDPOINT_URL_S3") or os.environ.get("AWS_ENDPOINT_URL")
             self._client = boto3.client("s3", endpoint_url=endpoint or None)
         return self._client
 
