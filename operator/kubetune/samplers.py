@@ -141,7 +141,7 @@ def make_sampler(
     )
     name = algorithm.name
     if name is AlgorithmName.BAYESIAN and (
-        finished > algorithm.gpMaxTrials
+        handed_over_to_tpe(spec, finished)
         or (
             spec.budget.parallelTrials > 1
             and number % TPE_SHARE_IN_PARALLEL == TPE_SHARE_IN_PARALLEL - 1
@@ -248,10 +248,13 @@ def draws_from_tpe_stream(spec: ExperimentSpec, finished: int) -> bool:
     TPESampler would (kubetune.tpe_stream): always for `tpe`, and for `bayesian` once it has
     handed over to TPE. The one suggestion in four TPE makes for `bayesian` at p > 1 is
     seeded per trial, as it was measured (TPE_SHARE_IN_PARALLEL)."""
+    return spec.algorithm.name is AlgorithmName.TPE or handed_over_to_tpe(spec, finished)
+
+
+def handed_over_to_tpe(spec: ExperimentSpec, finished: int) -> bool:
+    """Whether `bayesian` has handed over to TPE: past `gpMaxTrials` finished trials."""
     algorithm = spec.algorithm
-    return algorithm.name is AlgorithmName.TPE or (
-        algorithm.name is AlgorithmName.BAYESIAN and finished > algorithm.gpMaxTrials
-    )
+    return algorithm.name is AlgorithmName.BAYESIAN and finished > algorithm.gpMaxTrials
 
 
 def reads_history(spec: ExperimentSpec) -> bool:

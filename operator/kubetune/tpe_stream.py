@@ -14,7 +14,7 @@ seed, at any parallelism (tests/engine/test_tpe_stream.py).
 The position is a count of the 32-bit words the generator has produced (MT19937 makes
 one per word drawn and nothing else), an integer in a study attribute, like the GP's
 kernel; the generator's whole state would be 2.5 KB per trial. Getting back to a
-position costs drawing that many words, about 5 ms per million (TPE draws a few hundred
+position costs drawing that many words, about 7 ms per million (TPE draws a few hundred
 an ask).
 """
 

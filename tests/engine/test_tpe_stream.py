@@ -20,7 +20,7 @@ from kubetune.tpe_stream import TPE_STREAM_ATTR, generator_at
 from .helpers import make_spec
 from .test_samplers import CONDITIONAL, LR, score
 
-HARTMANN_LIKE = [{"name": f"x{i}", "type": "float", "min": 0.0, "max": 1.0} for i in range(4)]
+UNIT_BOX_4D = [{"name": f"x{i}", "type": "float", "min": 0.0, "max": 1.0} for i in range(4)]
 
 
 def bowl(params: dict) -> float:
@@ -86,7 +86,7 @@ def kubetune_run(
 @pytest.mark.parametrize("parallel", [1, 4])
 @pytest.mark.parametrize("seed", [0, 3])
 def test_tpe_draws_what_optunas_long_lived_sampler_draws(parallel: int, seed: int) -> None:
-    spec = make_spec(parameters=HARTMANN_LIKE, algorithm={"name": "tpe", "seed": seed})
+    spec = make_spec(parameters=UNIT_BOX_4D, algorithm={"name": "tpe", "seed": seed})
     ours, attrs = kubetune_run(spec, bowl, 24, parallel)
     assert ours == optuna_long_lived(spec, bowl, 24, parallel)
     # The random start-up trials (until 10 have finished: 10 + p - 1 of them) leave the
@@ -108,7 +108,7 @@ def test_tpe_on_a_conditional_space_draws_what_optuna_draws() -> None:
 
 
 def test_a_batch_of_suggestions_moves_the_stream_as_one_at_a_time_does() -> None:
-    spec = make_spec(parameters=HARTMANN_LIKE, algorithm={"name": "tpe", "seed": 2})
+    spec = make_spec(parameters=UNIT_BOX_4D, algorithm={"name": "tpe", "seed": 2})
     done = [
         SamplerTrial(n, p, SamplerState.COMPLETE, bowl(p))
         for n, p in enumerate(kubetune_run(spec, bowl, 12, 1)[0])
@@ -135,7 +135,7 @@ def test_the_position_is_the_words_the_generator_drew() -> None:
 
 @pytest.mark.parametrize("position", [-1, 10**12, "12", 3.5])
 def test_a_position_that_is_not_one_is_refused_not_drawn_for_ever(position: object) -> None:
-    spec = make_spec(parameters=HARTMANN_LIKE, algorithm={"name": "tpe", "seed": 2})
+    spec = make_spec(parameters=UNIT_BOX_4D, algorithm={"name": "tpe", "seed": 2})
     done = [
         SamplerTrial(n, p, SamplerState.COMPLETE, bowl(p))
         for n, p in enumerate(kubetune_run(spec, bowl, 10, 1)[0])
