@@ -13,15 +13,15 @@ ROOT = Path(__file__).resolve().parents[1]
 
 
 def run_quick(
-    script: str, keys: Sequence[str], timeout: float
+    script: str, keys: Sequence[str], timeout: float, extra: Sequence[str] = ()
 ) -> tuple[list[str], dict[str, float]]:
-    """Run `bench/SCRIPT --quick`; its output lines and the RESULT line's values by key.
+    """Run `bench/SCRIPT --quick [EXTRA]`; its output lines and the RESULT line's values.
 
     Fails the test unless it exits 0 and its last line is `RESULT k1=v1 k2=v2 ...` with
     exactly `keys`, in order, each a finite number.
     """
     completed = subprocess.run(
-        [sys.executable, str(ROOT / "bench" / script), "--quick"],
+        [sys.executable, str(ROOT / "bench" / script), "--quick", *extra],
         cwd=ROOT,
         capture_output=True,
         text=True,
