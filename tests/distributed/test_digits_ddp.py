@@ -5,14 +5,13 @@ first rung and resumes the promoted trial from both ranks' shards."""
 from __future__ import annotations
 
 import io
-import json
-import subprocess
-import sys
 from pathlib import Path
 
 import pytest
 import torch
 import yaml
+
+from tests.kubetune_run import run_experiment
 
 REPO = Path(__file__).resolve().parents[2]
 EXAMPLES = REPO / "trial_image" / "examples"
@@ -27,18 +26,9 @@ def test_digits_ddp_example_trains_two_ranks_with_pause_and_resume(tmp_path: Pat
     spec["budget"].update(maxTrials=2, parallelTrials=2)
     spec["checkpoints"] = {"uri": (tmp_path / "ckpt").as_uri()}
     spec["trialTemplate"]["spec"]["containers"][0]["workingDir"] = str(EXAMPLES)
-    path = tmp_path / "digits-ddp.yaml"
-    path.write_text(yaml.safe_dump(document))
-    out = tmp_path / "results.json"
-    done = subprocess.run(
-        [sys.executable, "-m", "kubetune.cli", "run", str(path), "--no-live", "--output", str(out)],
-        cwd=tmp_path,
-        capture_output=True,
-        text=True,
-        timeout=300,
-    )
-    assert done.returncode == 0, done.stdout[-3000:] + done.stderr[-3000:]
-    results = json.loads(out.read_text())
+    ran = run_experiment(document, tmp_path, timeout=300)
+    assert ran.process.returncode == 0, ran.output
+    results = ran.results
     assert results["phase"] == "Succeeded"
     resumed = [t for t in results["trials"] if t["attempts"] == 2]
     assert len(resumed) == 1 and resumed[0]["state"] == "Completed", results["trials"]

@@ -3,18 +3,14 @@
 from __future__ import annotations
 
 import json
-import os
-import subprocess
-import sys
-import time
 from pathlib import Path
 from typing import Any
 
 import pytest
-import yaml
+
+from tests.kubetune_run import LocalRun, run_experiment
 
 HERE = Path(__file__).resolve().parent
-KUBETUNE = [sys.executable, "-m", "kubetune.cli"]
 
 pytestmark = pytest.mark.slow
 
@@ -47,26 +43,10 @@ def experiment(name: str, checkpoints: Path, scheduler: dict[str, Any], **budget
     }
 
 
-def run(
-    tmp_path: Path, document: dict, fault: str = "", steps: int = 4
-) -> tuple[subprocess.CompletedProcess[str], dict, float]:
-    path = tmp_path / "gang.yaml"
-    path.write_text(yaml.safe_dump(document))
-    out = tmp_path / "results.json"
-    seen = tmp_path / "seen"
-    seen.mkdir()
-    started = time.monotonic()
-    done = subprocess.run(
-        [*KUBETUNE, "run", str(path), "--no-live", "--output", str(out)],
-        capture_output=True,
-        text=True,
-        timeout=150,
-        cwd=tmp_path,
-        env=os.environ | {"GANG_OUT": str(seen), "GANG_FAULT": fault, "GANG_STEPS": str(steps)},
-    )
-    elapsed = time.monotonic() - started
-    assert out.exists(), done.stdout[-3000:] + done.stderr[-3000:]
-    return done, json.loads(out.read_text()), elapsed
+def run(tmp_path: Path, document: dict, fault: str = "", steps: int = 4) -> LocalRun:
+    (tmp_path / "seen").mkdir()
+    env = {"GANG_OUT": str(tmp_path / "seen"), "GANG_FAULT": fault, "GANG_STEPS": str(steps)}
+    return run_experiment(document, tmp_path, timeout=150, env=env)
 
 
 def seen(tmp_path: Path, trial: str, attempt: int, rank: int) -> dict[str, Any]:
@@ -81,9 +61,9 @@ def test_ranks_get_torch_env_rank_0_counts_and_all_hear_the_same_decisions(tmp_p
         "maxResource": 3,
         "reductionFactor": 3,
     }
-    done, results, _ = run(tmp_path, experiment("ranks", tmp_path / "ckpt", asha, maxTrials=2))
-    assert done.returncode == 0, done.stdout[-3000:] + done.stderr[-3000:]
-    for trial in results["trials"]:
+    ran = run(tmp_path, experiment("ranks", tmp_path / "ckpt", asha, maxTrials=2))
+    assert ran.process.returncode == 0, ran.output
+    for trial in ran.results["trials"]:
         assert trial["value"] is not None and trial["value"] < 2, (
             trial
         )  # rank 1's 1000 never counts
@@ -96,7 +76,7 @@ def test_ranks_get_torch_env_rank_0_counts_and_all_hear_the_same_decisions(tmp_p
             assert r0["env"]["MASTER_ADDR"] == r1["env"]["MASTER_ADDR"] == "127.0.0.1"
             assert r0["env"]["MASTER_PORT"] == r1["env"]["MASTER_PORT"]
             assert r0["decisions"] == r1["decisions"], (trial["name"], attempt)
-    paused = [t for t in results["trials"] if t["attempts"] > 1]
+    paused = [t for t in ran.results["trials"] if t["attempts"] > 1]
     assert paused, "ASHA paused a trial at its rung and resumed it"
     for trial in paused:
         assert seen(tmp_path, trial["name"], 1, 0)["decisions"]["1"] == "pause"
@@ -107,25 +87,21 @@ def test_ranks_get_torch_env_rank_0_counts_and_all_hear_the_same_decisions(tmp_p
 def test_a_rank_exiting_non_zero_fails_the_attempt_and_stops_the_others_at_once(
     tmp_path: Path,
 ) -> None:
-    done, results, elapsed = run(
-        tmp_path, experiment("fails", tmp_path / "ckpt", {"name": "none"}), fault="exit"
-    )
-    trial = results["trials"][0]
+    ran = run(tmp_path, experiment("fails", tmp_path / "ckpt", {"name": "none"}), fault="exit")
+    trial = ran.results["trials"][0]
     assert trial["state"] == "Failed", trial
     assert trial["reason"].startswith("exit code 3: rank 1 of 2"), trial
     # Rank 0 sleeps 120 s after step 2 (a rank left in a collective): it was stopped.
-    assert elapsed < 60, elapsed
-    assert done.returncode == 1
+    assert ran.seconds < 60, ran.seconds
+    assert ran.process.returncode == 1
 
 
 def test_a_rank_killed_by_a_signal_resumes_the_whole_gang_from_the_last_complete_step(
     tmp_path: Path,
 ) -> None:
-    done, results, _ = run(
-        tmp_path, experiment("killed", tmp_path / "ckpt", {"name": "none"}), fault="kill"
-    )
-    assert done.returncode == 0, done.stdout[-3000:] + done.stderr[-3000:]
-    trial = results["trials"][0]
+    ran = run(tmp_path, experiment("killed", tmp_path / "ckpt", {"name": "none"}), fault="kill")
+    assert ran.process.returncode == 0, ran.output
+    trial = ran.results["trials"][0]
     assert trial["state"] == "Completed" and trial["attempts"] == 2, trial
     assert trial["interruptions"] == 1, trial
     assert trial["value"] == pytest.approx(trial["params"]["lr"] + 1 / 4)  # rank 0 at step 4
@@ -136,26 +112,26 @@ def test_a_rank_killed_by_a_signal_resumes_the_whole_gang_from_the_last_complete
 
 
 def test_a_script_reporting_from_rank_0_only_ends_with_rank_0(tmp_path: Path) -> None:
-    done, results, elapsed = run(
+    ran = run(
         tmp_path, experiment("rank0", tmp_path / "ckpt", {"name": "none"}), fault="rank0-reports"
     )
-    assert done.returncode == 0, done.stdout[-3000:] + done.stderr[-3000:]
-    trial = results["trials"][0]
+    assert ran.process.returncode == 0, ran.output
+    trial = ran.results["trials"][0]
     assert trial["state"] == "Completed", trial
     assert trial["value"] == pytest.approx(trial["params"]["lr"] + 1 / 4)
     # Rank 1, left hanging, was stopped once rank 0 had exited 0 and the grace period
     # (10 s) had passed, not after its 120 s.
-    assert elapsed < 60, elapsed
+    assert ran.seconds < 60, ran.seconds
 
 
 def test_a_stop_ends_every_rank(tmp_path: Path) -> None:
     document = experiment("stopped", tmp_path / "ckpt", {"name": "none"})
     document["spec"]["budget"]["maxDuration"] = "4s"
-    _, results, elapsed = run(tmp_path, document, steps=2000)  # 100 s of steps
-    trial = results["trials"][0]
-    assert results["reason"] == "MaxDurationReached", results
+    ran = run(tmp_path, document, steps=2000)  # 100 s of steps
+    trial = ran.results["trials"][0]
+    assert ran.results["reason"] == "MaxDurationReached", ran.results
     assert trial["state"] == "Stopped", trial
-    assert elapsed < 40, elapsed
+    assert ran.seconds < 40, ran.seconds
     for rank in (0, 1):
         pid = seen(tmp_path, trial["name"], 1, rank)["pid"]
         assert (

@@ -5,14 +5,13 @@ trained on from its parent's state at the pinned epoch with its own lr and momen
 from __future__ import annotations
 
 import io
-import json
-import subprocess
-import sys
 from pathlib import Path
 
 import pytest
 import torch
 import yaml
+
+from tests.kubetune_run import run_experiment
 
 REPO = Path(__file__).resolve().parents[2]
 EXAMPLES = REPO / "trial_image" / "examples"
@@ -29,18 +28,9 @@ def test_digits_pbt_example_runs_and_records_lineage(tmp_path: Path) -> None:
     spec["checkpoints"]["uri"] = (tmp_path / "ckpt").as_uri()
     container = spec["trialTemplate"]["spec"]["containers"][0]
     container["workingDir"] = str(EXAMPLES)
-    path = tmp_path / "digits-pbt.yaml"
-    path.write_text(yaml.safe_dump(document))
-    out = tmp_path / "results.json"
-    done = subprocess.run(
-        [sys.executable, "-m", "kubetune.cli", "run", str(path), "--no-live", "--output", str(out)],
-        cwd=tmp_path,
-        capture_output=True,
-        text=True,
-        timeout=400,
-    )
-    assert done.returncode == 0, done.stdout[-3000:] + done.stderr[-3000:]
-    results = json.loads(out.read_text())
+    ran = run_experiment(document, tmp_path, timeout=400)
+    assert ran.process.returncode == 0, ran.output
+    results = ran.results
     assert results["reason"] == "PopulationTrained"
     children = [t for t in results["trials"] if t["parent"]]
     assert children, "the worst member was replaced at least once"
