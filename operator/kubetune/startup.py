@@ -17,7 +17,9 @@ regret ± se, median; before -> after, same seeds): seeds 0-19 0.072 ± 0.018 (0
 0.027 ± 0.013 (0.003); seeds 0-79 0.115 ± 0.032 (0.007) -> 0.070 ± 0.020 (0.004), per
 block of 20 0.072/0.147/0.097/0.143 -> 0.027/0.050/0.095/0.108. Runs left in a local basin
 (regret > 0.05): 27 of 80 -> 21 (10 runs rescued, 4 lost). Ending it after 10 - (p - 1)
-finished trials (10 random trials at any p) did less: seeds 0-39 0.110 -> 0.100.
+finished trials (10 random trials at any p) did less: seeds 0-39 0.110 -> 0.100. Ending
+it sooner, after 4 finished (7 random trials at p = 4), did worse: seeds 0-79 0.122 ± 0.032,
+28 runs in a local basin.
 
 Which points: see `startup_point`.
 """
