@@ -18,6 +18,11 @@ import yaml
 KUBETUNE = [sys.executable, "-m", "kubetune.cli"]
 
 
+def output_tail(process: subprocess.CompletedProcess[str]) -> str:
+    """The ends of stdout and stderr, for an assertion's message."""
+    return process.stdout[-3000:] + process.stderr[-3000:]
+
+
 @dataclass(frozen=True)
 class LocalRun:
     process: subprocess.CompletedProcess[str]
@@ -26,8 +31,7 @@ class LocalRun:
 
     @property
     def output(self) -> str:
-        """The ends of stdout and stderr, for an assertion's message."""
-        return self.process.stdout[-3000:] + self.process.stderr[-3000:]
+        return output_tail(self.process)
 
 
 def run_experiment(
@@ -54,5 +58,5 @@ def run_experiment(
         env=os.environ | dict(env or {}),
     )
     seconds = time.monotonic() - started
-    assert out.exists(), done.stdout[-3000:] + done.stderr[-3000:]
+    assert out.exists(), output_tail(done)
     return LocalRun(done, json.loads(out.read_text()), seconds)

@@ -6,7 +6,6 @@ import json
 import os
 import signal
 import subprocess
-import sys
 import time
 from pathlib import Path
 from typing import Any
@@ -14,9 +13,10 @@ from typing import Any
 import pytest
 import yaml
 
+from tests.kubetune_run import KUBETUNE
+
 REPO = Path(__file__).resolve().parents[2]
 TRIALS = Path(__file__).resolve().parent / "trials"
-KUBETUNE = [sys.executable, "-m", "kubetune.cli"]
 
 pytestmark = pytest.mark.slow
 

@@ -6,7 +6,6 @@ import json
 import os
 import signal
 import subprocess
-import sys
 import time
 from pathlib import Path
 from typing import Any
@@ -14,8 +13,9 @@ from typing import Any
 import pytest
 import yaml
 
+from tests.kubetune_run import KUBETUNE
+
 HERE = Path(__file__).resolve().parent
-KUBETUNE = [sys.executable, "-m", "kubetune.cli"]
 
 pytestmark = pytest.mark.slow
 
