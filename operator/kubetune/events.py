@@ -9,7 +9,7 @@ decisions that depended on timing (which report came first).
 from __future__ import annotations
 
 import dataclasses
-from collections.abc import Iterable
+from collections.abc import Iterable, Sequence
 from dataclasses import dataclass, field
 from enum import StrEnum
 from typing import Any
@@ -379,7 +379,7 @@ def record_version(record: dict[str, Any]) -> int:
     return version
 
 
-def last_launch_version(records: list[dict[str, Any]]) -> int | None:
+def last_launch_version(records: Sequence[dict[str, Any]]) -> int | None:
     """The format version of a trial's last TrialLaunched record (None: never launched).
 
     Version 0 means kubetune v0.1.0 launched the pod that runs now: it holds a token of

@@ -7,6 +7,7 @@ reports past a reached rung written late (engine.report), an open-loop attempt o
 from __future__ import annotations
 
 import asyncio
+import json
 from types import SimpleNamespace
 from typing import Any
 
@@ -15,6 +16,7 @@ import pytest
 from kubetune.events import Reported, TrialLaunched
 from kubetune.operator import store, writes
 from kubetune.operator.history import HistoryRecords
+from kubetune.operator.packed import PackedRecords
 from kubetune.operator.writes import StatusWriter
 from kubetune.trials import Decision, TrialPhase, Verdict
 
@@ -123,3 +125,46 @@ def test_a_trials_node_goes_with_its_next_write_or_within_the_late_delay(
         (2, "node-a"),
         (2, "node-b"),
     ]
+
+
+def test_a_durable_history_is_held_packed_and_grows_again_whole() -> None:
+    """Memory: a trial's records, once written and left alone, are held compressed
+    (operator/packed.py); the next record unpacks them, and the next write sends every
+    record, in order, equal to what was written before."""
+    api = FakeTrials()
+    writer, engine = make_writer(api)
+    steps = range(1, 41)
+
+    async def scenario() -> None:
+        for step in steps:
+            engine.history.append(report(step))
+        writer.note_new_events()
+        await writer.flush_trial(0)
+        assert isinstance(writer.history.trials[0], PackedRecords)
+        assert list(writer.history.trials[0]) == api.patches[-1][1]["history"]
+        engine.history.append(report(41))
+        writer.note_new_events()
+        assert isinstance(writer.history.trials[0], list)
+        await writer.flush_trial(0)
+
+    asyncio.run(scenario())
+    first, second = (patch["history"] for _, patch in api.patches)
+    assert second[:-1] == first
+    assert [r.get("step") for r in second] == [None, *steps, 41]
+    packed = writer.history.trials[0]
+    assert isinstance(packed, PackedRecords)
+    assert packed.nbytes * 4 < len(json.dumps(second))  # held in a quarter of its JSON
+
+
+def test_our_write_coming_back_is_told_from_a_forged_one_by_its_digest() -> None:
+    """What the operator keeps of each status it wrote is a digest (store.json_digest),
+    not the status: its own write is still told from anyone else's."""
+    api = FakeTrials()
+    writer, _ = make_writer(api)
+    asyncio.run(writer.flush_trial(0))
+    written = api.patches[-1][1]
+    echo = {"metadata": {"resourceVersion": "elsewhere"}, "status": json.loads(json.dumps(written))}
+    assert writer.ours.trial_write_is_ours(0, echo)
+    echo["status"]["history"][0]["step"] = 99
+    assert not writer.ours.trial_write_is_ours(0, echo)
+    assert isinstance(writer.ours.written_status[0], bytes)

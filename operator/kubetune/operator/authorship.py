@@ -13,8 +13,9 @@ from kubetune.operator import store
 
 class Authorship:
     def __init__(self, body: dict[str, Any]) -> None:
-        self.written_status: dict[int, dict[str, Any]] = {}
-        self.writing_status: dict[int, dict[str, Any]] = {}
+        # Digests (`store.json_digest`) of the trial statuses written and being written.
+        self.written_status: dict[int, bytes | None] = {}
+        self.writing_status: dict[int, bytes | None] = {}
         self.trial_versions: dict[int, deque[str]] = defaultdict(lambda: deque(maxlen=8))
         self.experiment_versions: deque[str] = deque(maxlen=8)
         self.experiment_versions.append((body.get("metadata") or {}).get("resourceVersion", ""))
@@ -30,9 +31,9 @@ class Authorship:
         wrote (or are writing)."""
         if (body.get("metadata") or {}).get("resourceVersion") in self.trial_versions[number]:
             return True
-        seen = store.canonical(body.get("status") or {})
+        seen = store.json_digest(body.get("status") or {})
         ours = (self.written_status.get(number), self.writing_status.get(number))
-        return any(s is not None and store.canonical(s) == seen for s in ours)
+        return seen is not None and seen in ours
 
     def experiment_write_is_ours(
         self, body: dict[str, Any], last_status: dict[str, Any] | None

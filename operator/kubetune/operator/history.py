@@ -12,6 +12,7 @@ from kubetune.events import MOVES_MANY, Event, Reported, TrialPlanned
 from kubetune.operator import store
 from kubetune.operator.experiment import Experiment
 from kubetune.operator.gaps import Owner, Run, Watermark
+from kubetune.operator.packed import mutable, packed
 
 Record = dict[str, Any]
 
@@ -21,7 +22,9 @@ class HistoryRecords:
         self.experiment = experiment
         self.seqs: list[int] = []  # of the engine's history, event by event
         self.next_seq = 0
-        self.trials: dict[int, list[Record]] = defaultdict(list)
+        # Lists while records are added; PackedRecords once durable and left alone
+        # (`settle`): most trials of a big experiment are done and hold still.
+        self.trials: dict[int, Sequence[Record]] = defaultdict(list)
         self.experiment_records: list[Record] = []
         self.watermark = Watermark()  # what is durable, stamped on each record (gaps.py)
         # An event that may change any trial's phase was filed (events.MOVES_MANY): the
@@ -40,7 +43,7 @@ class HistoryRecords:
         self.seqs = seqs
         self.next_seq = max(seqs) + 1 if seqs else 0
         self.experiment_records = experiment_records
-        self.trials.update(trials)
+        self.trials.update((number, packed(records)) for number, records in trials.items())
         self.watermark.carry(holes)
 
     def written(self, owner: Owner, snapshot: list[Record]) -> None:
@@ -61,7 +64,16 @@ class HistoryRecords:
 
     def add_plan(self, seq: int, plan: TrialPlanned) -> None:
         """A plan `store.repair` made again for a trial that lost its history."""
-        self.trials[plan.number].append(self._record(seq, plan, plan.number))
+        self._append(plan.number, self._record(seq, plan, plan.number))
+
+    def _append(self, number: int, record: Record) -> None:
+        records = self.trials[number] = mutable(self.trials[number])
+        records.append(record)
+
+    def settle(self, number: int) -> None:
+        """Trial `number`'s records are durable as they are: held packed until the next
+        one is added."""
+        self.trials[number] = packed(self.trials[number])
 
     def _record(self, seq: int, event: Event, owner: Owner) -> Record:
         stamp = self.watermark.stamp(seq, owner)
@@ -73,12 +85,12 @@ class HistoryRecords:
         if number is None:
             self.experiment_records.append(record)
         else:
-            self.trials[number].append(record)
+            self._append(number, record)
             grown.add(number)
 
-    def compact(self, history: list[Record]) -> list[Record]:
+    def compact(self, history: Sequence[Record]) -> list[Record]:
         must_keep = self.experiment.engine.scheduler.must_keep
-        return store.compact(history, must_keep, shrink=self._objective_only)
+        return store.compact(mutable(history), must_keep, shrink=self._objective_only)
 
     def _objective_only(self, record: Record) -> Record:
         """A report with only the objective's value (what replay reads of any report but

@@ -143,7 +143,7 @@ class Rebuilder:
         writer.ours.trial_versions[number].append(trial["metadata"]["resourceVersion"])
         kept = self.history.compact(self.history.trials[number])
         expected = writer.trial_status(exp.engine.trials[number], kept)
-        writer.ours.written_status[number] = expected
+        writer.ours.written_status[number] = store.json_digest(expected)
         if not store.same_json(trial.get("status") or {}, expected):
             writer.dirty_trials.add(number)
             writer.ours.foreign_trial_status[number] = trial.get("status")

@@ -130,6 +130,17 @@ def same_json(a: Any, b: Any) -> bool:
         return False
 
 
+def json_digest(value: Any) -> bytes | None:
+    """A digest of a status as the API server keeps it (`canonical`): what the operator
+    remembers of each status it wrote, not the status itself (a trial's history is most
+    of it); None for a value nested too deep to compare (someone else's status)."""
+    try:
+        text = json.dumps(canonical(value), sort_keys=True, separators=(",", ":"))
+    except (RecursionError, TypeError, ValueError):
+        return None
+    return hashlib.blake2b(text.encode(), digest_size=16).digest()
+
+
 class HistorySigner:
     """MACs of history records under a key derived from the operator's token key (never
     the token key itself), bound to one experiment object (`tokens.experiment_scope`)."""

@@ -27,7 +27,7 @@ from typing import Any
 
 from kubernetes.client.rest import ApiException
 
-from kubetune.operator import ownership
+from kubetune.operator import ownership, store
 from kubetune.operator.authorship import Authorship
 from kubetune.operator.coalesce import CoalescedWriter
 from kubetune.operator.experiment import Experiment
@@ -179,16 +179,18 @@ class StatusWriter:
         # and only what this write sends becomes durable (gaps.Watermark).
         sent = list(history)
         status = self.trial_status(trial, sent)
+        digest = store.json_digest(status)
         if (
             number not in self.ours.foreign_trial_status
-            and self.ours.written_status.get(number) == status
+            and self.ours.written_status.get(number) == digest
         ):
             # A flush asked for what an earlier write already carried (the late writer
             # and a report's own write-ahead, say): nothing to send.
             self.written_phases[number] = phase
             self._written(number)
+            self.history.settle(number)
             return
-        self.ours.writing_status[number] = status
+        self.ours.writing_status[number] = digest
         patch = restoring_patch(self.ours.foreign_trial_status.get(number), status)
         try:
             version = await exp.kube.patch_trial_status(exp.namespace, trial.name, patch)
@@ -202,11 +204,13 @@ class StatusWriter:
             version = await exp.kube.patch_trial_status(exp.namespace, trial.name, status)
         self.history.written(number, sent)
         self.ours.trial_versions[number].append(version)
-        self.ours.written_status[number] = status
+        self.ours.written_status[number] = digest
+        self.ours.writing_status.pop(number, None)
         self.ours.foreign_trial_status.pop(number, None)
         self.written_phases[number] = phase
         if self.history.trials[number] is history and len(history) == written:
             self._written(number)  # nothing new arrived during the write
+            self.history.settle(number)
 
     def _written(self, number: int) -> None:
         self.dirty_trials.discard(number)
