@@ -128,24 +128,30 @@ def test_a_trials_node_goes_with_its_next_write_or_within_the_late_delay(
 
 
 def test_a_durable_history_is_held_packed_and_grows_again_whole() -> None:
-    """Memory: a trial's records, once written and left alone, are held compressed
-    (operator/packed.py); the next record unpacks them, and the next write sends every
-    record, in order, equal to what was written before."""
+    """Memory: a paused or ended trial's records, once written, are held compressed
+    (operator/packed.py); a new record unpacks them, a running trial's stay a list, and
+    each write sends every record, in order, equal to what was written before."""
     api = FakeTrials()
     writer, engine = make_writer(api)
+    trial = engine.trials[0]
     steps = range(1, 41)
 
     async def scenario() -> None:
         for step in steps:
             engine.history.append(report(step))
         writer.note_new_events()
+        trial.phase = TrialPhase.PAUSED
         await writer.flush_trial(0)
         assert isinstance(writer.history.trials[0], PackedRecords)
         assert list(writer.history.trials[0]) == api.patches[-1][1]["history"]
+        trial.phase = TrialPhase.RUNNING  # promoted
         engine.history.append(report(41))
         writer.note_new_events()
         assert isinstance(writer.history.trials[0], list)
         await writer.flush_trial(0)
+        assert isinstance(writer.history.trials[0], list)
+        trial.phase = TrialPhase.COMPLETED
+        await writer.flush_trial(0)  # nothing new to send: only settled
 
     asyncio.run(scenario())
     first, second = (patch["history"] for _, patch in api.patches)

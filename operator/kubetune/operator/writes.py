@@ -188,7 +188,7 @@ class StatusWriter:
             # and a report's own write-ahead, say): nothing to send.
             self.written_phases[number] = phase
             self._written(number)
-            self.history.settle(number)
+            self._settle(number)
             return
         self.ours.writing_status[number] = digest
         patch = restoring_patch(self.ours.foreign_trial_status.get(number), status)
@@ -210,6 +210,12 @@ class StatusWriter:
         self.written_phases[number] = phase
         if self.history.trials[number] is history and len(history) == written:
             self._written(number)  # nothing new arrived during the write
+            self._settle(number)
+
+    def _settle(self, number: int) -> None:
+        """A paused or ended trial's durable records are held packed (HistoryRecords);
+        a running one's stay a list, not packed and unpacked at every write."""
+        if not self.experiment.engine.trials[number].phase.holds_slot:
             self.history.settle(number)
 
     def _written(self, number: int) -> None:
