@@ -94,7 +94,7 @@ class Rebuilder:
                 release_0_scope(exp.namespace, exp.name),
                 (
                     exp.engine.trial_name(number)
-                    for number, records in history.trials.items()
+                    for number, records in trial_records.items()  # as read, not packed
                     if last_launch_version(records) == 0
                 ),
             )
