@@ -35,6 +35,12 @@ class Authorship:
         ours = (self.written_status.get(number), self.writing_status.get(number))
         return seen is not None and seen in ours
 
+    def wrote_trial(self, number: int, digest: bytes | None) -> None:
+        """Trial `number`'s status of `digest` is written (and anyone else's undone)."""
+        self.written_status[number] = digest
+        self.writing_status.pop(number, None)
+        self.foreign_trial_status.pop(number, None)
+
     def experiment_write_is_ours(
         self, body: dict[str, Any], last_status: dict[str, Any] | None
     ) -> bool:

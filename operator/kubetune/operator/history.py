@@ -71,9 +71,11 @@ class HistoryRecords:
         records.append(record)
 
     def settle(self, number: int) -> None:
-        """Trial `number`'s records are durable as they are: held packed until the next
-        one is added."""
-        self.trials[number] = packed(self.trials[number])
+        """Trial `number`'s records are written as they are: a paused or ended trial's
+        are held packed until the next one is added; a running trial's stay a list, not
+        packed and unpacked at every write."""
+        if not self.experiment.engine.trials[number].phase.holds_slot:
+            self.trials[number] = packed(self.trials[number])
 
     def _record(self, seq: int, event: Event, owner: Owner) -> Record:
         stamp = self.watermark.stamp(seq, owner)

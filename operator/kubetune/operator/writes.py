@@ -188,7 +188,6 @@ class StatusWriter:
             # and a report's own write-ahead, say): nothing to send.
             self.written_phases[number] = phase
             self._written(number)
-            self._settle(number)
             return
         self.ours.writing_status[number] = digest
         patch = restoring_patch(self.ours.foreign_trial_status.get(number), status)
@@ -204,21 +203,13 @@ class StatusWriter:
             version = await exp.kube.patch_trial_status(exp.namespace, trial.name, status)
         self.history.written(number, sent)
         self.ours.trial_versions[number].append(version)
-        self.ours.written_status[number] = digest
-        self.ours.writing_status.pop(number, None)
-        self.ours.foreign_trial_status.pop(number, None)
+        self.ours.wrote_trial(number, digest)
         self.written_phases[number] = phase
         if self.history.trials[number] is history and len(history) == written:
             self._written(number)  # nothing new arrived during the write
-            self._settle(number)
-
-    def _settle(self, number: int) -> None:
-        """A paused or ended trial's durable records are held packed (HistoryRecords);
-        a running one's stay a list, not packed and unpacked at every write."""
-        if not self.experiment.engine.trials[number].phase.holds_slot:
-            self.history.settle(number)
 
     def _written(self, number: int) -> None:
+        self.history.settle(number)
         self.dirty_trials.discard(number)
         self.lazy_trials.discard(number)
         self.late_reports.discard(number)
