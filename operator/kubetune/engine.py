@@ -18,6 +18,7 @@ from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass, field
 from typing import Any
 
+from kubetune.eventlog import EventLog
 from kubetune.events import (
     MOVES_MANY,
     AttemptEnded,
@@ -141,7 +142,7 @@ class Best:
 class Engine:
     spec: ExperimentSpec
     experiment: str
-    history: list[Event] = field(default_factory=list)
+    history: EventLog = field(default_factory=EventLog)
     trials: list[TrialRecord] = field(default_factory=list)
     started_at: float | None = None
     ended: ExperimentEnded | None = None
@@ -157,6 +158,9 @@ class Engine:
     warm: WarmStarted | None = None
     phases: PhaseIndex = field(default_factory=PhaseIndex, repr=False, compare=False)
     cost_observed: bool = False  # a CostObserved is in the history
+    # When a trial last reported, started or ended (metrics: a stalled experiment); kept
+    # here because the history's old events may have been let go (eventlog.py).
+    last_progress_at: float | None = None
 
     def __post_init__(self) -> None:
         self.scheduler = self._make_scheduler()
@@ -181,6 +185,8 @@ class Engine:
     def _apply(self, event: Event) -> None:
         self.history.append(event)
         self._apply_event(event)
+        if isinstance(event, Reported | AttemptEnded | TrialLaunched):
+            self.last_progress_at = event.at
         if isinstance(event, MOVES_MANY):
             # These move phases (none to Failed) and drop unsampled trials: no rung changes.
             self.phases.rebuild(self.trials)

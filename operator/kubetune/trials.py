@@ -61,6 +61,52 @@ GO_ON = Verdict(Decision.CONTINUE)
 
 
 @dataclass(slots=True)
+class Answers:
+    """The verdict each report of a trial got, kept to answer a report sent again with the
+    same verdict (the engine is idempotent per trial, attempt and step).
+
+    Almost every report gets GO_ON, at steps that follow one another (every step, or every
+    N steps), so those are kept as runs: first step, last step, stride. A dict entry per
+    report was about 100 bytes, 3.5 KB a trial at bench/scale.py's shape and a third of
+    what the engine held per trial once its history is let go (eventlog.py).
+    """
+
+    # attempt -> runs of steps that went on, each [first, last, stride] (stride 0 while
+    # the run is one step)
+    go_on: dict[int, list[list[int]]] = field(default_factory=dict)
+    other: dict[tuple[int, int], Verdict] = field(default_factory=dict)
+
+    def get(self, key: tuple[int, int]) -> Verdict | None:
+        found = self.other.get(key)
+        if found is not None:
+            return found
+        attempt, step = key
+        for first, last, stride in self.go_on.get(attempt, ()):
+            if first <= step <= last and (step == first or (step - first) % stride == 0):
+                return GO_ON
+        return None
+
+    def __setitem__(self, key: tuple[int, int], verdict: Verdict) -> None:
+        if verdict != GO_ON:
+            self.other[key] = verdict
+            return
+        self.other.pop(key, None)
+        attempt, step = key
+        runs = self.go_on.setdefault(attempt, [])
+        run = runs[-1] if runs else None
+        if run is not None and step > run[1]:
+            first, last, stride = run
+            if stride == 0:
+                run[1], run[2] = step, step - first
+                return
+            if step == last + stride:
+                run[1] = step
+                return
+        if self.get(key) is None:
+            runs.append([step, step, 0])
+
+
+@dataclass(slots=True)
 class Attempt:
     number: int
     resume: bool
@@ -113,7 +159,7 @@ class TrialRecord:
     # Resource the next attempt trains to (the rung it was promoted to).
     next_target: int | None = None
     interruptions: int = 0
-    decisions: dict[tuple[int, int], Verdict] = field(default_factory=dict)
+    decisions: Answers = field(default_factory=Answers)
     # Population-based training: the member this trial replaced, the trial whose
     # checkpoint at `from_step` it started from, and the trial that replaced this one.
     replaces: int | None = None

@@ -14,11 +14,13 @@ from typing import Any
 import pytest
 
 from kubetune.events import Reported, TrialLaunched
+from kubetune.observability import Observer
 from kubetune.operator import store, writes
 from kubetune.operator.history import HistoryRecords
 from kubetune.operator.packed import PackedRecords
 from kubetune.operator.writes import StatusWriter
 from kubetune.trials import Decision, TrialPhase, Verdict
+from tests.engine.helpers import Driver, make_spec
 
 
 class FakeTrials:
@@ -174,3 +176,57 @@ def test_our_write_coming_back_is_told_from_a_forged_one_by_its_digest() -> None
     echo["status"]["history"][0]["step"] = 99
     assert not writer.ours.trial_write_is_ours(0, echo)
     assert isinstance(writer.ours.written_status[0], bytes)
+
+
+def test_the_engine_lets_go_of_the_events_the_writer_filed_and_nothing_is_lost() -> None:
+    """Memory: once filed (and read by the metrics' watcher) an event is not held by the
+    engine any more (kubetune/eventlog.py), late reports included; what the HPOTrials
+    carry is every event still, and the engine decides as before."""
+    spec = make_spec(budget={"maxTrials": 3, "parallelTrials": 2})
+    driver = Driver(spec, name="e")
+    api = FakeTrials()
+    experiment = fake_experiment(driver.engine, api)
+    experiment.observer = Observer(metrics=False)
+    experiment.event = _no_event
+    writer = StatusWriter(experiment, HistoryRecords(experiment))  # type: ignore[arg-type]
+    writer.trial_uids = {n: f"u{n}" for n in range(3)}
+    writer.trial_status = lambda trial, records: {"history": records}  # type: ignore[method-assign]
+    writer.write_experiment_status = _no_status  # type: ignore[method-assign]
+    events_seen = 0
+
+    async def persist() -> None:
+        nonlocal events_seen
+        await writer.persist()
+        events_seen = len(driver.engine.history)
+        assert driver.engine.history.first_held == events_seen  # none held
+
+    async def scenario() -> None:
+        driver.decide()
+        await persist()
+        for step in (1, 2, 3):
+            driver.report(0, step, 1.0 / step)
+            writer.note_late_report() if step == 2 else await persist()
+        driver.report(1, 1, 0.5)
+        assert driver.exit(0) and driver.exit(1)
+        driver.decide()  # trial 2 starts
+        await persist()
+        driver.report(2, 1, 0.25)
+        assert driver.exit(2)
+        driver.decide()
+        await persist()
+
+    asyncio.run(scenario())
+    assert driver.finished is not None and driver.engine.best() is not None
+    assert driver.engine.best().value == 0.25  # type: ignore[union-attr]
+    last = {name: patch["history"] for name, patch in api.patches}  # each trial's last
+    filed = [r["seq"] for h in [*last.values(), writer.history.experiment_records] for r in h]
+    assert sorted(filed) == list(range(writer.history.next_seq)) == list(range(events_seen))
+    assert [r.get("step") for r in last["e-0"] if r["type"] == "Reported"] == [1, 2, 3]
+
+
+async def _no_event(*_: object) -> None:
+    return None
+
+
+async def _no_status(force: bool = False) -> None:
+    return None

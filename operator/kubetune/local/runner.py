@@ -215,6 +215,8 @@ class LocalRun:
         self._append(sync)
         self.observer.track("", self.name, self.engine)  # trial metrics
         self.view.refresh(self.engine)
+        # Every reader has the events on disk now: the engine need not hold them.
+        self.engine.history.release(self.state.written)
 
     def _append(self, sync: bool = True) -> None:
         """Write the new events. A refused write stops the run; it is recorded and the

@@ -12,6 +12,7 @@ import contextlib
 import fcntl
 import json
 import os
+from collections.abc import Sequence
 from pathlib import Path
 
 from kubetune.events import Event, from_record, to_record
@@ -180,7 +181,12 @@ class ExperimentState:
                 raise StateError(f"{self.events_path}:{number}: corrupt event ({error})") from None
         return history
 
-    def append(self, history: list[Event], sync: bool = True) -> None:
+    @property
+    def written(self) -> int:
+        """How many of the history's events are on disk."""
+        return self._written
+
+    def append(self, history: Sequence[Event], sync: bool = True) -> None:
         """Write the events of `history` not written yet; durably (fsync) when `sync`.
 
         Without `sync` they are still handed to the kernel, so a killed process loses

@@ -14,7 +14,6 @@ from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily, Metri
 from prometheus_client.registry import Collector
 
 from kubetune.engine import Engine
-from kubetune.events import AttemptEnded, Reported, TrialLaunched
 from kubetune.shell.core import experiment_phase
 
 if TYPE_CHECKING:
@@ -38,10 +37,7 @@ Source = Callable[[], Iterable[ExperimentView]]
 
 def last_progress(engine: Engine) -> float | None:
     """When a trial last reported, started or ended; the start if none has yet."""
-    for event in reversed(engine.history):
-        if isinstance(event, Reported | AttemptEnded | TrialLaunched):
-            return event.at
-    return engine.started_at
+    return engine.last_progress_at if engine.last_progress_at is not None else engine.started_at
 
 
 class StateCollector(Collector):

@@ -102,11 +102,12 @@ class TrialWatcher:
         first = self._engine_id != id(engine)
         self._engine_id = id(engine)
         promoted: dict[int, int] = {}
-        new = engine.history[self._history :]
-        if not first:
-            for event in new:
-                if isinstance(event, TrialPromoted):
-                    promoted[event.number] = promoted.get(event.number, 0) + 1
+        # A new engine (a load) is looked at whole; its events before now are not read,
+        # and may have been let go already (eventlog.py).
+        new = [] if first else engine.history[self._history :]
+        for event in new:
+            if isinstance(event, TrialPromoted):
+                promoted[event.number] = promoted.get(event.number, 0) + 1
         self._history = len(engine.history)
         changes: list[Transition] = []
         objective = engine.spec.objective.metric

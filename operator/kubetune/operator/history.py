@@ -20,7 +20,7 @@ Record = dict[str, Any]
 class HistoryRecords:
     def __init__(self, experiment: Experiment) -> None:
         self.experiment = experiment
-        self.seqs: list[int] = []  # of the engine's history, event by event
+        self.filed = 0  # the engine's events given a sequence number and filed so far
         self.next_seq = 0
         # Lists while records are added; PackedRecords once durable and left alone
         # (`settle`): most trials of a big experiment are done and hold still.
@@ -40,7 +40,7 @@ class HistoryRecords:
     ) -> None:
         """What a load replayed: the engine's history is these records' events; `holes`
         (`gaps.Holes.to_carry`) are carried by the next records."""
-        self.seqs = seqs
+        self.filed = len(seqs)
         self.next_seq = max(seqs) + 1 if seqs else 0
         self.experiment_records = experiment_records
         self.trials.update((number, packed(records)) for number, records in trials.items())
@@ -54,10 +54,10 @@ class HistoryRecords:
         """Give events the engine appended a sequence number and file them by owner;
         returns the trials whose histories grew."""
         grown: set[int] = set()
-        for event in self.experiment.engine.history[len(self.seqs) :]:
+        for event in self.experiment.engine.history[self.filed :]:
             seq = self.next_seq
             self.next_seq += 1
-            self.seqs.append(seq)
+            self.filed += 1
             self._file(seq, event, grown)
             self.moved_many |= isinstance(event, MOVES_MANY)
         return grown

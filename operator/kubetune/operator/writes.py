@@ -140,7 +140,11 @@ class StatusWriter:
             elif exp.engine.trials[number].phase is not TrialPhase.SAMPLING:
                 ready.append(number)  # a sampling trial is written with its parameters
         await asyncio.gather(*(self.flush_trial(n) for n in ready))
-        for event in exp.observer.trial_events(exp.namespace, exp.name, exp.engine):
+        events = exp.observer.trial_events(exp.namespace, exp.name, exp.engine)
+        # Every reader has the events filed now (the observer reads them just above):
+        # the engine need not hold them (most of its memory per trial otherwise).
+        exp.engine.history.release(self.history.filed)
+        for event in events:
             await exp.event(*event)  # pauses, promotions, failures, interruptions
         phase = experiment_phase(exp.engine)
         urgent = (
@@ -181,7 +185,8 @@ class StatusWriter:
         status = self.trial_status(trial, sent)
         digest = store.json_digest(status)
         if (
-            number not in self.ours.foreign_trial_status
+            digest is not None
+            and number not in self.ours.foreign_trial_status
             and self.ours.written_status.get(number) == digest
         ):
             # A flush asked for what an earlier write already carried (the late writer
