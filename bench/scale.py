@@ -160,6 +160,7 @@ class Figures:
     parallel: int
     resources: tuple[int, int]  # ASHA's minResource and maxResource
     peak_rss_kb: list[int] = field(default_factory=list)
+    peak_rss_moments: list[str] = field(default_factory=list)  # "<when> <MB>", in order
     rebuild_s: float = math.nan
     resume_s: float = math.nan
     rebuilt_events: str = "?"
@@ -189,11 +190,12 @@ class Scale:
 
     # ----- helpers -----------------------------------------------------------------------
 
-    def note_rss(self) -> None:
+    def note_rss(self, moment: str) -> None:
         assert self.operator.process is not None
         hwm = proc_status_kb(self.operator.process.pid, "VmHWM")
         if hwm is not None:
             self.figures.peak_rss_kb.append(hwm)
+            self.figures.peak_rss_moments.append(f"{moment} {hwm / 1024:.1f}")
 
     def start_experiment(self, trials: int, parallel: int, deadline: float) -> Run:
         namespace = f"scale-{uuid.uuid4().hex[:6]}"
@@ -217,12 +219,16 @@ class Scale:
         return run
 
     def play(
-        self, run: Run, step_seconds: float, side: Callable[[PhaseBench], Awaitable[None]] | None
+        self,
+        run: Run,
+        step_seconds: float,
+        side: Callable[[PhaseBench], Awaitable[None]] | None,
+        moment: str,
     ) -> None:
         assert self.operator.process is not None
         bench = PhaseBench(self.cp, run, self.operator.process.pid, step_seconds, side=side)
         asyncio.run(bench.main())
-        self.note_rss()
+        self.note_rss(moment)
 
     def delete_namespace(self, namespace: str) -> None:
         self.cp.kubectl(
@@ -253,7 +259,7 @@ class Scale:
                 status = await bench.experiment_status()
                 if (status.get("trialsTotal") or 0) >= figures.trials // 2:
                     break
-            self.note_rss()
+            self.note_rss("before the restart")
             before = len(self.rebuilt_lines())
             await asyncio.to_thread(self.operator.kill)
             # Counted once the old process is gone: its last answers may land meanwhile.
@@ -271,7 +277,7 @@ class Scale:
                 if math.isnan(figures.resume_s) and len(run.report_latency) > answered:
                     figures.resume_s = time.monotonic() - started
 
-        self.play(run, 0.0, restart_at_half)
+        self.play(run, 0.0, restart_at_half, "after phase 1")
         figures.scale_seconds = time.monotonic() - run.started
         figures.scale_phase = str(run.final_status.get("phase", "?"))
         figures.largest_kib, figures.largest_name = self.largest_object(run.namespace)
@@ -326,7 +332,7 @@ class Scale:
             run.deadline = time.monotonic()  # ends the bench's loop
 
         run.deadline = time.monotonic() + seconds + 300
-        self.play(run, 1.0, window)
+        self.play(run, 1.0, window, "after the open loop")
         detail = figures.open_write_detail
         figures.open_reports = len(figures.open_latency)
         if figures.open_reports:
@@ -356,7 +362,7 @@ class Scale:
             run.deadline = time.monotonic()
 
         run.deadline = time.monotonic() + seconds * 1.25 + 300
-        self.play(run, 0.0, window)
+        self.play(run, 0.0, window, "after the closed loop")
         print(
             f"closed loop: {figures.parallel} trials reporting as fast as answered: "
             f"{figures.closed_rate:.1f} reports/s",
@@ -473,7 +479,7 @@ def main(argv: list[str] | None = None) -> int:
         scale.delete_namespace(scale.scale_phase(args.timeout))
         scale.delete_namespace(scale.open_loop_phase(args.open_seconds))
         scale.delete_namespace(scale.closed_loop_phase(args.closed_seconds))
-        scale.note_rss()
+        scale.note_rss("at the end")
         operator.stop()  # the raw loop has the API server to itself
         asyncio.run(scale.raw_patches(args.closed_seconds))
         ok = figures.scale_phase == "Succeeded" and bool(figures.open_latency)
@@ -497,6 +503,7 @@ def main(argv: list[str] | None = None) -> int:
         f"({figures.rebuilt_events}), first report answered {figures.resume_s:.1f}s after start"
     )
     print(f"largest object: {figures.largest_name} {figures.largest_kib:.1f} KiB")
+    print(f"operator peak RSS (MB): {', '.join(figures.peak_rss_moments)}")
     print(
         f"throughput: operator {figures.closed_rate:.1f} reports/s vs raw status patches "
         f"{figures.raw_rate:.1f}/s; cpus {os.cpu_count()}; wall {time.monotonic() - wall:.0f}s"

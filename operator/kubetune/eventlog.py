@@ -12,7 +12,7 @@ reader who asks for an event let go gets `ReleasedEvents`, never another event.
 
 from __future__ import annotations
 
-from collections.abc import Iterable, Iterator, Sequence
+from collections.abc import Iterable, Sequence
 from typing import Any, overload
 
 from kubetune.events import Event
@@ -23,6 +23,8 @@ class ReleasedEvents(LookupError):
 
 
 class EventLog(Sequence[Event]):
+    # Iterated by position (Sequence's own __iter__): an iterator whose next event is let
+    # go meanwhile raises ReleasedEvents rather than skip to a later one.
     def __init__(self, events: Iterable[Event] = ()) -> None:
         self._events: list[Event] = list(events)
         self._first = 0  # the position of self._events[0]
@@ -75,10 +77,6 @@ class EventLog(Sequence[Event]):
             raise ReleasedEvents(
                 f"event {position} was let go (events from {self._first} on are held)"
             )
-
-    def __iter__(self) -> Iterator[Event]:
-        self._check(0)
-        return iter(self._events)
 
     def __eq__(self, other: Any) -> bool:
         if isinstance(other, EventLog):

@@ -65,15 +65,17 @@ class Answers:
     """The verdict each report of a trial got, kept to answer a report sent again with the
     same verdict (the engine is idempotent per trial, attempt and step).
 
-    Almost every report gets GO_ON, at steps that follow one another (every step, or every
-    N steps), so those are kept as runs: first step, last step, stride. A dict entry per
-    report was about 100 bytes, 3.5 KB a trial at bench/scale.py's shape and a third of
-    what the engine held per trial once its history is let go (eventlog.py).
+    Almost every report gets GO_ON at steps that follow one another (every step, or
+    every N steps): an attempt's steps are held as one run (first step, last step,
+    stride) for as long as they do, and any other answer in a dict, as all were before:
+    a dict entry per report was about 100 bytes, 3.5 KB a trial at bench/scale.py's
+    shape and a third of what the engine held per trial once its history is let go
+    (eventlog.py). Lookups stay O(1) whatever the steps.
     """
 
-    # attempt -> runs of steps that went on, each [first, last, stride] (stride 0 while
-    # the run is one step)
-    go_on: dict[int, list[list[int]]] = field(default_factory=dict)
+    # attempt -> [first, last, stride] of its steps that went on in a run (stride 0
+    # while the run is one step)
+    runs: dict[int, list[int]] = field(default_factory=dict)
     other: dict[tuple[int, int], Verdict] = field(default_factory=dict)
 
     def get(self, key: tuple[int, int]) -> Verdict | None:
@@ -81,29 +83,34 @@ class Answers:
         if found is not None:
             return found
         attempt, step = key
-        for first, last, stride in self.go_on.get(attempt, ()):
-            if first <= step <= last and (step == first or (step - first) % stride == 0):
-                return GO_ON
+        run = self.runs.get(attempt)
+        if run is not None and _in_run(run, step):
+            return GO_ON
         return None
 
     def __setitem__(self, key: tuple[int, int], verdict: Verdict) -> None:
-        if verdict != GO_ON:
-            self.other[key] = verdict
-            return
-        self.other.pop(key, None)
         attempt, step = key
-        runs = self.go_on.setdefault(attempt, [])
-        run = runs[-1] if runs else None
-        if run is not None and step > run[1]:
+        run = self.runs.get(attempt)
+        if verdict == GO_ON:
+            if run is None:
+                self.runs[attempt] = [step, step, 0]
+                return
             first, last, stride = run
-            if stride == 0:
+            if step > last and stride == 0:
                 run[1], run[2] = step, step - first
                 return
-            if step == last + stride:
+            if step == last + stride and stride > 0:
                 run[1] = step
                 return
-        if self.get(key) is None:
-            runs.append([step, step, 0])
+            if _in_run(run, step):
+                self.other.pop(key, None)
+                return
+        self.other[key] = verdict  # read before the run: the later answer wins
+
+
+def _in_run(run: list[int], step: int) -> bool:
+    first, last, stride = run
+    return first <= step <= last and (step == first or (step - first) % stride == 0)
 
 
 @dataclass(slots=True)

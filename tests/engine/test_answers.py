@@ -42,7 +42,20 @@ def test_an_attempt_reporting_every_step_is_held_in_a_few_bytes() -> None:
     for step in range(10, 1001, 10):  # a second attempt reporting every ten steps
         answers[(2, step)] = reference[(2, step)] = GO_ON
     answers[(2, 1010)] = reference[(2, 1010)] = PAUSE
-    assert answers.go_on == {1: [[1, 1000, 1]], 2: [[10, 1000, 10]]}
-    held = sys.getsizeof(answers.go_on) + sum(sys.getsizeof(r) for r in answers.go_on.values())
+    assert answers.runs == {1: [1, 1000, 1], 2: [10, 1000, 10]}
+    assert answers.other == {(2, 1010): PAUSE}
+    held = sys.getsizeof(answers.runs) + sum(sys.getsizeof(r) for r in answers.runs.values())
     assert held < sys.getsizeof(reference) / 20
     assert answers.get((2, 1010)) is PAUSE and answers.get((2, 1005)) is None
+
+
+def test_irregular_steps_cost_what_a_dict_costs_not_more() -> None:
+    """Steps as a time-based reporter sends them (local mode's batching): each lookup
+    stays one dict lookup, not a scan of every run (once 9.5 s for 20,000 reports)."""
+    rng = random.Random(0)
+    answers, step = Answers(), 0
+    for _ in range(20_000):
+        step += rng.randint(1, 9)
+        assert answers.get((1, step)) is None
+        answers[(1, step)] = GO_ON
+    assert len(answers.other) >= 19_000 and len(answers.runs) == 1

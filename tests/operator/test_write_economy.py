@@ -16,6 +16,7 @@ import pytest
 from kubetune.events import Reported, TrialLaunched
 from kubetune.observability import Observer
 from kubetune.operator import store, writes
+from kubetune.operator.authorship import Authorship
 from kubetune.operator.history import HistoryRecords
 from kubetune.operator.packed import PackedRecords
 from kubetune.operator.writes import StatusWriter
@@ -230,3 +231,17 @@ async def _no_event(*_: object) -> None:
 
 async def _no_status(force: bool = False) -> None:
     return None
+
+
+def test_a_status_without_a_digest_is_never_taken_for_the_one_written() -> None:
+    """json_digest gives None for what it cannot serialize: None equals None, but such a
+    status is written, never skipped as unchanged."""
+    ours = Authorship({})
+    assert not ours.trial_unchanged(0, None)  # nothing written yet, no digest either
+    ours.wrote_trial(0, None)
+    assert not ours.trial_unchanged(0, None)
+    digest = store.json_digest({"phase": "Running"})
+    ours.wrote_trial(0, digest)
+    assert ours.trial_unchanged(0, digest)
+    ours.foreign_trial_status[0] = {"phase": "Forged"}
+    assert not ours.trial_unchanged(0, digest)

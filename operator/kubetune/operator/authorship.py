@@ -35,6 +35,15 @@ class Authorship:
         ours = (self.written_status.get(number), self.writing_status.get(number))
         return seen is not None and seen in ours
 
+    def trial_unchanged(self, number: int, digest: bytes | None) -> bool:
+        """Trial `number`'s status of `digest` is what we wrote last, and no one else
+        wrote since: a write of it would change nothing."""
+        return (
+            digest is not None
+            and number not in self.foreign_trial_status
+            and self.written_status.get(number) == digest
+        )
+
     def wrote_trial(self, number: int, digest: bytes | None) -> None:
         """Trial `number`'s status of `digest` is written (and anyone else's undone)."""
         self.written_status[number] = digest

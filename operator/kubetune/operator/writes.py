@@ -141,9 +141,7 @@ class StatusWriter:
                 ready.append(number)  # a sampling trial is written with its parameters
         await asyncio.gather(*(self.flush_trial(n) for n in ready))
         events = exp.observer.trial_events(exp.namespace, exp.name, exp.engine)
-        # Every reader has the events filed now (the observer reads them just above):
-        # the engine need not hold them (most of its memory per trial otherwise).
-        exp.engine.history.release(self.history.filed)
+        exp.engine.history.release(self.history.filed)  # read by all (eventlog.py)
         for event in events:
             await exp.event(*event)  # pauses, promotions, failures, interruptions
         phase = experiment_phase(exp.engine)
@@ -184,11 +182,7 @@ class StatusWriter:
         sent = list(history)
         status = self.trial_status(trial, sent)
         digest = store.json_digest(status)
-        if (
-            digest is not None
-            and number not in self.ours.foreign_trial_status
-            and self.ours.written_status.get(number) == digest
-        ):
+        if self.ours.trial_unchanged(number, digest):
             # A flush asked for what an earlier write already carried (the late writer
             # and a report's own write-ahead, say): nothing to send.
             self.written_phases[number] = phase
