@@ -136,34 +136,53 @@ def find_holes(histories: Sequence[Sequence[Any]], refused: Iterable[Any] = ()) 
     highest watermark stored. `histories` are the records whose MACs are right; the
     numbers of `refused` records (told as refused already) are not holes, and nothing
     else of theirs is believed. Cost: n log n in the records, whatever their numbers."""
-    numbers = (_int(r.get("seq")) for r in refused if isinstance(r, dict))
-    told = [(s, s) for s in numbers if s is not None]
-    seqs: set[int] = set()
-    spans: dict[tuple[Any, Any], Run] = {}
-    known: list[Run] = []
-    watermark = 0
+    finder = HoleFinder()
     for history in histories:
+        finder.add(history)
+    return finder.holes(refused_numbers(refused))
+
+
+def refused_numbers(refused: Iterable[Any]) -> list[int]:
+    numbers = (_int(r.get("seq")) for r in refused if isinstance(r, dict))
+    return [s for s in numbers if s is not None]
+
+
+class HoleFinder:
+    """`find_holes` one history at a time (a load reads HPOTrials a page at a time)."""
+
+    def __init__(self) -> None:
+        self.seqs: set[int] = set()
+        self.spans: dict[tuple[Any, Any], Run] = {}
+        self.known: list[Run] = []
+        self.watermark = 0
+
+    def add(self, history: Iterable[Any]) -> None:
         for record in history:
             seq = _int(record.get("seq")) if isinstance(record, dict) else None
             if seq is None or seq < 0:
                 continue
-            seqs.add(seq)
-            watermark = max(watermark, _int(record.get(DURABLE_FIELD)) or 0)
-            known.extend(_lost_runs(record.get(LOST_FIELD)))
+            self.seqs.add(seq)
+            self.watermark = max(self.watermark, _int(record.get(DURABLE_FIELD)) or 0)
+            self.known.extend(_lost_runs(record.get(LOST_FIELD)))
             if record.get("type") == "Reported":
                 key = (record.get("number"), record.get("attempt"))
-                low, high = spans.get(key, (seq, seq))
-                spans[key] = (min(low, seq), max(high, seq))
-    if not seqs:
-        return Holes([], [], [])
-    ordered = sorted(seqs)
-    between = [(a + 1, b - 1) for a, b in zip([-1, *ordered], ordered, strict=False) if b - a > 1]
-    # Strictly inside one attempt's kept reports (compaction's), known lost, or refused.
-    inside = [(low + 1, high - 1) for low, high in spans.values() if high - low > 1]
-    known = merged(known)
-    holes = _without(between, merged([*inside, *known, *told]))
-    missing, lost = _split(holes, watermark)
-    return Holes(missing, lost, known)
+                low, high = self.spans.get(key, (seq, seq))
+                self.spans[key] = (min(low, seq), max(high, seq))
+
+    def holes(self, refused: Iterable[int] = ()) -> Holes:
+        """The holes of what was added; `refused`: numbers of records told as refused."""
+        if not self.seqs:
+            return Holes([], [], [])
+        told = [(s, s) for s in refused]
+        ordered = sorted(self.seqs)
+        pairs = zip([-1, *ordered], ordered, strict=False)
+        between = [(a + 1, b - 1) for a, b in pairs if b - a > 1]
+        # Strictly inside one attempt's kept reports (compaction's), known lost, or refused.
+        inside = [(low + 1, high - 1) for low, high in self.spans.values() if high - low > 1]
+        known = merged(self.known)
+        holes = _without(between, merged([*inside, *known, *told]))
+        missing, lost = _split(holes, self.watermark)
+        return Holes(missing, lost, known)
 
 
 class Watermark:

@@ -35,7 +35,7 @@ class HistoryRecords:
         self,
         seqs: list[int],
         experiment_records: list[Record],
-        trials: dict[int, list[Record]],
+        trials: dict[int, Sequence[Record]],
         holes: list[Run],
     ) -> None:
         """What a load replayed: the engine's history is these records' events; `holes`

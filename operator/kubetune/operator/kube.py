@@ -11,6 +11,7 @@ from __future__ import annotations
 import asyncio
 import json
 import logging
+from collections.abc import AsyncIterator
 from typing import Any
 
 from kubernetes import client, config
@@ -100,10 +101,16 @@ class Kube:
     async def list_trials(
         self, namespace: str, experiment: str, page: int = TRIALS_PER_PAGE
     ) -> list[dict[str, Any]]:
-        """The experiment's HPOTrials, read `page` at a time: in one response, 1,000
-        trials' histories were ~70 MB of JSON held whole by the client as bytes, text and
-        objects at once, the operator's peak memory on every restart."""
-        items: list[dict[str, Any]] = []
+        """The experiment's HPOTrials (all of them held: `trial_pages` reads them a page
+        at a time)."""
+        return [t async for items in self.trial_pages(namespace, experiment, page) for t in items]
+
+    async def trial_pages(
+        self, namespace: str, experiment: str, page: int = TRIALS_PER_PAGE
+    ) -> AsyncIterator[list[dict[str, Any]]]:
+        """The experiment's HPOTrials, `page` at a time: in one response, 1,000 trials'
+        histories were ~70 MB of JSON held whole by the client as bytes, text and objects
+        at once, the operator's peak memory on every restart."""
         token = ""
         while True:
             found = await self._call(
@@ -116,10 +123,10 @@ class Kube:
                 limit=page,
                 **({"_continue": token} if token else {}),
             )
-            items += found.get("items", [])
+            yield found.get("items", [])
             token = (found.get("metadata") or {}).get("continue") or ""
             if not token:
-                return items
+                return
 
     async def create_trial(self, namespace: str, body: dict) -> dict[str, Any]:
         """The HPOTrial created, or the object that holds its name already (the caller

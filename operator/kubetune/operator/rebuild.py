@@ -9,13 +9,12 @@ from __future__ import annotations
 
 import logging
 import time
-from typing import Any
 
 from kubetune.engine import Engine
-from kubetune.events import last_launch_version
 from kubetune.operator import gaps, ownership, parents, store
 from kubetune.operator.experiment import Experiment
 from kubetune.operator.history import HistoryRecords
+from kubetune.operator.loading import HistoryReader, StoredTrial, read_again_as_legacy
 from kubetune.operator.podwatch import PodWatch
 from kubetune.operator.status import failed_status
 from kubetune.operator.writes import StatusWriter
@@ -44,61 +43,56 @@ class Rebuilder:
         """Rebuild the engine from the custom resources, then reconcile with the pods."""
         exp, history, writer = self.experiment, self.history, self.writer
         async with exp.lock:
-            listed = await exp.kube.list_trials(exp.namespace, exp.name)
-            trials = [t for t in listed if ownership.is_ours(exp, t)]
-            for foreign in (t for t in listed if not ownership.is_ours(exp, t)):
-                name = foreign["metadata"]["name"]
-                await exp.event(
-                    f"HPOTrial {name} is not one of this experiment's trials: ignored",
-                    "ForeignTrialIgnored",
-                    True,
-                )
-            stored = [(exp.body.get("status") or {}).get("history") or []]
-            stored += [(t.get("status") or {}).get("history") or [] for t in trials]
-            checked = store.check_histories(stored, exp.signer)
-            owners = ["the experiment"] + [t["metadata"]["name"] for t in trials]
-            if sum(checked.refused) and not any(checked.histories):
+            # Read a page of HPOTrials at a time, each history checked, decoded and
+            # packed as it comes (operator/loading.py): not every record held as JSON.
+            reader = HistoryReader(exp.signer)
+            experiment_records = reader.add((exp.body.get("status") or {}).get("history") or [])
+            trials: list[StoredTrial] = []
+            async for page in exp.kube.trial_pages(exp.namespace, exp.name):
+                for body in page:
+                    if ownership.is_ours(exp, body):
+                        trials.append(reader.add_trial(body))
+                        continue
+                    await exp.event(
+                        f"HPOTrial {body['metadata']['name']} is not one of this "
+                        f"experiment's trials: ignored",
+                        "ForeignTrialIgnored",
+                        True,
+                    )
+            if reader.needs_legacy_reading:
+                reader, experiment_records = read_again_as_legacy(reader, trials)
+            owners = ["the experiment"] + [t.name for t in trials]
+            if sum(reader.refused) and not reader.accepted_any:
                 # Every record refused (MACs stripped, say): starting the search over
                 # would reuse the names of the trials that are there.
-                await self._report_refused(owners, checked.refused)
+                await self._report_refused(owners, reader.refused)
                 await self._fail_to_load(ValueError("every history record was refused"))
                 return
             try:
-                merged = store.merge_histories(checked.histories)
-                events, made = store.repair(merged, make_scheduler(exp.spec, None))
+                events, made = store.repair(reader.events(), make_scheduler(exp.spec, None))
                 engine = Engine.replay(exp.spec, exp.name, (event for _, event in events))
             except Exception as error:
                 await self._fail_to_load(error)
                 return
             exp.engine = engine
-            trial_records = {}
-            for trial, records in zip(trials, checked.histories[1:], strict=True):
-                number = trial["spec"]["number"]
-                writer.trial_uids[number] = trial["metadata"]["uid"]
-                trial_records[number] = records
-                node = (trial.get("status") or {}).get("node")
-                if node:
-                    writer.nodes[number] = node
-            accepted = {id(r) for h in checked.histories for r in h}
-            refused = [r for h in stored for r in h if id(r) not in accepted]
-            holes = gaps.find_holes(checked.histories, refused)
+            for trial in trials:
+                writer.trial_uids[trial.number] = trial.uid
+                if trial.node:
+                    writer.nodes[trial.number] = trial.node
+            holes = reader.holes()
             history.restore(
                 [seq for seq, _ in events],
-                checked.histories[0],
-                trial_records,
+                experiment_records,
+                {trial.number: trial.records for trial in trials},
                 holes.to_carry(),
             )
             # Pods launched by kubetune v0.1.0 hold tokens of its scope (no UID): they
             # keep reporting after an upgrade (their launch records are version 0).
             exp.tokens.accept_release_0(
                 release_0_scope(exp.namespace, exp.name),
-                (
-                    exp.engine.trial_name(number)
-                    for number, records in trial_records.items()  # as read, not packed
-                    if last_launch_version(records) == 0
-                ),
+                (exp.engine.trial_name(t.number) for t in trials if t.release_0),
             )
-            await self._report_refused(owners, checked.refused)
+            await self._report_refused(owners, reader.refused)
             if holes.lost:
                 logger.info(
                     "experiment %s/%s: %d history records a stopped operator never wrote",
@@ -117,7 +111,7 @@ class Rebuilder:
                     True,
                 )
             for trial in trials:
-                await self._put_back_status(trial, checked.legacy)
+                await self._put_back_status(trial, reader.legacy)
             if exp.engine.needs_warm_start():  # spec.warmStart: read once, at the start
                 exp.load_failure = await parents.start(
                     exp.kube, exp.config.token_key, exp.body, exp.generation, exp.engine
@@ -133,22 +127,22 @@ class Rebuilder:
                 "experiment %s/%s rebuilt from %d events", exp.namespace, exp.name, len(events)
             )
 
-    async def _put_back_status(self, trial: dict[str, Any], legacy: bool) -> None:
+    async def _put_back_status(self, trial: StoredTrial, legacy: bool) -> None:
         """An HPOTrial's status anyone else wrote is written again from the engine's."""
         exp, writer = self.experiment, self.writer
-        number = trial["spec"]["number"]
+        number = trial.number
         if number >= len(exp.engine.trials):
             return
         # The watch delivers these versions again: they are known, not news.
-        writer.ours.trial_versions[number].append(trial["metadata"]["resourceVersion"])
+        writer.ours.trial_versions[number].append(trial.version)
         kept = self.history.compact(self.history.trials[number])
-        expected = writer.trial_status(exp.engine.trials[number], kept)
-        writer.ours.written_status[number] = store.json_digest(expected)
-        if not store.same_json(trial.get("status") or {}, expected):
+        expected = store.json_digest(writer.trial_status(exp.engine.trials[number], kept))
+        writer.ours.written_status[number] = expected
+        if expected is None or trial.status_digest != expected:
             writer.dirty_trials.add(number)
-            writer.ours.foreign_trial_status[number] = trial.get("status")
+            writer.ours.foreign_trial_status[number] = trial.status
             if not legacy:
-                await ownership.status_restored(exp, f"HPOTrial {trial['metadata']['name']}")
+                await ownership.status_restored(exp, f"HPOTrial {trial.name}")
 
     async def _report_refused(self, owners: list[str], refused: list[int]) -> None:
         exp = self.experiment

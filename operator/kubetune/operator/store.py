@@ -83,16 +83,30 @@ def merge_histories(histories: Iterable[Sequence[dict[str, Any]]]) -> list[tuple
 
     A plan sorts before another event of the same sequence number: `repair` files the
     plans it makes under the number of the event they must precede."""
-    seen: set[str] = set()
-    merged = []
+    merged = MergedHistory()
     for history in histories:
+        merged.add(history)
+    return merged.events()
+
+
+class MergedHistory:
+    """`merge_histories` one history at a time: each record decoded as it is added, so
+    that a load need not hold every history's records at once (operator/loading.py)."""
+
+    def __init__(self) -> None:
+        self._seen: set[str] = set()
+        self._events: list[tuple[int, Event]] = []
+
+    def add(self, history: Iterable[dict[str, Any]]) -> None:
         for record in history:
             identity = record.get(MAC_FIELD) or json.dumps(canonical(record), sort_keys=True)
-            if identity not in seen:
-                seen.add(identity)
-                merged.append(decode(record))
-    merged.sort(key=_order)
-    return merged
+            if identity not in self._seen:
+                self._seen.add(identity)
+                self._events.append(decode(record))
+
+    def events(self) -> list[tuple[int, Event]]:
+        self._events.sort(key=_order)
+        return self._events
 
 
 def _order(item: tuple[int, Event]) -> tuple[int, int, int]:
@@ -184,7 +198,7 @@ def _signed(signer: HistorySigner, record: Any) -> dict[str, Any] | None:
         return None
 
 
-def _written_since_macs(record: Any) -> bool:
+def written_since_macs(record: Any) -> bool:
     """A record only a signing operator writes: one with a MAC, or of format version 1
     or later (records got a version after they got MACs; v0.1.0, the only release
     without MACs, wrote version 0). Stripping every MAC from such a history does not
@@ -199,15 +213,21 @@ def _written_since_macs(record: Any) -> bool:
         return True
 
 
+def accepted_records(
+    history: Sequence[Any], signer: HistorySigner, legacy: bool
+) -> list[dict[str, Any]]:
+    """The records of `history` replayed: those with a valid MAC; in a legacy history
+    (nothing in the experiment was signed) every object, signed as it stands."""
+    if legacy:
+        return [s for r in history if (s := _signed(signer, r))]
+    return [r for r in history if signer.valid(r)]
+
+
 def check_histories(histories: Sequence[Sequence[Any]], signer: HistorySigner) -> CheckedHistories:
-    signed = any(_written_since_macs(r) for h in histories for r in h)
-    if not signed:
-        accepted = [[s for r in h if (s := _signed(signer, r))] for h in histories]
-        refused = [len(h) - len(a) for h, a in zip(histories, accepted, strict=True)]
-        return CheckedHistories(accepted, refused, legacy=True)
-    accepted = [[r for r in h if signer.valid(r)] for h in histories]
+    legacy = not any(written_since_macs(r) for h in histories for r in h)
+    accepted = [accepted_records(h, signer, legacy) for h in histories]
     refused = [len(h) - len(a) for h, a in zip(histories, accepted, strict=True)]
-    return CheckedHistories(accepted, refused, legacy=False)
+    return CheckedHistories(accepted, refused, legacy=legacy)
 
 
 def repair(

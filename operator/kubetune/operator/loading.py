@@ -1,0 +1,123 @@
+"""The stored histories as a load reads them: one HPOTrial at a time, each history's
+records checked (MACs), noted for holes, decoded and packed as they come, so that no
+more than a page of HPOTrials is held as JSON objects at once. No I/O.
+
+Before, a load held every HPOTrial it read, records as dicts of about 2 KB each, until
+it was done: at 5,000 trials of 33 records, about 330 MB, the operator's peak memory
+on every restart of a big experiment (bench/scale.py restarts it at half its trials).
+
+Whether the experiment is legacy (nothing in it was signed: kubetune v0.1.0 wrote it,
+`store.check_histories`) is known only once every history is read. The histories are
+read as signed ones; while no record has shown them signed, the raw records are kept
+too, and if none ever does, they are read again as legacy ones (as much memory as
+before, for v0.1.0's experiments only).
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from dataclasses import dataclass, field
+from typing import Any
+
+from kubetune.events import Event, last_launch_version
+from kubetune.operator import gaps, store
+from kubetune.operator.packed import PackedRecords, packed
+
+Record = dict[str, Any]
+
+
+@dataclass
+class StoredTrial:
+    """What a load keeps of one HPOTrial as read."""
+
+    name: str
+    uid: str
+    version: str  # its resourceVersion: the watch delivers it again
+    number: int
+    node: str | None
+    status: dict[str, Any]  # as stored, without its history (`status.restoring_patch`
+    # clears keys others added; the history is a list, replaced whole)
+    status_digest: bytes | None  # of the whole status, history included
+    records: PackedRecords = field(default_factory=lambda: packed([]))
+    release_0: bool = False  # its last launch was kubetune v0.1.0's
+
+
+class HistoryReader:
+    def __init__(self, signer: store.HistorySigner, legacy: bool = False) -> None:
+        self.signer = signer
+        self.legacy = legacy
+        self.signed = legacy  # a record only a signing operator writes was seen
+        self.raw: list[Sequence[Any]] | None = None if legacy else []
+        self.refused: list[int] = []  # records refused, per history, in reading order
+        self.refused_seqs: list[int] = []
+        self.accepted_any = False
+        self.error: Exception | None = None  # the first record that cannot be decoded
+        self._holes = gaps.HoleFinder()
+        self._merged = store.MergedHistory()
+
+    def add(self, history: Sequence[Any]) -> list[Record]:
+        """Read one stored history; returns the records replayed from it."""
+        if not self.signed and any(store.written_since_macs(r) for r in history):
+            self.signed, self.raw = True, None
+        if self.raw is not None:
+            self.raw.append(history)
+        accepted = store.accepted_records(history, self.signer, self.legacy)
+        ids = {id(r) for r in accepted}
+        refused = [r for r in history if id(r) not in ids]
+        self.refused.append(len(history) - len(accepted))
+        self.refused_seqs += gaps.refused_numbers(refused)
+        self.accepted_any |= bool(accepted)
+        if self.error is None:
+            # A record that cannot be read fails the load (HistoryUnreadable) once every
+            # history is read, as one that cannot be replayed does: never raised here.
+            try:
+                self._merged.add(accepted)
+                self._holes.add(accepted)
+            except Exception as error:
+                self.error = error
+        return accepted
+
+    def add_trial(self, body: dict[str, Any]) -> StoredTrial:
+        status = body.get("status") or {}
+        metadata = body["metadata"]
+        accepted = self.add(status.get("history") or [])
+        return StoredTrial(
+            name=metadata["name"],
+            uid=metadata["uid"],
+            version=metadata.get("resourceVersion", ""),
+            number=body["spec"]["number"],
+            node=status.get("node"),
+            status={k: v for k, v in status.items() if k != "history"},
+            status_digest=store.json_digest(status),
+            records=packed(accepted),
+            release_0=last_launch_version(accepted) == 0,
+        )
+
+    @property
+    def needs_legacy_reading(self) -> bool:
+        """Nothing read was signed: read again (`raw`) as a legacy experiment."""
+        return not self.signed and bool(self.raw)
+
+    def events(self) -> list[tuple[int, Event]]:
+        """Every event read, in order (`store.merge_histories`)."""
+        if self.error is not None:
+            raise self.error
+        return self._merged.events()
+
+    def holes(self) -> gaps.Holes:
+        return self._holes.holes(self.refused_seqs)
+
+
+def read_again_as_legacy(
+    reader: HistoryReader, trials: list[StoredTrial]
+) -> tuple[HistoryReader, list[Record]]:
+    """`reader`'s histories (the experiment's, then each trial's) read as a legacy
+    experiment's; returns the new reader and the experiment's records."""
+    assert reader.raw is not None
+    legacy = HistoryReader(reader.signer, legacy=True)
+    experiment_records = legacy.add(reader.raw[0])
+    for trial, history in zip(trials, reader.raw[1:], strict=True):
+        accepted = legacy.add(history)
+        trial.records = packed(accepted)
+        trial.release_0 = last_launch_version(accepted) == 0
+    return legacy, experiment_records

@@ -1,0 +1,141 @@
+"""A load reads the stored histories one HPOTrial at a time (operator/loading.py): the
+same records accepted and refused, the same events and the same holes as reading them
+all at once, legacy experiments included, while holding the records packed, not as
+the JSON objects they were read as."""
+
+from __future__ import annotations
+
+import copy
+import json
+import tracemalloc
+from typing import Any
+
+import pytest
+
+from kubetune.operator import gaps, store
+from kubetune.operator.loading import HistoryReader, read_again_as_legacy
+from tests.engine.helpers import Driver, make_spec
+from tests.operator.test_pure import stored_histories
+
+SIGNER = store.HistorySigner(b"k" * 32, "team/exp/uid-1")
+
+
+def body(number: int, history: list[dict[str, Any]]) -> dict[str, Any]:
+    return {
+        "metadata": {"name": f"exp-{number}", "uid": f"u{number}", "resourceVersion": "7"},
+        "spec": {"number": number},
+        "status": {"phase": "Completed", "node": "n1", "history": history},
+    }
+
+
+def read(histories: list[list[dict[str, Any]]]) -> tuple[HistoryReader, list, list]:
+    reader = HistoryReader(SIGNER)
+    experiment = reader.add(histories[0])
+    trials = [reader.add_trial(body(n, h)) for n, h in enumerate(histories[1:])]
+    if reader.needs_legacy_reading:
+        reader, experiment = read_again_as_legacy(reader, trials)
+    return reader, experiment, trials
+
+
+def check_same_as_all_at_once(histories: list[list[dict[str, Any]]]) -> HistoryReader:
+    whole = copy.deepcopy(histories)
+    checked = store.check_histories(whole, SIGNER)
+    accepted = {id(r) for h in checked.histories for r in h}
+    refused = [r for h in whole for r in h if id(r) not in accepted]
+    reader, experiment, trials = read(histories)
+    assert reader.legacy == checked.legacy and reader.refused == checked.refused
+    assert experiment == checked.histories[0]
+    assert [list(t.records) for t in trials] == checked.histories[1:]
+    assert reader.events() == store.merge_histories(checked.histories)
+    assert reader.holes() == gaps.find_holes(checked.histories, refused)
+    return reader
+
+
+def test_signed_histories_read_one_at_a_time_as_all_at_once() -> None:
+    histories, _ = stored_histories(SIGNER, trials=4)
+    report = next(r for r in histories[2] if r["type"] == "Reported")
+    histories[2] = [r for r in histories[2] if r is not report]  # deleted: a hole
+    other = next(r for r in histories[3] if r["type"] == "Reported")
+    histories[3].append({**other, "metrics": {"loss": -1.0}})  # forged: refused
+    histories[3].append(copy.deepcopy(histories[1][0]))  # stored twice: counted once
+    reader = check_same_as_all_at_once(histories)
+    assert reader.refused == [0, 0, 0, 1, 0] and reader.holes().missing == [(report["seq"],) * 2]
+
+
+def test_a_legacy_experiment_is_read_again_as_one_and_as_all_at_once() -> None:
+    histories, _ = stored_histories(SIGNER, trials=3)
+    for history in histories:  # what kubetune v0.1.0 wrote: no MAC, no version
+        for record in history:
+            record.pop(store.MAC_FIELD)
+            record.pop("v", None)
+    reader = check_same_as_all_at_once(histories)
+    assert reader.legacy and reader.accepted_any and not any(reader.refused[1:])
+    # One signed record anywhere, even in the last trial read: not legacy, the rest refused.
+    signed, _ = stored_histories(SIGNER, trials=3)
+    histories[-1].append(signed[-1][0])
+    reader = check_same_as_all_at_once(histories)
+    assert not reader.legacy and reader.raw is None
+
+
+@pytest.mark.parametrize(
+    "bad",
+    [
+        {"seq": 99, "type": "NoSuchEvent", "v": 1},
+        {"seq": 98, "type": "Reported", "number": [1], "attempt": {"a": 1}},  # unhashable
+    ],
+)
+def test_a_record_that_cannot_be_read_fails_the_load_once_all_is_read(bad: dict) -> None:
+    """Never raised while reading (the load would stop without a word): raised by
+    `events()`, which the load turns into HistoryUnreadable, in signed and legacy
+    experiments alike."""
+    for legacy in (False, True):
+        histories, _ = stored_histories(SIGNER, trials=2)
+        if legacy:
+            for record in (r for h in histories for r in h):
+                record.pop(store.MAC_FIELD)
+                record.pop("v", None)
+        unsigned = {k: v for k, v in bad.items() if k != "v"}  # as v0.1.0 wrote them
+        histories[1].append(unsigned if legacy else SIGNER.sign(bad))
+        reader, _, _ = read(histories)
+        with pytest.raises(Exception) as raised:
+            reader.events()
+        assert not isinstance(raised.value, AssertionError)
+
+
+def trained_histories(trials: int, steps: int) -> list[list[dict[str, Any]]]:
+    """Histories as the operator files them, each trial reporting `steps` steps."""
+    spec = make_spec(budget={"maxTrials": trials, "parallelTrials": trials})
+    driver = Driver(spec)
+    driver.decide()
+    for number in range(trials):
+        for step in range(1, steps + 1):
+            driver.report(number, step, 1.0 / step + number)
+        driver.exit(number, 0)
+    driver.decide()
+    histories: list[list[dict[str, Any]]] = [[] for _ in range(trials + 1)]
+    for seq, event in enumerate(driver.engine.history):
+        owner = store.trial_number_of(event)
+        record = SIGNER.sign({**store.encode(seq, event), gaps.DURABLE_FIELD: seq})
+        histories[0 if owner is None else owner + 1].append(record)
+    return histories
+
+
+def test_what_a_load_holds_is_the_packed_records_not_the_bodies_read() -> None:
+    histories = trained_histories(trials=100, steps=33)  # bench/scale.py's mean attempt
+    text = [json.dumps(body(n, h)) for n, h in enumerate(histories[1:])]  # as the API sends
+    tracemalloc.start()
+    try:
+        reader = HistoryReader(SIGNER)
+        reader.add(histories[0])
+        before = tracemalloc.get_traced_memory()[0]
+        whole = [json.loads(t) for t in text]  # what a load held before: every body
+        held_whole = tracemalloc.get_traced_memory()[0] - before
+        del whole
+        trials = [reader.add_trial(json.loads(t)) for t in text]  # each dropped once read
+        held = tracemalloc.get_traced_memory()[0] - before
+    finally:
+        tracemalloc.stop()
+    assert len(trials) == 100 and {len(t.records) for t in trials} == {len(histories[1])}
+    # What stays is each trial's packed records (a sixth of it) and the decoded events
+    # the replay reads (most of it); before, the bodies were held besides: 1.5 times this.
+    assert held < 0.6 * held_whole, (held, held_whole)
