@@ -276,6 +276,9 @@ class Scale:
                     figures.rebuilt_events = lines[-1].split(" rebuilt from ")[-1]
                 if math.isnan(figures.resume_s) and len(run.report_latency) > answered:
                     figures.resume_s = time.monotonic() - started
+            self.note_rss("rebuilt and answering")
+            await asyncio.sleep(30)
+            self.note_rss("30 s later")
 
         self.play(run, 0.0, restart_at_half, "after phase 1")
         figures.scale_seconds = time.monotonic() - run.started

@@ -23,7 +23,7 @@ from kubetune.ingest import NOT_READY, NotReady, ReportServer, ReportTarget
 from kubetune.names import EXPERIMENTS, GROUP, LABEL_EXPERIMENT, TRIALS, VERSION
 from kubetune.offloop import SuggestionWorker
 from kubetune.operator.controller import ExperimentController, OperatorConfig
-from kubetune.operator.kube import Kube
+from kubetune.operator.kube import TRIALS_PER_PAGE, Kube
 from kubetune.operator.logs import LogStreams
 from kubetune.operator.resync import Resync
 from kubetune.operator.status import failed_status
@@ -200,17 +200,26 @@ def _registry(memo: kopf.Memo) -> Registry:
     return registry
 
 
-@kopf.on.startup()
-async def _startup(settings: kopf.OperatorSettings, memo: kopf.Memo, **_: Any) -> None:
-    # API calls run in threads (the client is synchronous): allow many in flight.
-    asyncio.get_running_loop().set_default_executor(ThreadPoolExecutor(max_workers=32))
+def configure(settings: kopf.OperatorSettings) -> None:
+    """kopf's settings for kubetune's watches."""
     settings.persistence.progress_storage = kopf.AnnotationsProgressStorage(prefix=GROUP)
     settings.persistence.diffbase_storage = kopf.AnnotationsDiffBaseStorage(prefix=GROUP)
     settings.watching.server_timeout = 300
     settings.watching.client_timeout = 330
     settings.watching.connect_timeout = 30
     settings.watching.inactivity_timeout = 600
+    # A watch starts with a LIST of what exists: kopf's default is one response, every
+    # HPOTrial's history at once (~35 KB each as JSON, several times that as objects),
+    # the restarted operator's peak memory. A page at a time, as the rebuild reads them.
+    settings.watching.chunk_size = TRIALS_PER_PAGE
     settings.posting.enabled = False  # our own Events, with reasons users can filter on
+
+
+@kopf.on.startup()
+async def _startup(settings: kopf.OperatorSettings, memo: kopf.Memo, **_: Any) -> None:
+    # API calls run in threads (the client is synchronous): allow many in flight.
+    asyncio.get_running_loop().set_default_executor(ThreadPoolExecutor(max_workers=32))
+    configure(settings)
     registry = _registry(memo)
     server = ReportServer(registry.resolve, observer=registry.observer)
     await registry.list_expected()
