@@ -44,3 +44,29 @@ async def test_a_failed_write_raises_to_its_callers() -> None:
         assert "said no" in str(error)
     else:
         raise AssertionError("the failure was swallowed")
+
+
+async def test_writers_sharing_slots_run_that_many_writes_at_once_and_all_complete() -> None:
+    """An experiment's end writes every paused trial again: each write builds its status
+    when it runs, so the slots bound how many statuses exist at once (bench/scale.py's
+    peak memory was there), and every flush still returns durable."""
+    slots = asyncio.Semaphore(4)
+    running = 0
+    peak = 0
+    written: list[int] = []
+
+    def make(number: int) -> CoalescedWriter:
+        async def write() -> None:
+            nonlocal running, peak
+            running += 1
+            peak = max(peak, running)
+            await asyncio.sleep(0.005)
+            written.append(number)
+            running -= 1
+
+        return CoalescedWriter(write, slots)
+
+    writers = [make(n) for n in range(40)]
+    await asyncio.gather(*(w.flush() for w in writers), *(w.flush() for w in writers[:10]))
+    assert peak == 4
+    assert sorted(set(written)) == list(range(40))

@@ -3,18 +3,24 @@
 `flush()` returns once a write that *started after the call* has completed, so the
 caller's change is durable; callers that arrive while a write is in flight share the
 next one. Writes of one object never overlap, so an older snapshot can never land
-after a newer one.
+after a newer one. Writers that share `slots` (one experiment's objects) have at most
+that many writes running: a write builds what it sends when it runs, so a thousand
+trials to write at once (an experiment's end) hold that many statuses, not a thousand.
 """
 
 from __future__ import annotations
 
 import asyncio
+import contextlib
 from collections.abc import Awaitable, Callable
 
 
 class CoalescedWriter:
-    def __init__(self, write: Callable[[], Awaitable[None]]) -> None:
+    def __init__(
+        self, write: Callable[[], Awaitable[None]], slots: asyncio.Semaphore | None = None
+    ) -> None:
         self._write = write
+        self._slots = slots
         self._requested = 0
         self._completed = 0
         self._running: asyncio.Task[None] | None = None
@@ -28,5 +34,6 @@ class CoalescedWriter:
             await asyncio.shield(self._running)
 
     async def _run(self, generation: int) -> None:
-        await self._write()
+        async with self._slots or contextlib.nullcontext():
+            await self._write()
         self._completed = max(self._completed, generation)

@@ -33,6 +33,7 @@ from kubetune.operator.coalesce import CoalescedWriter
 from kubetune.operator.experiment import Experiment
 from kubetune.operator.gang import rank_pod_name
 from kubetune.operator.history import HistoryRecords, Record
+from kubetune.operator.kube import CALLS_PER_EXPERIMENT
 from kubetune.operator.outcomes import namespace_terminating
 from kubetune.operator.pods import owned_by
 from kubetune.operator.settings import env_seconds
@@ -67,6 +68,7 @@ class StatusWriter:
         self.report_flush: asyncio.Task[None] | None = None
         self.written_phases: dict[int, tuple[str, str]] = {}
         self.writers: dict[int, CoalescedWriter] = {}
+        self.writing = asyncio.Semaphore(CALLS_PER_EXPERIMENT)  # statuses built at once
         self.flush: asyncio.Task[None] | None = None
         self.written_experiment_history = 0
         self.last_status: dict[str, Any] | None = None
@@ -159,7 +161,8 @@ class StatusWriter:
         """Trial `number`'s HPOTrial as it is now, durable when this returns."""
         writer = self.writers.get(number)
         if writer is None:
-            writer = self.writers[number] = CoalescedWriter(lambda: self._write_trial(number))
+            writer = CoalescedWriter(lambda: self._write_trial(number), self.writing)
+            self.writers[number] = writer
         await writer.flush()
 
     async def _write_trial(self, number: int) -> None:
