@@ -21,7 +21,7 @@ from typing import Any
 from kubetune.capacity.accounting import CostBook
 from kubetune.capacity.aws import Aws, AwsError, Backoff, Group, group_for
 from kubetune.capacity.gangs import AttemptKey, GangAdmission, attempt_key
-from kubetune.capacity.kubeobjects import CoreApi, daemon, instance_id, waits_for_node
+from kubetune.capacity.kubeobjects import CoreApi, daemon, instance_id, lean, waits_for_node
 from kubetune.capacity.pools import (
     GPU_RESOURCE,
     LABEL_POOL,
@@ -37,6 +37,8 @@ from kubetune.timestamps import rfc3339
 logger = logging.getLogger(__name__)
 
 SCALE_DOWN_ANNOTATION = "kubetune.dev/scale-down"
+# Nodes or pods per LIST response: a tick lists every trial pod, ended ones too.
+OBJECTS_PER_PAGE = 500
 
 
 @dataclass
@@ -74,10 +76,20 @@ class PoolScaler:
     async def list_objects(
         self, list_call: Callable[..., Any], **kwargs: Any
     ) -> list[dict[str, Any]]:
-        """The items `list_call` (a list method of `core`) answers, as JSON objects."""
-        found = await asyncio.to_thread(list_call, _preload_content=False, **kwargs)
-        items: list[dict[str, Any]] = json.loads(found.data).get("items", [])
-        return items
+        """The items `list_call` (a list method of `core`) answers, as JSON objects with
+        what is never read left out (`lean`), a page at a time."""
+        items: list[dict[str, Any]] = []
+        token = ""
+        while True:
+            more = {"_continue": token} if token else {}
+            found = await asyncio.to_thread(
+                list_call, _preload_content=False, limit=OBJECTS_PER_PAGE, **more, **kwargs
+            )
+            page = json.loads(found.data)
+            items += [lean(item) for item in page.get("items") or []]
+            token = (page.get("metadata") or {}).get("continue") or ""
+            if not token:
+                return items
 
     async def pods_on(self, node: str) -> list[dict[str, Any]]:
         """The pods bound to `node` that still run or may run (DaemonSets' aside)."""
