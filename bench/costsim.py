@@ -8,7 +8,9 @@ the cloud and the cluster around it:
   exist (all or nothing), and ends, is interrupted and resumes as one.
 * **Capacity** (`Capacity`):
   - `KUBETUNE_SPOT`: a spot pool scaled by kubetune's own `capacity.scaling.plan` every
-    tick; an interrupted trial resumes from its checkpoint. With `notices`, a node's
+    tick, with the engine's `slots_ahead` as its demand ceiling (idle nodes no trial
+    can use go at once, as the operator's loop does); an interrupted trial resumes
+    from its checkpoint. With `notices`, a node's
     two-minute reclaim notice (the termination taint) makes the trial's next report
     answer "checkpoint and exit" (capacity/notices.py): it saves that step and leaves.
   - `SPOT_RESTART`: the same pool; an interrupted trial starts again from step 1.
@@ -341,7 +343,12 @@ class Run:
             for t in self.pending
             for w in range(self.setup.workers)
         ]
-        decided = plan(self.pool, group, observed, waiting, self.now, self.idle_since)
+        # The operator's ceiling: each experiment's slots_ahead, a node per pod.
+        ahead = self.engine.slots_ahead()
+        ceiling = None if ahead is None else ahead * self.setup.workers
+        decided = plan(
+            self.pool, group, observed, waiting, self.now, self.idle_since, demand_ceiling=ceiling
+        )
         self.idle_since = dict(decided.idle_since)
         if decided.desired is not None and decided.desired > self.desired:
             for _ in range(decided.desired - len(self.nodes)):

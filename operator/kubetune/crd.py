@@ -769,6 +769,7 @@ def _trial_status() -> Schema:
             "startTime": _time("When the first attempt started."),
             "completionTime": _time("When the trial reached Completed, Stopped or Failed."),
             "history": _history(2000, "The trial's reports and decisions, oldest first."),
+            "sdkAttempt": _int("The latest attempt that reported through the SDK."),
         },
     }
 

@@ -775,6 +775,21 @@ class Engine:
         assert trial.value is not None
         return Best(trial.number, trial.name, trial.params, trial.value, trial.resource)
 
+    def slots_ahead(self) -> int | None:
+        """The most trials that may hold a slot at once from now on: those holding one,
+        those still to be planned, and the paused ones the scheduler may resume (None: it
+        cannot say). Nodes beyond what this can ever use need no grace period."""
+        if self.ended is not None:
+            return 0
+        holders = self.phases.members(*SLOT_PHASES)
+        resumable = self.scheduler.most_promotions(self.trials, self.ladders, holders)
+        if resumable is None:
+            return None
+        planned = 0 if self.exhausted else max(self.spec.budget.maxTrials - len(self.trials), 0)
+        # Trials holding a slot keep it when parallelTrials is lowered under them.
+        free = max(self.spec.budget.parallelTrials - len(holders), 0)
+        return len(holders) + min(free, resumable + planned)
+
     def counts(self) -> dict[str, int]:
         return {phase.value: self.phases.count(phase) for phase in TrialPhase}
 

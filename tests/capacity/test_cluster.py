@@ -54,7 +54,9 @@ def proxy(aws_env: str, monkeypatch: pytest.MonkeyPatch) -> Iterator[FaultProxy]
 class Pool:
     """One node pool: its Auto Scaling group, its ConfigMap entry, its cloud."""
 
-    def __init__(self, control_plane: Any, url: str, max_nodes: int, make_node: Any) -> None:
+    def __init__(
+        self, control_plane: Any, url: str, max_nodes: int, make_node: Any, grace: float = GRACE
+    ) -> None:
         self.name = f"spot-{uuid.uuid4().hex[:6]}"
         self.asg: AsgWorld = make_asg(url, max_size=4)
         self.max_nodes = max_nodes
@@ -73,7 +75,7 @@ class Pool:
                     "capacityType": "on-demand",
                     "nodeLabels": self.labels,
                     "taints": [{"key": "nvidia.com/gpu", "value": "true"}],
-                    "scaleDownGraceSeconds": GRACE,
+                    "scaleDownGraceSeconds": grace,
                     "onDemandPriceUSDPerHour": {INSTANCE_TYPE: PRICE},
                 }
             ]
@@ -110,8 +112,8 @@ class Pool:
 def make_pool(control_plane: Any, aws_env: str, process_node_factory: Any) -> Iterator[Any]:
     made: list[Pool] = []
 
-    def make(max_nodes: int = 2) -> Pool:
-        pool = Pool(control_plane, aws_env, max_nodes, process_node_factory)
+    def make(max_nodes: int = 2, grace: float = GRACE) -> Pool:
+        pool = Pool(control_plane, aws_env, max_nodes, process_node_factory, grace)
         made.append(pool)
         return pool
 
@@ -204,6 +206,36 @@ def test_a_pool_at_zero_grows_runs_the_experiment_and_returns_to_zero_at_a_known
     header, row = (line.split() for line in wide.splitlines()[:2])
     assert float(row[header.index("COST")]) == pytest.approx(cost, rel=1e-3)
     assert condition(status(control_plane, namespace, "grow"))["status"] == "True"
+
+
+def test_idle_nodes_that_no_trial_can_use_go_without_the_grace_period(
+    control_plane: Any,
+    namespace: str,
+    make_pool: Any,
+    operator: OperatorProcess,
+    proxy: FaultProxy,
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    # A grace period of an hour: only the engine's word that no trial can use a node
+    # (Engine.slots_ahead, the pool's demand ceiling) lets it go within the test.
+    monkeypatch.setenv("KUBETUNE_CAPACITY_SETTLE_SECONDS", "1")
+    pool = make_pool(max_nodes=2, grace=3600.0)
+    operator.start()
+    document = on_pool(experiment("surplus", max_trials=3, parallel=2, sleep=0.3), pool)
+    apply(control_plane, namespace, document)
+    diagnostics = operator.log_tail
+    wait_for("the pool to grow", lambda: pool.cloud.count() == 2, 90, diagnostics)
+    done = wait_for(
+        "the experiment to finish",
+        lambda: finished(control_plane, namespace, "surplus"),
+        240,
+        diagnostics,
+    )
+    assert done["phase"] == "Succeeded" and done["trialsFailed"] == 0, done
+    wait_for("the pool to return to zero", lambda: not pool.nodes(), 60, diagnostics)
+    terminated = proxy.calls("TerminateInstanceInAutoScalingGroup")
+    assert len(terminated) == len(pool.cloud.lives) >= 2
+    assert "the pool's trials can still use" in operator.log_tail(400)
 
 
 def test_the_cost_goes_on_while_the_operator_is_down(

@@ -1,5 +1,5 @@
 """The capacity loop's listings (`Scaler.list_objects`): a page at a time, and each Node
-and Pod without what the loop never reads (`kubeobjects.lean`), with every answer the
+and Pod without what the loop never reads (`leanobjects.lean`), with every answer the
 loop reads of them unchanged. A tick lists every trial pod, ended ones too: at 1,000
 trials that listing, held whole, was the operator's peak memory (bench/scale.py)."""
 
@@ -14,13 +14,13 @@ from kubetune.capacity.gangs import attempt_key
 from kubetune.capacity.kubeobjects import (
     daemon,
     experiment_of,
-    lean,
     terminal,
     usage_times,
     waits_for_node,
 )
 from kubetune.capacity.pools import pod_gpus
 from kubetune.capacity.scaler import OBJECTS_PER_PAGE, PoolScaler
+from kubetune.leanobjects import lean
 from kubetune.operator.pods import trial_pod
 from kubetune.spec import parse_experiment
 from tests.operator.test_pure import context

@@ -386,3 +386,80 @@ def test_placement_and_unknown_pools(asg: AsgWorld) -> None:
         "no node pool named 'elsewhere' in ConfigMap kubetune-system/kubetune-node-pools (known: p)"
     )
     assert manager.check(FakeController().spec) is None
+
+
+@pytest.mark.parametrize(("slots", "removed"), [(1, True), (2, False), (None, False)])
+async def test_an_idle_node_no_trial_can_use_goes_without_the_grace_period(
+    asg: AsgWorld, slots: int | None, removed: bool
+) -> None:
+    autoscaling = asg.client("autoscaling")
+    autoscaling.set_desired_capacity(AutoScalingGroupName=asg.name, DesiredCapacity=2)
+    first, second = asg.instances()
+    core = FakeCore()
+    core.pools_yaml = pools(asg.name, grace=600.0)
+    core.nodes = [node("first", first), node("second", second)]
+    core.pods = [pod("a", "first"), pod("b", "second")]
+    clock = [NEW_YEAR + 1000.0]
+    manager = manager_for(core, FakeController(), clock)
+    # The experiment's engine: at most `slots` trials at once from now on (None: unknown).
+    manager.demand = lambda: {("ns", "e"): (FakeController().spec, slots)}
+    manager.load()
+    await manager.tick()  # the loop's first tick: the grace period starts for it too
+    assert asg.instances() == [first, second]
+    # 600 s on, trial b ends: its node has been idle for 0 s of its 600 s grace period.
+    clock[0] += 600.0
+    core.pods = [pod("a", "first"), pod("b", "second", phase="Succeeded")]
+    await manager.tick()
+    assert (asg.instances() == [first]) is removed
+    assert ([name for name, _ in core.patches] == ["second"]) is removed
+
+
+async def test_a_loop_just_started_keeps_idle_nodes_until_it_has_settled(asg: AsgWorld) -> None:
+    # Just started, the operator may not have been told of every experiment yet: an idle
+    # node that no experiment it knows can use waits the loop's 60 s settling time.
+    autoscaling = asg.client("autoscaling")
+    autoscaling.set_desired_capacity(AutoScalingGroupName=asg.name, DesiredCapacity=1)
+    (instance,) = asg.instances()
+    core = FakeCore()
+    core.pools_yaml = pools(asg.name, grace=600.0)
+    core.nodes = [node("idle", instance)]
+    clock = [NEW_YEAR + 1000.0]
+    manager = manager_for(core, FakeController(), clock)
+    manager.demand = lambda: {}
+    manager.load()
+    await manager.tick()
+    clock[0] += 59.0
+    await manager.tick()
+    assert asg.instances() == [instance]
+    clock[0] += 1.0
+    await manager.tick()
+    assert asg.instances() == []
+
+
+async def test_a_pod_of_an_experiment_the_operator_does_not_hold_keeps_the_grace_period(
+    asg: AsgWorld,
+) -> None:
+    # A trial pod on the pool from an experiment the registry does not hold (another
+    # namespace's operator, or one not delivered yet): what its trials will still want
+    # is not known, so the idle node waits its grace period.
+    autoscaling = asg.client("autoscaling")
+    autoscaling.set_desired_capacity(AutoScalingGroupName=asg.name, DesiredCapacity=2)
+    first, second = asg.instances()
+    core = FakeCore()
+    core.pools_yaml = pools(asg.name, grace=600.0)
+    core.nodes = [node("first", first), node("second", second)]
+    other = pod("x", "first")
+    other["metadata"]["namespace"] = "team-b"
+    other["metadata"]["labels"]["kubetune.dev/experiment"] = "asha-b"
+    core.pods = [other]
+    clock = [NEW_YEAR + 1000.0]
+    manager = manager_for(core, FakeController(), clock)
+    manager.demand = lambda: {}
+    manager.load()
+    await manager.tick()
+    clock[0] += 61.0
+    await manager.tick()
+    assert asg.instances() == [first, second]
+    core.pods = []  # gone: no experiment uses the pool, and the loop has settled
+    await manager.tick()
+    assert asg.instances() == []

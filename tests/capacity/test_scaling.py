@@ -149,3 +149,65 @@ def test_without_specific_removal_the_pool_shrinks_only_when_all_nodes_are_idle(
 def test_same_inputs_same_plan() -> None:
     args = (pool(), group(1, "i-a"), [node("a")], pods(4, 2, 1), 5.0)
     assert plan(*args) == plan(*args)
+
+
+def test_idle_nodes_beyond_the_demand_ceiling_go_at_once_the_others_wait() -> None:
+    # a busy; b, c, d idle since 100 (grace 60). At 120 none is past its grace period.
+    nodes = [node("a", used=4), node("b"), node("c"), node("d")]
+    idle = {"b": 100.0, "c": 110.0, "d": 100.0}
+    everyone = group(4, "i-a", "i-b", "i-c", "i-d")
+    unknown = plan(pool(maxNodes=4), everyone, nodes, [], now=120.0, idle_since=idle)
+    assert unknown.remove == ()
+    # The trials can still use 2 nodes at once: 4 live - 2 = 2 go now, oldest idle first
+    # (b and d at 100, by name), c stays for work that may come back.
+    two = plan(pool(maxNodes=4), everyone, nodes, [], 120.0, idle, demand_ceiling=2)
+    assert two.remove == (Removal("i-b", "b"), Removal("i-d", "d"))
+    assert "beyond the 2 the pool's trials can still use" in two.reason
+    # No trial can run again: every idle node goes; the busy one stays.
+    none = plan(pool(maxNodes=4), everyone, nodes, [], 120.0, idle, demand_ceiling=0)
+    assert {r.node for r in none.remove} == {"b", "c", "d"}
+    # A ceiling above what is live changes nothing; minNodes still holds.
+    assert plan(pool(maxNodes=4), everyone, nodes, [], 120.0, idle, demand_ceiling=9).remove == ()
+    kept = plan(pool(maxNodes=4, minNodes=3), everyone, nodes, [], 120.0, idle, demand_ceiling=0)
+    assert len(kept.remove) == 1
+
+
+def test_the_demand_ceiling_adds_to_grace_removals_and_never_below_itself() -> None:
+    # b past its grace (idle since 0), c and d not. Ceiling 2 of 4 live: 2 may go; b is
+    # one of them, the oldest of the others the second.
+    nodes = [node("a", used=4), node("b"), node("c"), node("d")]
+    idle = {"b": 0.0, "c": 110.0, "d": 100.0}
+    everyone = group(4, "i-a", "i-b", "i-c", "i-d")
+    decided = plan(pool(maxNodes=4), everyone, nodes, [], 120.0, idle, demand_ceiling=2)
+    assert decided.remove == (Removal("i-b", "b"), Removal("i-d", "d"))
+    # Ceiling 3: one may go, and b (past its grace) is the one.
+    decided = plan(pool(maxNodes=4), everyone, nodes, [], 120.0, idle, demand_ceiling=3)
+    assert decided.remove == (Removal("i-b", "b"),)
+    # A waiting pod takes the first idle node (b): it stays whatever the ceiling says.
+    decided = plan(pool(maxNodes=4), everyone, nodes, pods(4), 120.0, idle, demand_ceiling=0)
+    assert decided.remove == (Removal("i-d", "d"), Removal("i-c", "c"))
+
+
+def test_surplus_nodes_wait_the_pools_surplus_grace_when_it_is_set() -> None:
+    # b idle since 100: at 120 it has waited 20 s, at 140 40 s (surplusGraceSeconds 30).
+    nodes = [node("a", used=4), node("b")]
+    both = group(2, "i-a", "i-b")
+    warm = pool(maxNodes=4, surplusGraceSeconds=30)
+    assert plan(warm, both, nodes, [], 120.0, {"b": 100.0}, demand_ceiling=1).remove == ()
+    later = plan(warm, both, nodes, [], 140.0, {"b": 100.0}, demand_ceiling=1)
+    assert later.remove == (Removal("i-b", "b"),)
+
+
+def test_nodes_going_away_are_not_counted_against_the_demand_ceiling() -> None:
+    # a runs the last trial but is being reclaimed (its trial will want a node again);
+    # b idle for 10 s. Ceiling 1: b is that node, and stays.
+    reclaimed = [node("a", used=4, reclaiming=True, unschedulable=True), node("b")]
+    both = group(2, "i-a", "i-b")
+    decided = plan(pool(maxNodes=4), both, reclaimed, [], 120.0, {"b": 110.0}, demand_ceiling=1)
+    assert decided.remove == ()
+    # An instance that never joined goes for its join timeout, and counts against the
+    # ceiling: with a ceiling of 2 and 3 instances (c never joined), b and a stay.
+    nodes = [node("a", used=4), node("b")]
+    stuck = GroupState(3, instances=[Instance(i, launched_at=0.0) for i in ("i-a", "i-b", "i-c")])
+    decided = plan(pool(maxNodes=4), stuck, nodes, [], 1000.0, {"b": 990.0}, 900.0, 2)
+    assert decided.remove == (Removal("i-c", None),)

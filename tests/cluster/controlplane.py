@@ -35,7 +35,6 @@ import json
 import os
 import shutil
 import signal
-import socket
 import ssl
 import subprocess
 import tempfile
@@ -52,6 +51,8 @@ from cryptography import x509
 from cryptography.hazmat.primitives import hashes, serialization
 from cryptography.hazmat.primitives.asymmetric import ec
 from cryptography.x509.oid import ExtendedKeyUsageOID, NameOID
+
+from kubetune.ports import free_port
 
 HERE = Path(__file__).resolve().parent
 VERSIONS_FILE = HERE / "versions.env"
@@ -133,14 +134,6 @@ class Binaries:
                 f"missing binaries: {', '.join(missing)}; build them with {BUILD_SCRIPT}"
             )
         return self
-
-
-def free_port() -> int:
-    """A port free on 127.0.0.1 right now (the kernel picks it; a race stays possible,
-    which is why start-up retries a component whose port was taken meanwhile)."""
-    with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as s:
-        s.bind(("127.0.0.1", 0))
-        return int(s.getsockname()[1])
 
 
 # --- PKI ----------------------------------------------------------------------------

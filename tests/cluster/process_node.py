@@ -64,6 +64,7 @@ import subprocess
 import threading
 import time
 import urllib.parse
+from collections import Counter
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
@@ -243,6 +244,9 @@ class ProcessNode:
         self._v1: k8s.CoreV1Api | None = None
         self._runs: dict[str, _PodRun] = {}  # by pod uid
         self._by_name: dict[tuple[str, str], _PodRun] = {}
+        # Log requests served, by pod name: what a test reads to count the streams the
+        # operator opened.
+        self.log_requests: Counter[str] = Counter()
         self._lock = threading.RLock()
         self._stopping = threading.Event()
         self._threads: list[threading.Thread] = []
@@ -1221,6 +1225,7 @@ class ProcessNode:
             return
         _, ns, pod, container = parts
         with self._lock:
+            self.log_requests[pod] += 1
             run = self._by_name.get((ns, pod))
         if run is None or container != run.container:
             h.send_error(404, f"container {container} of pod {ns}/{pod} is not on this node")

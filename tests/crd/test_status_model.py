@@ -123,6 +123,7 @@ def statuses(
             f"node-{trial.number}",
             f"file:///ckpt/{trial.name}",
             trial_lineage(engine, trial.number),
+            trial.attempt.number if trial.attempt else None,  # every attempt used the SDK
         )
         for trial in engine.trials
     ]

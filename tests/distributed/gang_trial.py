@@ -8,7 +8,8 @@ Faults, by $GANG_FAULT (attempt 1 only):
   collective), which the gang must cut short;
 * `kill`: at step 3 rank 1 waits for rank 0's shard of step 3, then SIGKILLs itself
   before saving its own, while rank 0 waits (as in a collective): step 3 is not
-  complete, so the whole gang resumes from step 2;
+  complete, so the whole gang resumes from step 2; in attempt 2 rank 0 starts 1 s late,
+  after rank 1 has saved step 3 again (its load must still pick step 2);
 * `rank0-reports`: only rank 0 reports; rank 1 hangs after its last step.
 $GANG_BARRIER set: each rank waits for every rank of its attempt to start, as
 `init_process_group` does.
@@ -48,6 +49,8 @@ def main() -> int:
         out.write_text(json.dumps(seen))
 
     start = 1
+    if os.environ.get("GANG_FAULT") == "kill" and info.attempt == 2 and info.rank == 0:
+        time.sleep(1)
     if info.resume and (found := kt.load_checkpoint()) is not None:
         state = json.loads(found[1])
         assert state["rank"] == info.rank and state["step"] == found[0]

@@ -34,7 +34,7 @@ def test_digits_ddp_example_trains_two_ranks_with_pause_and_resume(tmp_path: Pat
     assert len(resumed) == 1 and resumed[0]["state"] == "Completed", results["trials"]
     trial = resumed[0]["name"]
     shards = [tmp_path / "ckpt" / "digits-ddp" / trial / f"rank-{r}" for r in (0, 1)]
-    common = set.intersection(*({f.name for f in s.iterdir()} for s in shards))
+    common = set.intersection(*({f.name for f in s.glob("*.ckpt")} for s in shards))
     assert common, "both ranks saved their shard of the paused epoch"
     newest = max(common)
     states = [torch.load(io.BytesIO((s / newest).read_bytes()), weights_only=True) for s in shards]

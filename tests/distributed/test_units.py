@@ -147,9 +147,48 @@ def test_shards_resume_from_the_last_step_every_rank_saved(
     ranks(monkeypatch, uri, 1)
     assert kt.load_checkpoint() == (3, b"[1, 3]")  # each rank its own shard
     # keep=1 kept the newest complete step on both ranks, and rank 0's load dropped 4.
-    assert sorted(p.name for p in (tmp_path / "rank-0").iterdir()) == ["step-00000003.ckpt"]
-    assert sorted(p.name for p in (tmp_path / "rank-1").iterdir()) == ["step-00000003.ckpt"]
+    for rank in (0, 1):
+        assert sorted(p.name for p in (tmp_path / f"rank-{rank}").iterdir()) == [
+            "step-00000003.ckpt",
+            "step-00000003.ckpt.attempt",  # which attempt wrote it
+        ]
     assert not (tmp_path / "latest").exists()
+
+
+def test_a_rank_loading_late_ignores_the_shards_its_peers_saved_in_this_attempt(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Attempt 1 ended with rank 0 at step 3 and rank 1 at step 2. In attempt 2, rank 1
+    loads first and saves step 3 again before rank 0 loads: rank 0 must still resume from
+    step 2, as rank 1 did, not from its own step 3 of attempt 1."""
+    import kubetune_trial as kt
+
+    uri = tmp_path.as_uri()
+    monkeypatch.setenv("KUBETUNE_ATTEMPT", "1")
+    for rank, last in ((0, 3), (1, 2)):
+        ranks(monkeypatch, uri, rank)
+        for step in range(1, last + 1):
+            kt.save_checkpoint(json.dumps([rank, step, 1]).encode(), step)
+    monkeypatch.setenv("KUBETUNE_ATTEMPT", "2")
+    ranks(monkeypatch, uri, 1)
+    assert kt.load_checkpoint() == (2, b"[1, 2, 1]")
+    kt.save_checkpoint(b"[1, 3, 2]", 3)
+    ranks(monkeypatch, uri, 0)
+    assert kt.load_checkpoint() == (2, b"[0, 2, 1]")
+    assert not (tmp_path / "rank-0" / "step-00000003.ckpt").exists()  # attempt 1's, stale
+    kt.save_checkpoint(b"[0, 3, 2]", 3)
+    # Loading again later in the attempt keeps what this attempt saved.
+    assert kt.load_checkpoint() == (2, b"[0, 2, 1]")
+    assert (tmp_path / "rank-0" / "step-00000003.ckpt").read_bytes() == b"[0, 3, 2]"
+    monkeypatch.setenv("KUBETUNE_ATTEMPT", "3")
+    assert kt.load_checkpoint() == (3, b"[0, 3, 2]")
+    # Pruning took each deleted shard's marker with it.
+    assert sorted(p.name for p in (tmp_path / "rank-0").iterdir()) == [
+        "step-00000002.ckpt",
+        "step-00000002.ckpt.attempt",
+        "step-00000003.ckpt",
+        "step-00000003.ckpt.attempt",
+    ]
 
 
 def test_no_complete_step_means_a_fresh_start(

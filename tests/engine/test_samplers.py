@@ -626,16 +626,22 @@ def _search_quality_bench():
     return module
 
 
+@pytest.mark.slow
 def test_bayesian_regret_stays_near_optunas_own_gp_on_the_same_seeds() -> None:
-    """The regret of a small fixed-seed run, bounded by Optuna's own GPSampler's on the same
-    seeds in this test. Before issue 12's fix (a GPSampler per ask fitted its kernel from
-    defaults, start-up points seeded per trial) these two seeds gave 0.51 and 1.66 after 40
-    trials against Optuna's 0.003 and 0.002: the sampler fitted a poor model and kept
-    suggesting points on the box's faces. Fixed, 0.04 and 0.01."""
+    """The mean regret of small fixed-seed runs, bounded by Optuna's own GPSampler's on the
+    same seeds in this test. Before issue 12's fix (a GPSampler per ask fitted its kernel
+    from defaults, start-up points seeded per trial) seeds 0 and 7 gave 0.51 and 1.66 after
+    40 trials against Optuna's 0.003 and 0.002 (about 0.6 against 0.08 over four seeds):
+    the sampler fitted a poor model and kept suggesting points on the box's faces.
+
+    Ten seeds, not two: a GP run is chaotic, and a new torch moves single seeds a long way
+    (torch 2.15: seed 0 went from 0.04 to 0.25, Optuna's own run staying at 0.003). Over
+    seeds 0-9 then: 0.134 against Optuna's 0.077. The margin, 0.25, is half the old code's
+    gap and about three standard errors above today's. About 100 s."""
     bench = _search_quality_bench()
     h6 = bench.PROBLEMS["H6"]
-    seeds, trials = (0, 7), 40
+    seeds, trials = range(10), 40
     ours = [bench.kubetune_run(h6, "bayesian", s, trials, 1, True) for s in seeds]
     optunas = [bench.optuna_run(h6, "bayesian", s, trials, 1, True) for s in seeds]
-    mean_ours, mean_optuna = sum(ours) / len(seeds), sum(optunas) / len(seeds)
-    assert mean_ours <= mean_optuna + 0.1, (ours, optunas)
+    mean_ours, mean_optuna = sum(ours) / len(ours), sum(optunas) / len(optunas)
+    assert mean_ours <= mean_optuna + 0.25, (ours, optunas)

@@ -10,7 +10,6 @@ from __future__ import annotations
 import json
 import os
 import signal
-import socket
 import subprocess
 import sys
 import time
@@ -18,6 +17,8 @@ from collections.abc import Callable, Sequence
 from pathlib import Path
 from typing import Any
 
+from kubetune.ports import free_port
+from tests.cluster.controlplane import pdeathsig_prefix
 from tests.cluster.process_node import Taint
 
 REPO = Path(__file__).resolve().parents[2]
@@ -25,12 +26,6 @@ TRIALS = REPO / "tests" / "local" / "trials"
 GPU_TAINT = {"key": "nvidia.com/gpu", "operator": "Exists", "effect": "NoSchedule"}
 # What process nodes that stand in for GPU nodes carry (the example tolerates GPU_TAINT).
 GPU_NODE_TAINTS = [Taint(GPU_TAINT["key"], "true")]
-
-
-def free_port() -> int:
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        return sock.getsockname()[1]
 
 
 def operator_env(test_defaults: bool = True) -> dict[str, str]:
@@ -78,6 +73,7 @@ class OperatorProcess:
             log.write(f"\n===== operator start {self.starts} =====\n".encode())
         self.process = subprocess.Popen(
             [
+                *pdeathsig_prefix(),  # a killed test or bench leaves no operator behind
                 sys.executable,
                 "-m",
                 "kubetune.cli",

@@ -237,3 +237,45 @@ def test_log_line_trials_without_the_sdk(
     ]
     assert paused_at_rung, "ASHA never paused a log-line trial"
     assert all(s["phase"] in ("Completed", "Stopped") for s in listed.values())
+
+
+def test_a_restarted_operator_does_not_follow_the_logs_of_trials_that_use_the_sdk(
+    control_plane: Any, namespace: str, operator: OperatorProcess, process_node_factory: Any
+) -> None:
+    """Before its first SDK report a pod's log is followed for `name=value` lines; after
+    it, not, and a restarted operator knows that from status.sdkAttempt instead of
+    opening one log stream through the API server per running pod again."""
+    node = process_node_factory(gpus=1, taints=GPU_NODE_TAINTS)
+    scheduler = {"name": "none", "resource": "step", "maxResource": 12}
+    document = experiment("quiet", max_trials=1, parallel=1, scheduler=scheduler, sleep=1.0)
+    apply(control_plane, namespace, document)
+
+    def status() -> dict[str, Any]:
+        listed = trials(control_plane, namespace)
+        return (listed[0].get("status") or {}) if listed else {}
+
+    wait_for(
+        "SDK reports, written",
+        lambda: (status().get("step") or 0) >= 2 and status().get("sdkAttempt") == 1,
+        120,
+        lambda: f"{operator.log_tail()}\n{status()}",
+    )
+    pod = status()["pod"]
+    assert node.log_requests[pod] >= 1  # followed until the first report
+    before = node.log_requests[pod]
+    operator.kill()
+    operator.start()
+    step = status()["step"]
+    wait_for(
+        "reports answered by the restarted operator",
+        lambda: (status().get("step") or 0) >= step + 2,
+        120,
+        operator.log_tail,
+    )
+    assert node.log_requests[pod] == before
+    done = wait_for("the end", lambda: finished(control_plane, namespace, "quiet"), 120)
+    assert done["phase"] == "Succeeded", done
+    assert status()["sdkAttempt"] == 1
+    # The restarted operator read its own status back as its own (no foreign write seen).
+    reasons = {e["reason"] for e in get(control_plane, namespace, "events")["items"]}
+    assert "StatusRestored" not in reasons

@@ -245,3 +245,82 @@ def test_a_status_without_a_digest_is_never_taken_for_the_one_written() -> None:
     assert ours.trial_unchanged(0, digest)
     ours.foreign_trial_status[0] = {"phase": "Forged"}
     assert not ours.trial_unchanged(0, digest)
+
+
+def test_our_versions_of_a_trial_are_recognized_and_bounded() -> None:
+    ours = Authorship({})
+    foreign = {"metadata": {"resourceVersion": "7"}, "status": {"phase": "Forged"}}
+    assert not ours.trial_write_is_ours(0, foreign)
+    assert ours.trial_versions == {}  # asking keeps nothing (10,000 trials asked about)
+    for version in range(1, 21):
+        ours.note_trial_version(0, str(version))
+    assert ours.trial_versions[0] == [str(v) for v in range(13, 21)]
+    assert ours.trial_write_is_ours(0, {"metadata": {"resourceVersion": "20"}})
+    assert not ours.trial_write_is_ours(0, foreign)
+
+
+class SlowTrials(FakeTrials):
+    """Each patch takes 20 ms; notes how many are in flight, and when each ends."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.in_flight = 0
+        self.most_in_flight = 0
+        self.ended: dict[str, float] = {}
+
+    async def patch_trial_status(self, namespace: str, name: str, patch: dict[str, Any]) -> str:
+        self.in_flight += 1
+        self.most_in_flight = max(self.most_in_flight, self.in_flight)
+        await asyncio.sleep(0.02)
+        self.in_flight -= 1
+        self.ended[name] = asyncio.get_running_loop().time()
+        return await super().patch_trial_status(namespace, name, patch)
+
+
+TRIALS = 200
+
+
+def test_late_writes_leave_most_slots_to_the_writes_a_report_waits_for() -> None:
+    # 200 running trials, each with an answered report not yet durable; then a rung's
+    # report of the last trial is written ahead while the late writer works through the rest.
+    api = SlowTrials()
+    trials = [
+        SimpleNamespace(number=n, name=f"t{n}", phase=TrialPhase.RUNNING, reason="")
+        for n in range(TRIALS)
+    ]
+    engine = SimpleNamespace(
+        history=[], trials=trials, scheduler=SimpleNamespace(must_keep=lambda step: False)
+    )
+    experiment = fake_experiment(engine, api)
+    writer = StatusWriter(experiment, HistoryRecords(experiment))  # type: ignore[arg-type]
+    writer.trial_uids = {n: f"u{n}" for n in range(TRIALS)}
+    writer.trial_status = lambda trial, records: {"history": records}  # type: ignore[method-assign]
+    for n in range(TRIALS):
+        engine.history.append(TrialLaunched(n, 1, False, 27, 0.0))
+    writer.note_new_events()
+
+    async def scenario() -> float:
+        await asyncio.gather(*(writer.flush_trial(n) for n in range(TRIALS)))
+        api.most_in_flight = 0  # those were written ahead: 16 at once
+        for n in range(TRIALS):
+            engine.history.append(Reported(n, 1, 1, {"loss": 1.0}, Verdict.go_on(), None, 0.0))
+            writer.late_reports |= writer.history.note_new_events()
+        late = asyncio.create_task(writer.write_late_reports())
+        await asyncio.sleep(0.01)
+        started = asyncio.get_running_loop().time()
+        engine.history.append(Reported(TRIALS - 1, 1, 3, {"loss": 1.0}, Verdict.go_on(), 1, 1.0))
+        writer.note_new_events()
+        await writer.flush_trial(TRIALS - 1)  # the rung's report: answered once this returns
+        waited = asyncio.get_running_loop().time() - started
+        await late
+        return waited
+
+    waited = asyncio.run(scenario())
+    assert not writer.late_reports and not writer.dirty_trials
+    assert api.most_in_flight <= writes.LATE_WRITES_AT_ONCE + 1
+    # It did not queue behind the 200 late writes (50 rounds of 4, 1 s; with all 16
+    # slots theirs, 12 rounds before it: 0.24 s): a slot was free at once.
+    assert waited < 0.1, waited
+    last = f"t{TRIALS - 1}"
+    assert api.ended[last] < max(api.ended.values())
+    assert len([name for name, _ in api.patches if name == last]) == 2  # not written again

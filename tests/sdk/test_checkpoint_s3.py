@@ -2,12 +2,11 @@
 
 from __future__ import annotations
 
-import socket
-
 import boto3
 import pytest
 
 import kubetune_trial as kt
+from kubetune.ports import free_port
 
 
 def keys(bucket: str, prefix: str = "") -> list[str]:
@@ -55,9 +54,7 @@ def test_bucket_root(s3_bucket: str) -> None:
 def test_s3_specific_endpoint_wins(s3_bucket: str, monkeypatch: pytest.MonkeyPatch) -> None:
     import os
 
-    with socket.socket() as probe:
-        probe.bind(("127.0.0.1", 0))
-        dead = f"http://127.0.0.1:{probe.getsockname()[1]}"
+    dead = f"http://127.0.0.1:{free_port()}"
     monkeypatch.setenv("AWS_ENDPOINT_URL_S3", os.environ["AWS_ENDPOINT_URL"])
     monkeypatch.setenv("AWS_ENDPOINT_URL", dead)
     kt.save_checkpoint(b"via s3 endpoint", 1, uri=f"s3://{s3_bucket}/p")

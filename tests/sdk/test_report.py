@@ -6,7 +6,6 @@ import json
 import logging
 import math
 import os
-import socket
 import subprocess
 import sys
 import threading
@@ -17,6 +16,7 @@ import numpy as np
 import pytest
 
 import kubetune_trial as kt
+from kubetune.ports import free_port
 
 from .conftest import TOKEN, TRIAL
 from .protocol_server import Fault, ProtocolServer
@@ -156,16 +156,10 @@ def test_retries_after_a_timeout(
     assert len(server.requests) == 2
 
 
-def _free_port() -> int:
-    with socket.socket() as probe:
-        probe.bind(("127.0.0.1", 0))
-        return probe.getsockname()[1]
-
-
 def test_retries_connection_refused_until_the_runner_is_up(
     trial_env: dict[str, str], monkeypatch: pytest.MonkeyPatch
 ) -> None:
-    port = _free_port()
+    port = free_port()
     monkeypatch.setenv("KUBETUNE_ENDPOINT", f"http://127.0.0.1:{port}")
     monkeypatch.setenv("KUBETUNE_REPORT_BACKOFF", "0.1")
     late: list[ProtocolServer] = []
@@ -201,7 +195,7 @@ def test_gives_up_after_max_tries(
 def test_gives_up_at_the_total_timeout(
     trial_env: dict[str, str], monkeypatch: pytest.MonkeyPatch
 ) -> None:
-    monkeypatch.setenv("KUBETUNE_ENDPOINT", f"http://127.0.0.1:{_free_port()}")
+    monkeypatch.setenv("KUBETUNE_ENDPOINT", f"http://127.0.0.1:{free_port()}")
     monkeypatch.setenv("KUBETUNE_REPORT_TIMEOUT", "1")
     monkeypatch.setenv("KUBETUNE_REPORT_TRIES", "1000")
     monkeypatch.setenv("KUBETUNE_REPORT_BACKOFF", "0.2")
@@ -265,7 +259,7 @@ def test_proxy_variables_are_ignored(
     server: ProtocolServer, trial_env: dict[str, str], monkeypatch: pytest.MonkeyPatch
 ) -> None:
     for name in ("HTTP_PROXY", "http_proxy", "ALL_PROXY"):
-        monkeypatch.setenv(name, f"http://127.0.0.1:{_free_port()}")
+        monkeypatch.setenv(name, f"http://127.0.0.1:{free_port()}")
     for name in ("NO_PROXY", "no_proxy"):
         monkeypatch.delenv(name, raising=False)
     assert kt.report(1, loss=0.5) is kt.Decision.CONTINUE
@@ -297,7 +291,7 @@ def test_token_never_appears_in_errors_or_logs(
     server.faults = [Fault(status=500, body={"error": f"boom {TOKEN}"})] * 2
     with pytest.raises(kt.ReportError) as exhausted:
         kt.report(3, loss=0.5)
-    monkeypatch.setenv("KUBETUNE_ENDPOINT", f"http://127.0.0.1:{_free_port()}")
+    monkeypatch.setenv("KUBETUNE_ENDPOINT", f"http://127.0.0.1:{free_port()}")
     with pytest.raises(kt.ReportError) as unreachable:
         kt.report(3, loss=0.5)
     assert "revoked" in str(revoked.value) and "boom" in str(exhausted.value)

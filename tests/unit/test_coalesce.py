@@ -70,3 +70,35 @@ async def test_writers_sharing_slots_run_that_many_writes_at_once_and_all_comple
     await asyncio.gather(*(w.flush() for w in writers), *(w.flush() for w in writers[:10]))
     assert peak == 4
     assert sorted(set(written)) == list(range(40))
+
+
+async def test_a_finished_write_keeps_nothing_of_its_callers_context_alive() -> None:
+    """The write's task copies the caller's context (kopf binds the cause there: the pod's
+    body, its patch); a writer lives as long as its trial, so keeping the done task would
+    keep that for the experiment's life."""
+    import contextvars
+    import gc
+    import weakref
+
+    class Cause:
+        pass
+
+    bound: contextvars.ContextVar[Cause] = contextvars.ContextVar("cause")
+
+    async def write() -> None:
+        await asyncio.sleep(0)
+
+    writer = CoalescedWriter(write)
+
+    async def handler() -> weakref.ref[Cause]:
+        cause = Cause()
+        bound.set(cause)
+        await writer.flush()
+        return weakref.ref(cause)
+
+    gone = await asyncio.create_task(handler())
+    for _ in range(3):  # the loop's done-callbacks of both tasks run in their contexts
+        await asyncio.sleep(0)
+    gc.collect()
+    assert gone() is None
+    await writer.flush()  # and it still writes

@@ -15,7 +15,7 @@ from kubetune.shell.core import (
     experiment_phase,
     take_log_report,
 )
-from tests.engine.helpers import Driver, make_spec
+from tests.engine.helpers import Driver, fixed_params, make_spec
 
 
 class RecordingPort:
@@ -69,9 +69,18 @@ def test_decisions_are_persisted_before_they_are_carried_out_and_not_at_all_if_n
     driver = Driver(make_spec(budget={"maxTrials": 2, "parallelTrials": 2}))
     port = RecordingPort()
     actions = asyncio.run(decide(driver.engine, port, 1000.0))
-    assert actions and port.calls[0] == ("persist", None) and ("sample", 0) in port.calls
+    # Sampling changes nothing outside: it is asked for first, and overlaps the write.
+    assert actions and port.calls == [("sample", 0), ("persist", None), ("launch", [])]
+    for number in (0, 1):  # both planned: their parameters come back
+        driver.engine.record_suggestion(number, fixed_params(driver.engine, number))
+    port = RecordingPort()
+    actions = asyncio.run(decide(driver.engine, port, 1001.0))
+    assert [a.number for a in actions if isinstance(a, LaunchTrial)] == [0, 1]
+    assert port.calls == [("persist", None), ("launch", [0, 1])]
     refused = RecordingPort(durable=False)
-    assert asyncio.run(decide(driver.engine, refused, 1001.0)) == []
+    driver.report(0, 1, 0.5)
+    assert driver.exit(0)
+    assert asyncio.run(decide(driver.engine, refused, 1002.0)) == []
     assert refused.calls == [("persist", None)]
 
 

@@ -94,7 +94,7 @@ def save_checkpoint(
     if info.world_size > 1:
         # A distributed trial: this rank's shard (kubetune_trial/shards.py).
         own = shards.rank_store(store, info.rank)
-        own.write(name, bytes(data))
+        shards.write(own, name, bytes(data), info.attempt)
         if info.checkpoint_interval is None:
             complete = shards.complete_steps(store, info.world_size, _checkpoints)
             shards.prune(own, complete, step, keep, _checkpoints)
@@ -138,8 +138,9 @@ def load_checkpoint(*, uri: str | None = None) -> tuple[int, bytes] | None:
         return None
     info = env.trial_info()
     if info.world_size > 1:
-        # This rank's shard of the newest step every rank saved.
-        return shards.load(store, info.rank, info.world_size, _checkpoints)
+        # This rank's shard of the newest step every rank saved in an earlier attempt.
+        attempt = info.attempt if os.environ.get(env.ATTEMPT) else None
+        return shards.load(store, info.rank, info.world_size, _checkpoints, attempt)
     pointer = store.read(LATEST)
     if pointer is None:
         return None

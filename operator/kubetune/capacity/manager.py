@@ -33,6 +33,7 @@ from typing import Any
 
 from kubetune.capacity.accounting import CostBook
 from kubetune.capacity.aws import Aws, Backoff, SpotPriceBook
+from kubetune.capacity.demand import SETTLE_SECONDS, ExperimentKey, pool_ceilings
 from kubetune.capacity.gangs import GangAdmission, attempt_key
 from kubetune.capacity.kubeobjects import (
     CapacityMetrics,
@@ -79,6 +80,7 @@ class CapacityManager:
         clock: Callable[[], float] = time.time,
         backoff_seconds: float = 5.0,
         metrics: CapacityMetrics | None = None,
+        settle_seconds: float = SETTLE_SECONDS,
     ) -> None:
         """`core`: a kubernetes CoreV1Api. `controllers`: the live experiment controllers
         by (namespace, name) (`placement.CostTarget`). `metrics`: where node pool sizes,
@@ -100,6 +102,10 @@ class CapacityManager:
         self.scaler = PoolScaler(core, aws, clock, self.book, self.gangs)
         self.reporter = CapacityReporter(core, clock, self.metrics)
         self.ticks = 0
+        # Every experiment's spec and `slots_ahead` (None: not known): `demand.pool_ceilings`.
+        self.demand: Callable[[], Mapping[ExperimentKey, tuple[ExperimentSpec, int | None]]] = dict
+        self.first_tick_at: float | None = None
+        self.settle_seconds = settle_seconds
 
     # ----- configuration ------------------------------------------------------------
 
@@ -227,6 +233,20 @@ class CapacityManager:
             self.core.list_pod_for_all_namespaces, label_selector=LABEL_EXPERIMENT
         )
         listed = {attempt_key(p) for p in pods}
+        if self.first_tick_at is None:
+            self.first_tick_at = now
+        running_for = now - self.first_tick_at
+        owners = [
+            (
+                labels.get(LABEL_POOL, ""),
+                (p["metadata"].get("namespace", ""), labels[LABEL_EXPERIMENT]),
+            )
+            for p in pods
+            if LABEL_EXPERIMENT in (labels := p["metadata"].get("labels") or {})
+        ]
+        ceilings = pool_ceilings(
+            self.pools, self.demand(), owners, running_for, self.settle_seconds
+        )
         by_pool: dict[str, list[dict[str, Any]]] = {}
         for pool in self.pools.values():
             runtime = self.runtime.setdefault(
@@ -245,7 +265,10 @@ class CapacityManager:
             if pool.scalable and self.aws is not None:
                 if runtime.backoff.ready(now):
                     admitted = self.gangs.unlisted(pool.name, listed)
-                    await self.scaler.scale(pool, runtime, observed, pending, admitted, now)
+                    ceiling = ceilings.get(pool.name)
+                    await self.scaler.scale(
+                        pool, runtime, observed, pending, admitted, now, ceiling
+                    )
             else:
                 runtime.desired = len(pool_nodes)
             observe(

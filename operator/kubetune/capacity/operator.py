@@ -18,10 +18,12 @@ from typing import Any, Protocol
 import kopf
 
 from kubetune.capacity.aws import Aws
+from kubetune.capacity.demand import SETTLE_SECONDS
 from kubetune.capacity.kubeobjects import CapacityMetrics
 from kubetune.capacity.manager import CapacityManager
 from kubetune.capacity.pools import CONFIGMAP_NAME, CONFIGMAP_NAMESPACE
 from kubetune.placement import CostTarget
+from kubetune.spec import ExperimentSpec
 
 logger = logging.getLogger(__name__)
 
@@ -38,6 +40,15 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
         type=float,
         default=float(os.environ.get("KUBETUNE_CAPACITY_INTERVAL", "15")),
         help="seconds between scaling and cost ticks (default 15; $KUBETUNE_CAPACITY_INTERVAL)",
+    )
+    group.add_argument(
+        "--capacity-settle-seconds",
+        type=float,
+        default=float(os.environ.get("KUBETUNE_CAPACITY_SETTLE_SECONDS", SETTLE_SECONDS)),
+        help=(
+            "after a start, seconds before idle nodes that no known experiment can use go "
+            "without the pool's grace period (default 60; $KUBETUNE_CAPACITY_SETTLE_SECONDS)"
+        ),
     )
     group.add_argument(
         "--aws-endpoint-url",
@@ -62,6 +73,8 @@ class LiveTarget(CostTarget, Protocol):
     """An experiment's controller as the loop sees it: loaded (rebuilt) or not yet."""
 
     loaded: bool
+
+    def slots_ahead(self) -> int | None: ...
 
 
 class Controllers(Protocol):
@@ -90,6 +103,7 @@ def build(
         interval=args.capacity_interval,
         backoff_seconds=args.aws_backoff_seconds,
         metrics=metrics,
+        settle_seconds=args.capacity_settle_seconds,
     )
     try:
         manager.load()
@@ -99,12 +113,17 @@ def build(
 
 
 def attach(manager: CapacityManager, registry: Controllers) -> None:
-    """The loop reads the registry's controllers, by (namespace, name), every tick."""
+    """The loop reads the registry's controllers, by (namespace, name), every tick: the
+    loaded ones for costs and conditions, all of them for what their trials can use."""
 
     def controllers() -> Mapping[tuple[str, str], CostTarget]:
         return {k: c for k, c in registry.controllers.items() if c.loaded}
 
+    def demand() -> dict[tuple[str, str], tuple[ExperimentSpec, int | None]]:
+        return {key: (c.spec, c.slots_ahead()) for key, c in registry.controllers.items()}
+
     manager.controllers = controllers
+    manager.demand = demand
 
 
 @kopf.on.startup()

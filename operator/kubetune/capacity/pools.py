@@ -17,6 +17,7 @@ The configuration is one ConfigMap, `kubetune-system/kubetune-node-pools`, key `
         nodeLabels: {kubetune.dev/node-pool: gpu-spot}   # select the pool's nodes
         taints: [{key: nvidia.com/gpu, value: "true", effect: NoSchedule}]
         scaleDownGraceSeconds: 300
+        surplusGraceSeconds: 0        # for nodes no running experiment can use any more
         onDemandPriceUSDPerHour: {g5.xlarge: 1.006}      # required for on-demand pools
 
 Why a ConfigMap and not a CRD (`HPONodePool`): pools are the platform administrator's
@@ -122,6 +123,10 @@ class NodePool(_Model):
     nodeLabels: dict[str, str] = Field(min_length=1, max_length=20)
     taints: list[Taint] = Field(default_factory=list, max_length=20)
     scaleDownGraceSeconds: float = Field(default=300.0, ge=0, le=86400)
+    # An idle node beyond what the pool's experiments can still use at once (their trials
+    # still to run: `Engine.slots_ahead`) waits this long instead; raise it to keep warm
+    # nodes for the next experiment of a pipeline.
+    surplusGraceSeconds: float = Field(default=0.0, ge=0, le=86400)
     onDemandPriceUSDPerHour: dict[str, Annotated[float, Field(gt=0)]] = Field(default_factory=dict)
 
     @model_validator(mode="after")

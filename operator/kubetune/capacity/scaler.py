@@ -21,7 +21,7 @@ from typing import Any
 from kubetune.capacity.accounting import CostBook
 from kubetune.capacity.aws import Aws, AwsError, Backoff, Group, group_for
 from kubetune.capacity.gangs import AttemptKey, GangAdmission, attempt_key
-from kubetune.capacity.kubeobjects import CoreApi, daemon, instance_id, lean, waits_for_node
+from kubetune.capacity.kubeobjects import CoreApi, daemon, instance_id, waits_for_node
 from kubetune.capacity.pools import (
     GPU_RESOURCE,
     LABEL_POOL,
@@ -31,6 +31,7 @@ from kubetune.capacity.pools import (
     pod_gpus,
 )
 from kubetune.capacity.scaling import GroupState, PendingPod, Plan, PoolNode, plan
+from kubetune.leanobjects import lean
 from kubetune.reclaim import notice_taint
 from kubetune.timestamps import rfc3339
 
@@ -134,10 +135,11 @@ class PoolScaler:
         pending: list[dict[str, Any]],
         admitted: Mapping[AttemptKey, list[PendingPod]],
         now: float,
+        demand_ceiling: int | None = None,
     ) -> None:
-        """Plan for the pool's `nodes`, its trial pods waiting for a node (`pending`)
-        and the pods of gangs admitted but not created yet (`admitted`), and carry the
-        plan out."""
+        """Plan for the pool's `nodes`, its trial pods waiting for a node (`pending`),
+        the pods of gangs admitted but not created yet (`admitted`) and the most nodes
+        its experiments can still use (`demand_ceiling`), and carry the plan out."""
         assert self.aws is not None
         group = self.groups.get(pool.name)
         if group is None:
@@ -153,7 +155,9 @@ class PoolScaler:
         known = {attempt_key(p) for p in pending} | set(admitted)
         try:
             state = await group.state([n.instance_id for n in nodes if n.instance_id])
-            decided = plan(pool, state, nodes, waiting, now, runtime.idle_since)
+            decided = plan(
+                pool, state, nodes, waiting, now, runtime.idle_since, demand_ceiling=demand_ceiling
+            )
             runtime.idle_since = dict(decided.idle_since)
             await self._carry_out(pool, runtime, group, state, decided, known)
             provider = pool.provider  # only an ASG's node template takes tags

@@ -20,6 +20,11 @@ The rules:
   shell cordons each node, checks again that it is empty, and terminates that instance
   with `ShouldDecrementDesiredCapacity=True`; a node that runs a trial is never chosen.
   Instances that never joined as Nodes within `join_timeout` are removed the same way.
+* **No grace beyond what can be used.** Given `demand_ceiling`, the most nodes the
+  pool's experiments can still use at once (their engines' `slots_ahead`: none when
+  every trial has started and no paused one can be resumed), idle nodes beyond it go
+  after `surplusGraceSeconds` (default 0): the grace period waits for work that may
+  come back, and none of theirs can. Never below `max(needed, minNodes, ceiling)`.
   A group still launching more instances than needed is lowered to what it needs, but
   never below its live instances (lowering desired capacity below them would let the
   group pick which instance to terminate).
@@ -115,7 +120,10 @@ def plan(
     now: float,
     idle_since: Mapping[str, float] | None = None,
     join_timeout: float = JOIN_TIMEOUT_SECONDS,
+    demand_ceiling: int | None = None,
 ) -> Plan:
+    """`demand_ceiling`: the most nodes the pool's trials can use at once from now on (None:
+    not known, as many as `maxNodes`)."""
     per_node = pool.gpusPerNode
     ceiling = min(pool.maxNodes, group.max_size)
     floor = min(pool.minNodes, ceiling)
@@ -197,12 +205,20 @@ def plan(
             desired = lowered
     surplus = max(len(live), group.desired if desired is None else desired) - target
     removals: list[Removal] = []
+    # Idle nodes that may go before their grace period: those beyond the ceiling. A busy
+    # node being reclaimed or not ready holds a trial that will want another node.
+    unusable = 0
+    if demand_ceiling is not None:
+        going = sum(n.busy and (n.reclaiming or not n.ready) for n in nodes)
+        unusable = max(len(live) - max(target, demand_ceiling + going), 0)
     if surplus > 0:
         candidates: list[tuple[float, str, Removal]] = []
+        early: list[tuple[float, str, Removal]] = []
         for node in nodes:
             if node.busy or node.name in needed_nodes or node.instance_id is None:
                 continue
             idle_from = timers.get(node.name, now)
+            removal = Removal(node.instance_id, node.name)
             # An empty node being reclaimed goes at once: no pod may land there, it bills
             # until it is gone, and its group would launch a replacement nobody asked for.
             if (
@@ -211,12 +227,16 @@ def plan(
                 or now - idle_from >= pool.scaleDownGraceSeconds
             ):
                 first = -math.inf if node.reclaiming else idle_from  # reclaimed ones first
-                candidates.append((first, node.name, Removal(node.instance_id, node.name)))
+                candidates.append((first, node.name, removal))
+            elif now - idle_from >= pool.surplusGraceSeconds:
+                early.append((idle_from, node.name, removal))
         for instance in joining:
             if instance.id in needed_joining or instance.launched_at is None:
                 continue
             if now - instance.launched_at >= join_timeout:
                 candidates.append((instance.launched_at, instance.id, Removal(instance.id, None)))
+        early.sort(key=lambda c: (c[0], c[1]))
+        candidates += early[: max(unusable - len(candidates), 0)]
         candidates.sort(key=lambda c: (c[0], c[1]))
         chosen = [removal for _, _, removal in candidates[:surplus]]
         if not group.can_remove_specific:
@@ -228,7 +248,10 @@ def plan(
             chosen = []
         removals = removals or chosen
         if removals:
-            reasons.append(f"{len(removals)} idle node(s) past the grace period: -> {target}")
+            why = "past the grace period"
+            if any(r in {e[2] for e in early} for r in removals):
+                why += f" or beyond the {demand_ceiling} the pool's trials can still use"
+            reasons.append(f"{len(removals)} idle node(s) {why}: -> {target}")
     if desired is not None and not removals:
         reasons.append(f"launches not needed any more: {group.desired} -> {desired}")
     return Plan(

@@ -12,26 +12,19 @@ period once rank 0 has exited 0.
 from __future__ import annotations
 
 import asyncio
-import socket
 from collections.abc import Callable
 from pathlib import Path
 
 from kubetune.engine import LaunchTrial
 from kubetune.gang import GangTracker, rank_env
 from kubetune.local.executor import LocalExecutor, LogReportCallback
+from kubetune.ports import free_port
 from kubetune.spec import ExperimentSpec
 from kubetune.trialenv import AttemptContext
 
 # (number, attempt, exit code, message, interrupted): an interrupted attempt resumes.
 GangExitCallback = Callable[[int, int, int, str, bool], None]
 LOOPBACK = "127.0.0.1"
-
-
-def free_port(host: str = LOOPBACK) -> int:
-    """A TCP port nothing listens on now (rank 0's torch.distributed store binds it)."""
-    with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as probe:
-        probe.bind((host, 0))
-        return int(probe.getsockname()[1])
 
 
 class GangExecutor:
@@ -103,7 +96,8 @@ class GangExecutor:
     async def launch(self, action: LaunchTrial) -> None:
         key = (action.number, action.attempt)
         gang = self.gangs[key] = GangTracker.start(self.world_size)
-        self.ports[key] = free_port()
+        # rank 0's torch.distributed store binds it
+        self.ports[key] = free_port(LOOPBACK, avoid=set(self.ports.values()))
         for rank, executor in enumerate(self.ranks):
             if gang.outcome is not None or gang.stopped_by_shell:
                 # A rank could not start, or the attempt was stopped meanwhile: the

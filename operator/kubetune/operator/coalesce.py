@@ -34,6 +34,12 @@ class CoalescedWriter:
             await asyncio.shield(self._running)
 
     async def _run(self, generation: int) -> None:
-        async with self._slots or contextlib.nullcontext():
-            await self._write()
-        self._completed = max(self._completed, generation)
+        try:
+            async with self._slots or contextlib.nullcontext():
+                await self._write()
+            self._completed = max(self._completed, generation)
+        finally:
+            # A finished task keeps the context it was created in, and with it the
+            # caller's kopf cause (the pod's body, its patch, a logger): about 30 KB
+            # per trial for the experiment's life if it stayed referenced here.
+            self._running = None

@@ -54,6 +54,7 @@ from kubetune.operator.kube import Kube
 from kubetune.operator.logs import LogStreams
 from kubetune.operator.podwatch import PodWatch
 from kubetune.operator.rebuild import HISTORY_UNREADABLE, Rebuilder
+from kubetune.operator.trim import release_freed_memory
 from kubetune.operator.writes import StatusWriter
 from kubetune.spec import ExperimentSpec
 from kubetune.trials import Verdict
@@ -94,6 +95,7 @@ class ExperimentController(Experiment):
     async def load(self) -> None:
         """Rebuild the engine from the custom resources (never raises on what it finds)."""
         await self.rebuilder.load()
+        release_freed_memory()  # the rebuild's peak: every HPOTrial read and replayed
 
     async def step(self) -> None:
         async with self.lock:

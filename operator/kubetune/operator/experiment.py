@@ -74,6 +74,11 @@ class Experiment:
         self.cost_at: float | None = parse_rfc3339(stored.get("costAccountedAt"))
         self.capacity_conditions: list[dict[str, Any]] = []
 
+    def slots_ahead(self) -> int | None:
+        """The most trials that may hold a slot at once from now on (`Engine.slots_ahead`,
+        read by the capacity loop); None until the engine is rebuilt."""
+        return self.engine.slots_ahead() if self.loaded else None
+
     def close_with_namespace(self) -> None:
         """The API server refused a create because the namespace is being deleted: the
         experiment goes with it, so nothing more is written or created for it."""

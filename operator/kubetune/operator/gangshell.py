@@ -7,6 +7,7 @@ from __future__ import annotations
 import asyncio
 import logging
 from collections.abc import Iterable
+from typing import Any
 
 from kubernetes.client.rest import ApiException
 
@@ -81,12 +82,13 @@ def delete_ranks_later(exp: Experiment, trial: str, attempt: int, ranks: Iterabl
             return
         # Those that ended stay, with their logs, as a single trial's pod does.
         names = {rank_pod_name(trial, attempt, r, exp.spec.workers): r for r in chosen}
-        running = [
-            names[p["metadata"]["name"]]
-            for p in await exp.kube.list_pods(exp.namespace, exp.name)
-            if p["metadata"]["name"] in names
-            and (p.get("status") or {}).get("phase") not in ("Succeeded", "Failed")
-        ]
+
+        def still_running(pod: dict[str, Any]) -> bool:
+            phase = (pod.get("status") or {}).get("phase")
+            return pod["metadata"]["name"] in names and phase not in ("Succeeded", "Failed")
+
+        listed = await exp.kube.list_pods(exp.namespace, exp.name, still_running)
+        running = [names[p["metadata"]["name"]] for p in listed]
         await delete_ranks(exp, trial, attempt, running)
 
     exp.in_background(later())

@@ -22,6 +22,7 @@ from kubetune import observability
 from kubetune.ingest import NOT_READY, NotReady, ReportServer, ReportTarget
 from kubetune.names import EXPERIMENTS, GROUP, LABEL_EXPERIMENT, TRIALS, VERSION
 from kubetune.offloop import SuggestionWorker
+from kubetune.operator import trim
 from kubetune.operator.controller import ExperimentController, OperatorConfig
 from kubetune.operator.kube import TRIALS_PER_PAGE, Kube
 from kubetune.operator.logs import LogStreams
@@ -226,6 +227,7 @@ async def _startup(settings: kopf.OperatorSettings, memo: kopf.Memo, **_: Any) -
     host, port = memo.get("listen", ("127.0.0.1", 8080))
     await server.start(host, port)
     logger.info("report endpoint listening on %s:%s", host, server.port)
+    memo["trimmer"] = asyncio.create_task(trim.release_periodically())
 
 
 @kopf.on.login()
@@ -252,6 +254,8 @@ def _login(memo: kopf.Memo, **_: Any) -> kopf.ConnectionInfo:
 @kopf.on.cleanup()
 async def _cleanup(memo: kopf.Memo, **_: Any) -> None:
     registry = _registry(memo)
+    if (trimmer := memo.get("trimmer")) is not None:
+        trimmer.cancel()
     # Stopped, not killed: the reports answered but not written yet are written now.
     late = [c.writer.write_late_reports() for c in registry.controllers.values()]
     with contextlib.suppress(TimeoutError):

@@ -58,19 +58,22 @@ async def delete_orphaned_pods(
     exp = experiment
     names = {t.name for t in exp.engine.trials} if trial_name is None else {trial_name}
     deleted = []
-    for pod in await exp.kube.list_pods(exp.namespace, exp.name):
+
+    def orphaned(pod: dict[str, Any]) -> bool:
         metadata = pod["metadata"]
         owners = {o.get("uid") for o in metadata.get("ownerReferences") or []}
         stale = live_uid is not None and not owners & {live_uid, exp.uid}
         if (owners and not stale) or metadata.get("deletionTimestamp"):
-            continue
-        if (metadata.get("labels") or {}).get(LABEL_TRIAL) not in names:
-            continue
+            return False
+        return (metadata.get("labels") or {}).get(LABEL_TRIAL) in names
+
+    for pod in await exp.kube.list_pods(exp.namespace, exp.name, orphaned):
+        metadata = pod["metadata"]
         await exp.kube.delete_pod(exp.namespace, metadata["name"], exp.config.pod_grace_seconds)
         deleted.append(metadata["name"])
         why = (
             "belonged to its deleted HPOTrial"
-            if owners
+            if metadata.get("ownerReferences")
             else "had no owner (its HPOTrial was deleted with --cascade=orphan)"
         )
         await exp.event(

@@ -34,7 +34,9 @@ class PodWatch:
         self.writer = writer
         self.actions = actions
         self.logs = logs
-        self.followers: dict[tuple[int, int], asyncio.Task[None]] = {}
+        # An attempt's log follower; None once it has ended (the key stays: a log is not
+        # followed twice, and the done task would keep kopf's cause alive in its context).
+        self.followers: dict[tuple[int, int], asyncio.Task[None] | None] = {}
         self.sdk_reporters: set[tuple[int, int]] = set()
         self.notices = NodeNotices()
 
@@ -48,8 +50,17 @@ class PodWatch:
         exp = self.experiment
         # Still listed below: the deletion's watch event ends their attempts.
         await ownership.delete_orphaned_pods(exp)
-        pods = {p["metadata"]["name"]: p for p in await exp.kube.list_pods(exp.namespace, exp.name)}
         workers = exp.spec.workers
+        # Only the running attempts' pods are kept of the listing (ended ones stay, many).
+        wanted = {
+            name
+            for trial in exp.engine.running()
+            for name in attempt_pod_names(trial.name, trial.attempts[-1].number, workers)
+        }
+        listed = await exp.kube.list_pods(
+            exp.namespace, exp.name, lambda p: p["metadata"]["name"] in wanted
+        )
+        pods = {p["metadata"]["name"]: p for p in listed}
         for trial in list(exp.engine.running()):
             attempt = trial.attempts[-1]
             found = gang_at_start(pods, trial.name, attempt.number, workers)
@@ -75,13 +86,23 @@ class PodWatch:
             await delete_ranks(exp, trial, attempt)
 
     def sdk_reported(self, number: int, attempt: int) -> None:
-        """The attempt reports through the SDK: its log is just output from now on."""
+        """The attempt reports through the SDK: its log is just output from now on (and
+        after a restart: status.sdkAttempt, written with the trial's next write)."""
         key = (number, attempt)
         if key not in self.sdk_reporters:
             self.sdk_reporters.add(key)
+            if attempt > self.writer.sdk_attempts.get(number, -1):
+                self.writer.sdk_attempts[number] = attempt
             follower = self.followers.pop(key, None)
             if follower is not None:
                 follower.cancel()
+
+    def restore_sdk_attempt(self, number: int, status: dict[str, Any]) -> None:
+        """At load: the stored status.sdkAttempt (what was written is written again)."""
+        attempt = status.get("sdkAttempt")
+        if isinstance(attempt, int) and not isinstance(attempt, bool):
+            self.writer.sdk_attempts[number] = attempt
+            self.sdk_reporters.add((number, attempt))
 
     async def pod_changed(self, pod: dict[str, Any], deleted: bool) -> None:
         exp = self.experiment
@@ -160,7 +181,7 @@ class PodWatch:
         async def on_line(step: int, metrics: dict[str, float]) -> bool:
             return await self._log_report(number, attempt, step, metrics)
 
-        self.followers[key] = asyncio.create_task(
+        follower = asyncio.create_task(
             self.logs.follow(
                 exp.namespace,
                 pod["metadata"]["name"],
@@ -169,6 +190,12 @@ class PodWatch:
                 on_line,
             )
         )
+        self.followers[key] = follower
+        follower.add_done_callback(lambda _: self._followed(key))
+
+    def _followed(self, key: tuple[int, int]) -> None:
+        if key in self.followers:
+            self.followers[key] = None
 
     async def _log_report(
         self, number: int, attempt: int, step: int, metrics: dict[str, float]

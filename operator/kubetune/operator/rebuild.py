@@ -79,6 +79,7 @@ class Rebuilder:
                 writer.trial_uids[trial.number] = trial.uid
                 if trial.node:
                     writer.nodes[trial.number] = trial.node
+                self.pods.restore_sdk_attempt(trial.number, trial.status)
             holes = reader.holes()
             history.restore(
                 [seq for seq, _ in events],
@@ -134,7 +135,7 @@ class Rebuilder:
         if number >= len(exp.engine.trials):
             return
         # The watch delivers these versions again: they are known, not news.
-        writer.ours.trial_versions[number].append(trial.version)
+        writer.ours.note_trial_version(number, trial.version)
         kept = self.history.compact(self.history.trials[number])
         expected = store.json_digest(writer.trial_status(exp.engine.trials[number], kept))
         writer.ours.written_status[number] = expected

@@ -55,6 +55,10 @@ class TrialStatus(TypedDict):
     startTime: str | None
     completionTime: str | None
     history: list[dict[str, Any]]
+    # The latest attempt that reported through the SDK: a restarted operator does not
+    # follow its log for `name=value` lines (one stream a running pod through the API
+    # server). Absent until one does, as in statuses written before it existed.
+    sdkAttempt: NotRequired[int]
 
 
 class FailedStatus(TypedDict):
@@ -141,9 +145,10 @@ def trial_status(
     node: str | None,
     checkpoint_uri: str,
     lineage: TrialLineage | None,
+    sdk_attempt: int | None = None,
 ) -> TrialStatus:
     attempt = trial.attempt
-    return {
+    status: TrialStatus = {
         "phase": trial.phase.value,
         "reason": trial.reason,
         "value": trial.value,
@@ -162,6 +167,9 @@ def trial_status(
         "completionTime": timestamp(trial.ended_at),
         "history": history,
     }
+    if sdk_attempt is not None:
+        status["sdkAttempt"] = sdk_attempt
+    return status
 
 
 def experiment_status(

@@ -52,6 +52,12 @@ REPORT_WRITE_SECONDS = env_seconds("KUBETUNE_REPORT_WRITE_SECONDS", 5.0)
 # A late write that failed (an API error) is tried again after this, even with no new
 # report to start one (never sooner than a second: no tight loop against an API down).
 REPORT_RETRY_SECONDS = max(REPORT_WRITE_SECONDS, 1.0)
+# Late writes (answered reports, nodes) an experiment has in flight at once; they queue
+# apart, and the rest of its CALLS_PER_EXPERIMENT stay free for write-ahead writes, which
+# a report waits for. Every REPORT_WRITE_SECONDS the late writer has a write for each
+# running trial (200 in bench/scale.py's open loop): queued on the shared slots, a
+# rung's report waited behind all of them.
+LATE_WRITES_AT_ONCE = 4
 
 
 class StatusWriter:
@@ -61,6 +67,7 @@ class StatusWriter:
         self.ours = Authorship(experiment.body)
         self.trial_uids: dict[int, str] = {}  # the HPOTrials that exist, by trial number
         self.nodes: dict[int, str] = {}
+        self.sdk_attempts: dict[int, int] = {}  # status.sdkAttempt (PodWatch.sdk_reported)
         self.dirty_trials: set[int] = set()  # to be written before any decision acts
         self.lazy_trials: set[int] = set()  # to be written at the next flush
         self.late_reports: set[int] = set()  # answered reports not yet durable
@@ -69,6 +76,7 @@ class StatusWriter:
         self.written_phases: dict[int, tuple[str, str]] = {}
         self.writers: dict[int, CoalescedWriter] = {}
         self.writing = asyncio.Semaphore(CALLS_PER_EXPERIMENT)  # statuses built at once
+        self.late_writing = asyncio.Semaphore(LATE_WRITES_AT_ONCE)
         self.flush: asyncio.Task[None] | None = None
         self.written_experiment_history = 0
         self.last_status: dict[str, Any] | None = None
@@ -101,7 +109,7 @@ class StatusWriter:
 
     async def write_late_reports(self) -> None:
         late = self.late_reports | self.late_nodes
-        await asyncio.gather(*(self.flush_trial(n) for n in sorted(late)))
+        await asyncio.gather(*(flush_late(self, n) for n in sorted(late)))
 
     async def _write_late_reports(self) -> None:
         delay = REPORT_WRITE_SECONDS
@@ -174,7 +182,7 @@ class StatusWriter:
         if number in self.name_taken:
             self._written(number)  # nothing of ours to write it in
             return
-        if number not in self.trial_uids and not await self._create_trial(trial):
+        if number not in self.trial_uids and not await create_trial(self, trial):
             return
         history = self.history.compact(self.history.trials[number])
         self.history.trials[number] = history
@@ -200,11 +208,11 @@ class StatusWriter:
                 raise
             # Deleted by someone else: put back, with everything the engine holds.
             self.trial_uids.pop(number, None)
-            if not await self._create_trial(trial, restored=True):
+            if not await create_trial(self, trial, restored=True):
                 return
             version = await exp.kube.patch_trial_status(exp.namespace, trial.name, status)
         self.history.written(number, sent)
-        self.ours.trial_versions[number].append(version)
+        self.ours.note_trial_version(number, version)
         self.ours.wrote_trial(number, digest)
         self.written_phases[number] = phase
         if self.history.trials[number] is history and len(history) == written:
@@ -216,41 +224,6 @@ class StatusWriter:
         self.lazy_trials.discard(number)
         self.late_reports.discard(number)
         self.late_nodes.discard(number)
-
-    async def _create_trial(self, trial: TrialRecord, restored: bool = False) -> bool:
-        """Create the trial's HPOTrial; False (and the experiment closes) if the
-        experiment itself is gone, so that nothing is created for it any more."""
-        exp = self.experiment
-        if restored:
-            current = await exp.kube.get_experiment(exp.namespace, exp.name)
-            metadata = (current or {}).get("metadata") or {}
-            if metadata.get("uid") != exp.uid or metadata.get("deletionTimestamp"):
-                exp.closed = True
-                return False
-        body = trial_object(exp.namespace, exp.name, exp.uid, trial)
-        try:
-            created = await exp.kube.create_trial(exp.namespace, body)
-        except ApiException as error:
-            if not namespace_terminating(error.status, error.body):
-                raise
-            exp.close_with_namespace()
-            return False
-        if not owned_by(created, {exp.uid}):
-            self.name_taken[trial.number] = await ownership.name_taken(exp, "HPOTrial", trial.name)
-            return False
-        self.trial_uids[trial.number] = created["metadata"]["uid"]
-        # Its ADDED event, status still empty, is ours too.
-        self.ours.trial_versions[trial.number].append(created["metadata"]["resourceVersion"])
-        if restored:
-            await ownership.delete_orphaned_pods(exp, trial.name, created["metadata"]["uid"])
-            exp.observer.object_restored("HPOTrial", "deleted")
-            await exp.event(
-                f"HPOTrial {trial.name} was deleted by someone other than the operator: put "
-                f"back from the operator's state",
-                "TrialRestored",
-                True,
-            )
-        return True
 
     def flush_soon(self, delay: float = 1.0) -> None:
         """Write the summaries (counts, best, nodes) within `delay`, once for many changes."""
@@ -266,11 +239,15 @@ class StatusWriter:
         self.flush = asyncio.create_task(flush())
 
     def trial_status(self, trial: TrialRecord, history: list[Record]) -> dict[str, Any]:
-        node = self.nodes.get(trial.number)
-        # A plain dict from here on: what was written, compared and patched as JSON.
+        number = trial.number
         uri = self.experiment.checkpoint_uri(trial.name)
-        lineage = trial_lineage(self.experiment.engine, trial.number)
-        found = dict(trial_status(trial, history, node, uri, lineage))
+        lineage = trial_lineage(self.experiment.engine, number)
+        # A plain dict from here on: what was written, compared and patched as JSON.
+        found = dict(
+            trial_status(
+                trial, history, self.nodes.get(number), uri, lineage, self.sdk_attempts.get(number)
+            )
+        )
         workers = self.experiment.spec.workers
         if workers > 1 and trial.attempt is not None:  # a gang: its rank 0 stands for it
             found["pod"] = rank_pod_name(trial.name, trial.attempt.number, 0, workers)
@@ -303,3 +280,47 @@ class StatusWriter:
         self.ours.experiment_versions.append(version)
         self.last_status = status
         self.written_experiment_history = len(records)
+
+
+async def flush_late(writer: StatusWriter, number: int) -> None:
+    """One late write, at most LATE_WRITES_AT_ONCE at once; none if a write-ahead of the
+    trial carried it while it waited."""
+    async with writer.late_writing:
+        if number in writer.late_reports or number in writer.late_nodes:
+            await writer.flush_trial(number)
+
+
+async def create_trial(writer: StatusWriter, trial: TrialRecord, restored: bool = False) -> bool:
+    """Create the trial's HPOTrial; False (and the experiment closes) if the
+    experiment itself is gone, so that nothing is created for it any more."""
+    exp = writer.experiment
+    if restored:
+        current = await exp.kube.get_experiment(exp.namespace, exp.name)
+        metadata = (current or {}).get("metadata") or {}
+        if metadata.get("uid") != exp.uid or metadata.get("deletionTimestamp"):
+            exp.closed = True
+            return False
+    body = trial_object(exp.namespace, exp.name, exp.uid, trial)
+    try:
+        created = await exp.kube.create_trial(exp.namespace, body)
+    except ApiException as error:
+        if not namespace_terminating(error.status, error.body):
+            raise
+        exp.close_with_namespace()
+        return False
+    if not owned_by(created, {exp.uid}):
+        writer.name_taken[trial.number] = await ownership.name_taken(exp, "HPOTrial", trial.name)
+        return False
+    writer.trial_uids[trial.number] = created["metadata"]["uid"]
+    # Its ADDED event, status still empty, is ours too.
+    writer.ours.note_trial_version(trial.number, created["metadata"]["resourceVersion"])
+    if restored:
+        await ownership.delete_orphaned_pods(exp, trial.name, created["metadata"]["uid"])
+        exp.observer.object_restored("HPOTrial", "deleted")
+        await exp.event(
+            f"HPOTrial {trial.name} was deleted by someone other than the operator: put "
+            f"back from the operator's state",
+            "TrialRestored",
+            True,
+        )
+    return True

@@ -92,6 +92,22 @@ class ASHA:
             taken.add(found[0].number)
         return chosen
 
+    def most_promotions(
+        self, trials: Sequence[TrialRecord], ladders: RungLadders, holders: Sequence[TrialRecord]
+    ) -> int:
+        """The paused trials within their rung's quota now (at least one: `_scan`'s rule
+        for a rung no one else can join). A trial that reaches a rung later grows its
+        quota by at most one, and pauses or ends there, freeing the slot that promotion
+        takes: the slots held never grow by it. Ranks only fall as trials arrive, so a
+        paused trial outside its quota now never holds a slot again. Only a failure,
+        taking a trial off its rungs, lifts the others a place (the capacity loop's cost
+        of that: a node booted again)."""
+        return sum(
+            trial.phase is TrialPhase.PAUSED
+            for rung in range(len(self.rungs) - 1)
+            for trial in ladders.promotable(rung, max(ladders.size(rung) // self.eta, 1))
+        )
+
     def _scan(
         self, ladders: RungLadders, taken: set[int], closed: float | None
     ) -> tuple[TrialRecord, int] | None:

@@ -44,6 +44,13 @@ class SchedulerPolicy(Protocol):
         compaction, because a later decision of this policy reads it (the store asks)."""
         ...
 
+    def most_promotions(
+        self, trials: Sequence[TrialRecord], ladders: RungLadders, holders: Sequence[TrialRecord]
+    ) -> int | None:
+        """The most paused trials this policy may still resume, however the trials holding
+        a slot (`holders`) report from now on; None when it cannot say."""
+        ...
+
 
 class NoPromotions:
     """For a policy that never resumes a paused trial (it pauses none)."""
@@ -56,6 +63,11 @@ class NoPromotions:
         holders: Sequence[TrialRecord] | None = None,
     ) -> list[tuple[TrialRecord, int]]:
         return []
+
+    def most_promotions(
+        self, trials: Sequence[TrialRecord], ladders: RungLadders, holders: Sequence[TrialRecord]
+    ) -> int | None:
+        return 0
 
 
 def rung_resources(min_resource: int, max_resource: int, reduction_factor: int) -> list[int]:

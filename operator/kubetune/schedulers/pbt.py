@@ -27,6 +27,7 @@ from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 from typing import Any
 
+from kubetune.schedulers.ladders import RungLadders
 from kubetune.schedulers.median import NoScheduler
 from kubetune.spec import (
     CategoricalParameter,
@@ -84,6 +85,11 @@ class PBT(NoScheduler):
 
     def must_keep(self, step: int) -> bool:
         return step % self.interval == 0  # members are ranked by their interval reports
+
+    def most_promotions(
+        self, trials: Sequence[TrialRecord], ladders: RungLadders, holders: Sequence[TrialRecord]
+    ) -> int | None:
+        return None  # exploits start members outside promotions and maxTrials' count
 
     # ----- exploit and explore ---------------------------------------------------------
 

@@ -85,6 +85,11 @@ class SuccessiveHalving:
     def must_keep(self, step: int) -> bool:
         return False  # decisions read rung reports only, and those are marked with their rung
 
+    def most_promotions(
+        self, trials: Sequence[TrialRecord], ladders: RungLadders, holders: Sequence[TrialRecord]
+    ) -> int | None:
+        return None  # not bounded yet: brackets fill and promote synchronously
+
     def promotions(
         self,
         trials: Sequence[TrialRecord],

@@ -54,11 +54,19 @@ class ActionPort(Protocol):
 
 
 async def decide(engine: Engine, port: ActionPort, now: float) -> list[Action]:
-    """The engine's next actions, persisted and then carried out; [] if not durable."""
+    """The engine's next actions, persisted and then carried out; [] if not durable.
+
+    Sampling is asked for before the write: it changes nothing outside, its answer is
+    a pure function of the history (asked again, the same), and it is recorded and
+    written before the trial it is for launches. A slot freed is refilled a write sooner.
+    """
     actions = engine.decide(now)
+    for action in actions:
+        if isinstance(action, SampleTrial):
+            port.sample(action)
     if not await port.persist():
         return []
-    await carry_out(actions, port)
+    await carry_out([a for a in actions if not isinstance(a, SampleTrial)], port)
     return actions
 
 
