@@ -108,6 +108,7 @@ OPERATOR_WRITES = {
 RAW_HISTORY = 20
 ENDLESS = 100_000  # the CRD's largest maxTrials: the timed phases end long before it
 NAMESPACE_GONE_SECONDS = 1800.0
+QUICK_STEP_SECONDS = 0.3  # the quick run's pace in phase 1: trials left to answer after the restart
 
 
 def document(trials: int, parallel: int, resources: tuple[int, int]) -> dict[str, Any]:
@@ -252,7 +253,13 @@ class Scale:
 
     # ----- phase 1 -----------------------------------------------------------------------
 
-    def scale_phase(self, timeout: float) -> str:
+    def scale_phase(self, timeout: float, step_seconds: float) -> str:
+        """Phase 1: the whole experiment, the operator killed and restarted at half.
+
+        `step_seconds` paces each trial's reports: with a dozen trials and none, the rest of
+        the experiment can end between the side task's polls, leaving nothing to answer
+        after the restart (the quick run's figure was then nan).
+        """
         figures = self.figures
         run = self.start_experiment(figures.trials, figures.parallel, time.monotonic() + timeout)
 
@@ -285,7 +292,12 @@ class Scale:
             await asyncio.sleep(30)
             self.note_rss("30 s later")
 
-        self.play(run, 0.0, restart_at_half, "after phase 1")
+        self.play(run, step_seconds, restart_at_half, "after phase 1")
+        if math.isnan(figures.rebuild_s) or math.isnan(figures.resume_s):
+            raise SystemExit(
+                f"the experiment ended ({run.final_status.get('phase')}) before the restarted "
+                "operator rebuilt and answered a report: no restart figure"
+            )
         figures.scale_seconds = time.monotonic() - run.started
         figures.scale_phase = str(run.final_status.get("phase", "?"))
         figures.largest_kib, figures.largest_name = self.largest_object(run.namespace)
@@ -484,7 +496,9 @@ def main(argv: list[str] | None = None) -> int:
         _wait_healthy(operator, timeout=60)
         print(f"setup done in {time.monotonic() - wall:.0f}s", flush=True)
         scale = Scale(cp, operator, figures)
-        scale.delete_namespace(scale.scale_phase(args.timeout))
+        scale.delete_namespace(
+            scale.scale_phase(args.timeout, QUICK_STEP_SECONDS if args.quick else 0.0)
+        )
         scale.delete_namespace(scale.open_loop_phase(args.open_seconds))
         scale.delete_namespace(scale.closed_loop_phase(args.closed_seconds))
         scale.note_rss("at the end")
