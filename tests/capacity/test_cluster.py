@@ -158,6 +158,25 @@ def assert_cost_by_hand(control_plane: Any, namespace: str, name: str, pool: Poo
     return cost
 
 
+def grow_to_two_then_finish(
+    control_plane: Any,
+    namespace: str,
+    pool: Pool,
+    operator: OperatorProcess,
+    document: dict[str, Any],
+) -> dict[str, Any]:
+    """Apply the experiment; the pool grows to two nodes and the experiment ends: its status."""
+    apply(control_plane, namespace, document)
+    name = document["metadata"]["name"]
+    wait_for("the pool to grow", lambda: pool.cloud.count() == 2, 90, operator.log_tail)
+    return wait_for(
+        "the experiment to finish",
+        lambda: finished(control_plane, namespace, name),
+        240,
+        operator.log_tail,
+    )
+
+
 def test_a_pool_at_zero_grows_runs_the_experiment_and_returns_to_zero_at_a_known_cost(
     control_plane: Any,
     namespace: str,
@@ -169,15 +188,8 @@ def test_a_pool_at_zero_grows_runs_the_experiment_and_returns_to_zero_at_a_known
     operator.start()
     # Three trials at once want three nodes; the pool may have two.
     document = on_pool(experiment("grow", max_trials=5, parallel=3, sleep=0.3), pool)
-    apply(control_plane, namespace, document)
+    done = grow_to_two_then_finish(control_plane, namespace, pool, operator, document)
     diagnostics = operator.log_tail
-    wait_for("the pool to grow", lambda: pool.cloud.count() == 2, 90, diagnostics)
-    done = wait_for(
-        "the experiment to finish",
-        lambda: finished(control_plane, namespace, "grow"),
-        240,
-        diagnostics,
-    )
     assert done["phase"] == "Succeeded", done
     assert done["interruptions"] == 0 and done["trialsFailed"] == 0  # no busy node taken
     wait_for("the pool to return to zero", lambda: not pool.nodes(), 60, diagnostics)
@@ -222,15 +234,8 @@ def test_idle_nodes_that_no_trial_can_use_go_without_the_grace_period(
     pool = make_pool(max_nodes=2, grace=3600.0)
     operator.start()
     document = on_pool(experiment("surplus", max_trials=3, parallel=2, sleep=0.3), pool)
-    apply(control_plane, namespace, document)
+    done = grow_to_two_then_finish(control_plane, namespace, pool, operator, document)
     diagnostics = operator.log_tail
-    wait_for("the pool to grow", lambda: pool.cloud.count() == 2, 90, diagnostics)
-    done = wait_for(
-        "the experiment to finish",
-        lambda: finished(control_plane, namespace, "surplus"),
-        240,
-        diagnostics,
-    )
     assert done["phase"] == "Succeeded" and done["trialsFailed"] == 0, done
     wait_for("the pool to return to zero", lambda: not pool.nodes(), 60, diagnostics)
     terminated = proxy.calls("TerminateInstanceInAutoScalingGroup")

@@ -4,6 +4,7 @@ a bad ConfigMap, an AWS failure reported on the experiment, cost handed to contr
 from __future__ import annotations
 
 import json
+from collections.abc import Mapping
 from typing import Any
 
 import pytest
@@ -192,6 +193,27 @@ def manager_for(core: FakeCore, controller: FakeController, clock: list[float]) 
         interval=1.0,
         clock=lambda: clock[0],
     )
+
+
+NODE_NAMES = ("first", "second")
+
+
+def idle_pool_manager(
+    asg: AsgWorld, count: int, demand: Mapping[tuple[str, str], Any]
+) -> tuple[FakeCore, CapacityManager, list[float], list[str]]:
+    """A pool of `count` nodes (named first, second, ...) with a 600 s grace period, a
+    manager loaded on it with `demand` as its experiments' (spec, slots_ahead), its clock."""
+    autoscaling = asg.client("autoscaling")
+    autoscaling.set_desired_capacity(AutoScalingGroupName=asg.name, DesiredCapacity=count)
+    instances = asg.instances()
+    core = FakeCore()
+    core.pools_yaml = pools(asg.name, grace=600.0)
+    core.nodes = [node(name, i) for name, i in zip(NODE_NAMES, instances, strict=False)]
+    clock = [NEW_YEAR + 1000.0]
+    manager = manager_for(core, FakeController(), clock)
+    manager.demand = lambda: demand
+    manager.load()
+    return core, manager, clock, instances
 
 
 async def test_a_pod_that_lands_after_the_cordon_keeps_its_node(asg: AsgWorld) -> None:
@@ -392,18 +414,10 @@ def test_placement_and_unknown_pools(asg: AsgWorld) -> None:
 async def test_an_idle_node_no_trial_can_use_goes_without_the_grace_period(
     asg: AsgWorld, slots: int | None, removed: bool
 ) -> None:
-    autoscaling = asg.client("autoscaling")
-    autoscaling.set_desired_capacity(AutoScalingGroupName=asg.name, DesiredCapacity=2)
-    first, second = asg.instances()
-    core = FakeCore()
-    core.pools_yaml = pools(asg.name, grace=600.0)
-    core.nodes = [node("first", first), node("second", second)]
-    core.pods = [pod("a", "first"), pod("b", "second")]
-    clock = [NEW_YEAR + 1000.0]
-    manager = manager_for(core, FakeController(), clock)
     # The experiment's engine: at most `slots` trials at once from now on (None: unknown).
-    manager.demand = lambda: {("ns", "e"): (FakeController().spec, slots)}
-    manager.load()
+    demand = {("ns", "e"): (FakeController().spec, slots)}
+    core, manager, clock, (first, second) = idle_pool_manager(asg, 2, demand)
+    core.pods = [pod("a", "first"), pod("b", "second")]
     await manager.tick()  # the loop's first tick: the grace period starts for it too
     assert asg.instances() == [first, second]
     # 600 s on, trial b ends: its node has been idle for 0 s of its 600 s grace period.
@@ -417,16 +431,7 @@ async def test_an_idle_node_no_trial_can_use_goes_without_the_grace_period(
 async def test_a_loop_just_started_keeps_idle_nodes_until_it_has_settled(asg: AsgWorld) -> None:
     # Just started, the operator may not have been told of every experiment yet: an idle
     # node that no experiment it knows can use waits the loop's 60 s settling time.
-    autoscaling = asg.client("autoscaling")
-    autoscaling.set_desired_capacity(AutoScalingGroupName=asg.name, DesiredCapacity=1)
-    (instance,) = asg.instances()
-    core = FakeCore()
-    core.pools_yaml = pools(asg.name, grace=600.0)
-    core.nodes = [node("idle", instance)]
-    clock = [NEW_YEAR + 1000.0]
-    manager = manager_for(core, FakeController(), clock)
-    manager.demand = lambda: {}
-    manager.load()
+    _, manager, clock, (instance,) = idle_pool_manager(asg, 1, {})
     await manager.tick()
     clock[0] += 59.0
     await manager.tick()
@@ -442,20 +447,11 @@ async def test_a_pod_of_an_experiment_the_operator_does_not_hold_keeps_the_grace
     # A trial pod on the pool from an experiment the registry does not hold (another
     # namespace's operator, or one not delivered yet): what its trials will still want
     # is not known, so the idle node waits its grace period.
-    autoscaling = asg.client("autoscaling")
-    autoscaling.set_desired_capacity(AutoScalingGroupName=asg.name, DesiredCapacity=2)
-    first, second = asg.instances()
-    core = FakeCore()
-    core.pools_yaml = pools(asg.name, grace=600.0)
-    core.nodes = [node("first", first), node("second", second)]
+    core, manager, clock, (first, second) = idle_pool_manager(asg, 2, {})
     other = pod("x", "first")
     other["metadata"]["namespace"] = "team-b"
     other["metadata"]["labels"]["kubetune.dev/experiment"] = "asha-b"
     core.pods = [other]
-    clock = [NEW_YEAR + 1000.0]
-    manager = manager_for(core, FakeController(), clock)
-    manager.demand = lambda: {}
-    manager.load()
     await manager.tick()
     clock[0] += 61.0
     await manager.tick()

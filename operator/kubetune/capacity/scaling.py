@@ -249,7 +249,7 @@ def plan(
         removals = removals or chosen
         if removals:
             why = "past the grace period"
-            if any(r in {e[2] for e in early} for r in removals):
+            if {removal for *_, removal in early} & set(removals):
                 why += f" or beyond the {demand_ceiling} the pool's trials can still use"
             reasons.append(f"{len(removals)} idle node(s) {why}: -> {target}")
     if desired is not None and not removals:
