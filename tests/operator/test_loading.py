@@ -13,7 +13,7 @@ from typing import Any
 import pytest
 
 from kubetune.operator import gaps, store
-from kubetune.operator.loading import HistoryReader, read_again_as_legacy
+from kubetune.operator.loading import HistoryReader, read_again_as_legacy, replay
 from tests.engine.helpers import Driver, make_spec
 from tests.operator.test_pure import stored_histories
 
@@ -46,7 +46,7 @@ def check_same_as_all_at_once(histories: list[list[dict[str, Any]]]) -> HistoryR
     assert reader.legacy == checked.legacy and reader.refused == checked.refused
     assert experiment == checked.histories[0]
     assert [list(t.records) for t in trials] == checked.histories[1:]
-    assert reader.events() == store.merge_histories(checked.histories)
+    assert reader.take_events() == store.merge_histories(checked.histories)
     assert reader.holes() == gaps.find_holes(checked.histories, refused)
     return reader
 
@@ -86,7 +86,7 @@ def test_a_legacy_experiment_is_read_again_as_one_and_as_all_at_once() -> None:
 )
 def test_a_record_that_cannot_be_read_fails_the_load_once_all_is_read(bad: dict) -> None:
     """Never raised while reading (the load would stop without a word): raised by
-    `events()`, which the load turns into HistoryUnreadable, in signed and legacy
+    `take_events()`, which the load turns into HistoryUnreadable, in signed and legacy
     experiments alike."""
     for legacy in (False, True):
         histories, _ = stored_histories(SIGNER, trials=2)
@@ -98,12 +98,17 @@ def test_a_record_that_cannot_be_read_fails_the_load_once_all_is_read(bad: dict)
         histories[1].append(unsigned if legacy else SIGNER.sign(bad))
         reader, _, _ = read(histories)
         with pytest.raises(Exception) as raised:
-            reader.events()
+            reader.take_events()
         assert not isinstance(raised.value, AssertionError)
 
 
 def trained_histories(trials: int, steps: int) -> list[list[dict[str, Any]]]:
     """Histories as the operator files them, each trial reporting `steps` steps."""
+    return trained(trials, steps)[1]
+
+
+def trained(trials: int, steps: int) -> tuple[Driver, list[list[dict[str, Any]]]]:
+    """The engine that made them, and `trained_histories`."""
     spec = make_spec(budget={"maxTrials": trials, "parallelTrials": trials})
     driver = Driver(spec)
     driver.decide()
@@ -117,7 +122,7 @@ def trained_histories(trials: int, steps: int) -> list[list[dict[str, Any]]]:
         owner = store.trial_number_of(event)
         record = SIGNER.sign({**store.encode(seq, event), gaps.DURABLE_FIELD: seq})
         histories[0 if owner is None else owner + 1].append(record)
-    return histories
+    return driver, histories
 
 
 def test_what_a_load_holds_is_the_packed_records_not_the_bodies_read() -> None:
@@ -139,3 +144,20 @@ def test_what_a_load_holds_is_the_packed_records_not_the_bodies_read() -> None:
     # What stays is each trial's packed records (a sixth of it) and the decoded events
     # the replay reads (most of it); before, the bodies were held besides: 1.5 times this.
     assert held < 0.6 * held_whole, (held, held_whole)
+
+
+def test_a_rebuilt_engine_decides_as_before_holding_none_of_the_events_replayed() -> None:
+    """Memory at a restart: the events replayed are stored already, so once the engine
+    is rebuilt neither it nor the reader holds them (bench/scale.py's restart at 5,000
+    trials replays about 170,000, and a load held them through its pod reconcile)."""
+    driver, histories = trained(trials=6, steps=5)
+    reader, _, _ = read(histories)
+    replayed = replay(driver.spec, "exp", reader)
+    engine, events = replayed.engine, len(driver.engine.history)
+    assert replayed.events == events and replayed.next_seq == events and not replayed.made
+    assert engine.history.first_held == len(engine.history) == events  # none held
+    assert [(t.phase, t.value) for t in engine.trials] == [
+        (t.phase, t.value) for t in driver.engine.trials
+    ]
+    with pytest.raises(AssertionError, match="taken already"):
+        reader.take_events()  # the reader let go of its copy

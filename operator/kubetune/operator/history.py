@@ -33,15 +33,16 @@ class HistoryRecords:
 
     def restore(
         self,
-        seqs: list[int],
+        filed: int,
+        next_seq: int,
         experiment_records: list[Record],
         trials: dict[int, Sequence[Record]],
         holes: list[Run],
     ) -> None:
-        """What a load replayed: the engine's history is these records' events; `holes`
-        (`gaps.Holes.to_carry`) are carried by the next records."""
-        self.filed = len(seqs)
-        self.next_seq = max(seqs) + 1 if seqs else 0
+        """What a load replayed: the engine's first `filed` events are these records'
+        (`loading.replay`); `holes` (`gaps.Holes.to_carry`) are carried by the next records."""
+        self.filed = filed
+        self.next_seq = next_seq
         self.experiment_records = experiment_records
         self.trials.update((number, packed(records)) for number, records in trials.items())
         self.watermark.carry(holes)

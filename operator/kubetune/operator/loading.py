@@ -19,9 +19,12 @@ from collections.abc import Sequence
 from dataclasses import dataclass, field
 from typing import Any
 
-from kubetune.events import Event, last_launch_version
+from kubetune.engine import Engine
+from kubetune.events import Event, TrialPlanned, last_launch_version
 from kubetune.operator import gaps, store
 from kubetune.operator.packed import PackedRecords, packed
+from kubetune.schedulers import make_scheduler
+from kubetune.spec import ExperimentSpec
 
 Record = dict[str, Any]
 
@@ -53,7 +56,7 @@ class HistoryReader:
         self.accepted_any = False
         self.error: Exception | None = None  # the first record that cannot be decoded
         self._holes = gaps.HoleFinder()
-        self._merged = store.MergedHistory()
+        self._merged: store.MergedHistory | None = store.MergedHistory()
 
     def add(self, history: Sequence[Any]) -> list[Record]:
         """Read one stored history; returns the records replayed from it."""
@@ -71,6 +74,7 @@ class HistoryReader:
             # A record that cannot be read fails the load (HistoryUnreadable) once every
             # history is read, as one that cannot be replayed does: never raised here.
             try:
+                assert self._merged is not None, "a history added after the events were taken"
                 self._merged.add(accepted)
                 self._holes.add(accepted)
             except Exception as error:
@@ -98,11 +102,14 @@ class HistoryReader:
         """Nothing read was signed: read again (`raw`) as a legacy experiment."""
         return not self.signed and bool(self.raw)
 
-    def events(self) -> list[tuple[int, Event]]:
-        """Every event read, in order (`store.merge_histories`)."""
+    def take_events(self) -> list[tuple[int, Event]]:
+        """Every event read, in order (`store.merge_histories`), once: the reader lets go
+        of them and of the records' identities it deduplicated by."""
         if self.error is not None:
             raise self.error
-        return self._merged.events()
+        assert self._merged is not None, "the events were taken already"
+        merged, self._merged = self._merged, None
+        return merged.events()
 
     def holes(self) -> gaps.Holes:
         return self._holes.holes(self.refused_seqs)
@@ -121,3 +128,24 @@ def read_again_as_legacy(
         trial.records = packed(accepted)
         trial.release_0 = last_launch_version(accepted) == 0
     return legacy, experiment_records
+
+
+@dataclass
+class Replayed:
+    engine: Engine
+    events: int  # replayed, lost plans made again included
+    next_seq: int  # the sequence number the next event gets
+    made: list[tuple[int, TrialPlanned]]  # lost plans made again (`store.repair`)
+
+
+def replay(spec: ExperimentSpec, name: str, reader: HistoryReader) -> Replayed:
+    """The engine rebuilt from every history `reader` read, holding none of the events it
+    replayed: each is stored already, so the history writer never reads them. A load held
+    them until its first persist, after the pod reconcile: at 5,000 trials (bench/scale.py's
+    restart) about 170,000 events, with the reader's copy and its identities beside them.
+    Raises what a history that cannot be replayed raises."""
+    events, made = store.repair(reader.take_events(), make_scheduler(spec, None))
+    engine = Engine.replay(spec, name, (event for _, event in events))
+    engine.history.release(len(engine.history))
+    next_seq = max((seq for seq, _ in events), default=-1) + 1
+    return Replayed(engine, len(events), next_seq, made)

@@ -10,15 +10,13 @@ from __future__ import annotations
 import logging
 import time
 
-from kubetune.engine import Engine
 from kubetune.operator import gaps, ownership, parents, store
 from kubetune.operator.experiment import Experiment
 from kubetune.operator.history import HistoryRecords
-from kubetune.operator.loading import HistoryReader, StoredTrial, read_again_as_legacy
+from kubetune.operator.loading import HistoryReader, StoredTrial, read_again_as_legacy, replay
 from kubetune.operator.podwatch import PodWatch
 from kubetune.operator.status import failed_status
 from kubetune.operator.writes import StatusWriter
-from kubetune.schedulers import make_scheduler
 from kubetune.tokens import release_0_scope
 
 logger = logging.getLogger(__name__)
@@ -69,12 +67,11 @@ class Rebuilder:
                 await self._fail_to_load(ValueError("every history record was refused"))
                 return
             try:
-                events, made = store.repair(reader.events(), make_scheduler(exp.spec, None))
-                engine = Engine.replay(exp.spec, exp.name, (event for _, event in events))
+                replayed = replay(exp.spec, exp.name, reader)
             except Exception as error:
                 await self._fail_to_load(error)
                 return
-            exp.engine = engine
+            exp.engine = replayed.engine
             for trial in trials:
                 writer.trial_uids[trial.number] = trial.uid
                 if trial.node:
@@ -82,7 +79,8 @@ class Rebuilder:
                 self.pods.restore_sdk_attempt(trial.number, trial.status)
             holes = reader.holes()
             history.restore(
-                [seq for seq, _ in events],
+                replayed.events,
+                replayed.next_seq,
                 experiment_records,
                 {trial.number: trial.records for trial in trials},
                 holes.to_carry(),
@@ -102,7 +100,7 @@ class Rebuilder:
                     gaps.count(holes.lost),
                 )
             await self._report_missing(holes.missing)  # refused ones are told above
-            for seq, plan in made:
+            for seq, plan in replayed.made:
                 history.add_plan(seq, plan)
                 writer.dirty_trials.add(plan.number)
                 await exp.event(
@@ -125,7 +123,7 @@ class Rebuilder:
             await writer.persist()
             exp.loaded = True
             logger.info(
-                "experiment %s/%s rebuilt from %d events", exp.namespace, exp.name, len(events)
+                "experiment %s/%s rebuilt from %d events", exp.namespace, exp.name, replayed.events
             )
 
     async def _put_back_status(self, trial: StoredTrial, legacy: bool) -> None:
