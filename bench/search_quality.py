@@ -10,9 +10,10 @@ is built on, driven directly, with the same protocol, in one run:
   same instant are handled in the order they were scheduled, as the simulator does.
   "sync": every trial takes the same time; "async": a trial's duration depends on its
   parameters, so trials end out of order (p=1 is the same in both);
-* the same seeds: 10 per row, and for the RESULT line's rows (Hartmann-6, p=4, sync) 20
+* the same seeds: 10 per row, and for the RESULT line's rows (Hartmann-6, p=4, sync) 80
   for the GP and 100 for TPE: their regret is bimodal (global basin found or not), so
-  10 seeds move a ratio by 0.3 one way or the other;
+  10 seeds move a ratio by 0.3 one way or the other, and even blocks of 20 differ by four
+  times (kubetune `bayesian`, seeds 0-19 against 60-79: 0.033 and 0.129);
 * the same sampler options (kubetune's `tpe` is Optuna's TPESampler with constant liar,
   multivariate and group, so the Optuna row uses them too; it draws from one stream as a
   long-lived TPESampler does, so its rows equal Optuna's and a TPE ratio of 1 says it
@@ -48,7 +49,8 @@ regret / Optuna GPSampler's (Hartmann-6, p=4, sync), b = kubetune's mean regret 
 c = the same ratio for TPE, d and e = kubetune ASHA's mean resource to the primary target
 over Optuna SHA p=4's and over restart Hyperband's. Lower is better for all.
 
-    nice -n 10 .venv/bin/python bench/search_quality.py           # 10 seeds, ~30-40 min
+    nice -n 10 .venv/bin/python bench/search_quality.py           # 10 seeds a row, ~1 h
+    nice -n 10 .venv/bin/python bench/search_quality.py --jobs 2  # same results, 2 processes
     .venv/bin/python bench/search_quality.py --quick              # smoke test, < 1 minute
 """
 
@@ -64,6 +66,7 @@ import sys
 import time
 import warnings
 from collections.abc import Callable, Iterator, Sequence
+from concurrent.futures import ProcessPoolExecutor
 from dataclasses import dataclass
 from typing import Any
 
@@ -385,10 +388,24 @@ class Setting:
 
 HEADLINE = ("H6", 4, True)
 """The RESULT line's rows: Hartmann-6, p=4, sync."""
-CHEAP_SEEDS_FACTOR = 5
-"""In the RESULT line's rows, samplers but the GP run this many times its seeds: TPE's
+HEADLINE_SEEDS = 80
+"""Seeds of the GP's RESULT rows. Until stop 31 they were 20, seeds 0-19, the kindest
+block of four for `bayesian` (0.027 there, 0.070 over 0-79): the RESULT line read as met
+what 80 seeds did not."""
+CHEAP_HEADLINE_SEEDS = 100
+"""In the RESULT line's rows, samplers but the GP run five times the GP's seeds, up to this
+many (and never fewer than the GP): TPE's
 regret spreads as widely (seeds 0-19: kubetune 0.504, Optuna 0.392; 0-99: 0.483 ± 0.034
 and 0.443 ± 0.031), and 100 runs take a minute."""
+
+
+def _run_one(run: tuple[str, str, str, int, int, Setting]) -> float:
+    """One seed of one row: a top-level function, so that `--jobs` workers can run it."""
+    side, key, algorithm, seed, trials, setting = run
+    driver = kubetune_run if side == "kubetune" else optuna_run
+    return driver(
+        PROBLEMS[key], algorithm, seed, trials, setting.parallel, setting.sync, setting.batch
+    )
 
 
 def single_fidelity(
@@ -396,8 +413,13 @@ def single_fidelity(
     algorithms: Sequence[str],
     plan: dict[str, tuple[int, list[Setting]]],
     headline_seeds: Sequence[int] | None = None,
+    pool: ProcessPoolExecutor | None = None,
 ) -> dict[tuple[str, str, str], list[float]]:
     """Runs every (algorithm, side, setting); returns regrets keyed (algorithm, side, key).
+
+    With a `pool` the seeds of a row run in its worker processes: each run is a pure
+    function of its seed, so the regrets are the same, and only the wall-time column
+    (the row's, not a run's) changes.
 
     The RESULT line's rows run `headline_seeds` (more than the others, by default): a run's
     regret is bimodal, near 0 when it finds Hartmann-6's global basin and 0.12-0.48 when it
@@ -418,25 +440,19 @@ def single_fidelity(
             for algorithm in algorithms:
                 row_seeds = seeds
                 if headline and headline_seeds:
-                    # Samplers other than the GP cost milliseconds a run: five times the seeds.
-                    many = 1 if algorithm == "bayesian" else CHEAP_SEEDS_FACTOR
-                    row_seeds = list(range(len(headline_seeds) * many))
-                runs = (kubetune_run, optuna_run)
+                    # Samplers other than the GP cost milliseconds a run: more seeds.
+                    many = len(headline_seeds)
+                    if algorithm != "bayesian":
+                        many = max(many, min(CHEAP_HEADLINE_SEEDS, 5 * many))
+                    row_seeds = list(range(many))
                 sides = [f"kubetune {algorithm}", f"optuna {OPTUNA_NAME[algorithm]}"]
-                for side, run in zip(sides, runs, strict=True):
+                for side in sides:
                     clock = time.perf_counter()
-                    values = [
-                        run(
-                            problem,
-                            algorithm,
-                            seed,
-                            trials,
-                            setting.parallel,
-                            setting.sync,
-                            setting.batch,
-                        )
+                    runs = [
+                        (side.split()[0], key, algorithm, seed, trials, setting)
                         for seed in row_seeds
                     ]
+                    values = list(pool.map(_run_one, runs) if pool else map(_run_one, runs))
                     results[(algorithm, side.split()[0], f"{key} {setting.label}")] = values
                     shown = ""
                     if side.startswith("optuna"):
@@ -723,9 +739,15 @@ def main(argv: Sequence[str] | None = None) -> int:
         "--headline-seeds",
         type=int,
         default=None,
-        help="seeds for the RESULT line's rows, Hartmann-6 p=4 sync (default 20)",
+        help=f"seeds for the RESULT line's rows, Hartmann-6 p=4 sync (default {HEADLINE_SEEDS})",
     )
     parser.add_argument("--quick", action="store_true", help="a small smoke-test run")
+    parser.add_argument(
+        "--jobs",
+        type=int,
+        default=1,
+        help="processes running a row's seeds (same regrets; the wall-time column is the row's)",
+    )
     parser.add_argument("--trials", type=int, default=None, help="Hartmann-6 trials (60)")
     parser.add_argument("--budget", type=int, default=None, help="multi-fidelity steps (1500)")
     parser.add_argument("--algorithms", default=",".join(ALGORITHMS), help="comma-separated")
@@ -743,7 +765,8 @@ def main(argv: Sequence[str] | None = None) -> int:
     )
     args = parser.parse_args(argv)
     seeds = list(range(args.seeds or (1 if args.quick else 10)))
-    headline_seeds = list(range(args.headline_seeds or (len(seeds) if args.quick else 20)))
+    headline = args.headline_seeds or (len(seeds) if args.quick else HEADLINE_SEEDS)
+    headline_seeds = list(range(headline))
     trials = args.trials or (14 if args.quick else 60)
     small = 14 if args.quick else 40  # the noise and mixed rows: GP asks are the cost
     budget = args.budget or (250 if args.quick else 1500)
@@ -779,7 +802,9 @@ def main(argv: Sequence[str] | None = None) -> int:
         "## Single fidelity: regret after N trials (N in brackets); mean ± standard error, "
         "median; ratio = kubetune mean / Optuna mean (same protocol, seeds and options)"
     )
-    regrets = single_fidelity(seeds, algorithms, plan, headline_seeds)
+    with contextlib.ExitStack() as stack:
+        pool = stack.enter_context(ProcessPoolExecutor(args.jobs)) if args.jobs > 1 else None
+        regrets = single_fidelity(seeds, algorithms, plan, headline_seeds, pool)
     if args.ablation:
         print("\n### Ablations: kubetune bayesian, Hartmann-6, one change each (same seeds)")
         h6 = PROBLEMS["H6"]
