@@ -394,9 +394,8 @@ block of four for `bayesian` (0.027 there, 0.070 over 0-79): the RESULT line rea
 what 80 seeds did not."""
 CHEAP_HEADLINE_SEEDS = 100
 """In the RESULT line's rows, samplers but the GP run five times the GP's seeds, up to this
-many (and never fewer than the GP): TPE's
-regret spreads as widely (seeds 0-19: kubetune 0.504, Optuna 0.392; 0-99: 0.483 ± 0.034
-and 0.443 ± 0.031), and 100 runs take a minute."""
+many (and never fewer than the GP): TPE's regret spreads as widely (seeds 0-19: kubetune
+0.504, Optuna 0.392; 0-99: 0.483 ± 0.034 and 0.443 ± 0.031), and 100 runs take a minute."""
 
 
 def _run_one(run: tuple[str, str, str, int, int, Setting]) -> float:
@@ -764,6 +763,8 @@ def main(argv: Sequence[str] | None = None) -> int:
         help="also run bayesian without its carried GP kernel (H6)",
     )
     args = parser.parse_args(argv)
+    if args.jobs < 1:
+        parser.error(f"--jobs: {args.jobs} (at least 1)")
     seeds = list(range(args.seeds or (1 if args.quick else 10)))
     headline = args.headline_seeds or (len(seeds) if args.quick else HEADLINE_SEEDS)
     headline_seeds = list(range(headline))
@@ -802,8 +803,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         "## Single fidelity: regret after N trials (N in brackets); mean ± standard error, "
         "median; ratio = kubetune mean / Optuna mean (same protocol, seeds and options)"
     )
-    with contextlib.ExitStack() as stack:
-        pool = stack.enter_context(ProcessPoolExecutor(args.jobs)) if args.jobs > 1 else None
+    with ProcessPoolExecutor(args.jobs) if args.jobs > 1 else contextlib.nullcontext() as pool:
         regrets = single_fidelity(seeds, algorithms, plan, headline_seeds, pool)
     if args.ablation:
         print("\n### Ablations: kubetune bayesian, Hartmann-6, one change each (same seeds)")

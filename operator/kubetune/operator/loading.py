@@ -60,6 +60,8 @@ class HistoryReader:
 
     def add(self, history: Sequence[Any]) -> list[Record]:
         """Read one stored history; returns the records replayed from it."""
+        # Outside the try below, which keeps a bad record's error for later: this is a bug.
+        assert self._merged is not None, "a history added after the events were taken"
         if not self.signed and any(store.written_since_macs(r) for r in history):
             self.signed, self.raw = True, None
         if self.raw is not None:
@@ -74,7 +76,6 @@ class HistoryReader:
             # A record that cannot be read fails the load (HistoryUnreadable) once every
             # history is read, as one that cannot be replayed does: never raised here.
             try:
-                assert self._merged is not None, "a history added after the events were taken"
                 self._merged.add(accepted)
                 self._holes.add(accepted)
             except Exception as error:
