@@ -64,6 +64,25 @@ SERVICE_CLUSTER_IP_RANGE = "10.0.0.0/24"
 KUBERNETES_SERVICE_IP = "10.0.0.1"
 SERVICE_ACCOUNT_ISSUER = "https://kubernetes.default.svc.cluster.local"
 ADMIN_USER = "kubetune-admin"
+# What the API server's audit log records: the reads of pods and HPOTrials by the
+# service accounts of kubetune-system (the operator's), with their URLs, so that a test
+# can see which selectors the operator's watches send. Nothing else: the log stays
+# small and costs the scale bench nothing.
+AUDIT_POLICY = """\
+apiVersion: audit.k8s.io/v1
+kind: Policy
+omitStages: ["RequestReceived"]
+rules:
+  - level: Metadata
+    userGroups: ["system:serviceaccounts:kubetune-system"]
+    verbs: ["list", "watch"]
+    resources:
+      - group: ""
+        resources: ["pods"]
+      - group: "kubetune.dev"
+        resources: ["hpotrials"]
+  - level: None
+"""
 
 
 class ControlPlaneError(RuntimeError):
@@ -625,6 +644,19 @@ class ControlPlane:
         assert self.workdir is not None
         return self.workdir / "logs"
 
+    @property
+    def audit_log(self) -> Path:
+        """The API server's audit log: what AUDIT_POLICY records, one JSON event a line."""
+        return self.logs_dir / "audit.log"
+
+    def audited(self, user: str) -> list[dict[str, Any]]:
+        """The audit events (stage ResponseStarted or ResponseComplete) of `user`'s
+        requests so far."""
+        if not self.audit_log.exists():
+            return []
+        events = (json.loads(line) for line in self.audit_log.read_text().splitlines() if line)
+        return [e for e in events if e.get("user", {}).get("username") == user]
+
     def running(self) -> bool:
         return bool(self.components) and all(c.running() for c in self.components.values())
 
@@ -781,6 +813,9 @@ class ControlPlane:
         assert self.workdir is not None and self.binaries is not None and self.ca is not None
         workdir, binaries, ca = self.workdir, self.binaries, self.ca
         pki = workdir / "pki"
+        audit_policy = workdir / "audit-policy.yaml"
+        audit_policy.write_text(AUDIT_POLICY)
+        self.logs_dir.mkdir(parents=True, exist_ok=True)
 
         def args() -> list[str]:
             port = free_port()
@@ -820,6 +855,11 @@ class ControlPlane:
                 # refuses for endpoints; nothing here could route to it anyway.
                 "--endpoint-reconciler-type=none",
                 "--profiling=false",
+                f"--audit-policy-file={audit_policy}",
+                f"--audit-log-path={self.audit_log}",
+                "--audit-log-format=json",
+                "--audit-log-maxsize=100",
+                "--audit-log-maxbackup=1",
                 f"--v={self.verbosity}",
                 *self.extra_apiserver_args,
             ]

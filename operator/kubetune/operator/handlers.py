@@ -213,7 +213,17 @@ def configure(settings: kopf.OperatorSettings) -> None:
     # HPOTrial's history at once (~35 KB each as JSON, several times that as objects),
     # the restarted operator's peak memory. A page at a time, as the rebuild reads them.
     settings.watching.chunk_size = TRIALS_PER_PAGE
+    # The handlers' `labels=` filters are kopf's, client side: without a server-side
+    # selector every pod of the cluster reaches the operator, is parsed and is remembered
+    # by kopf until deleted (about 1 KB each), so its memory and CPU would grow with other
+    # tenants' pods, not with its own work.
+    for resource in WATCHED_BY_LABEL:
+        settings.watching.label_selectors[resource] = LABEL_EXPERIMENT
     settings.posting.enabled = False  # our own Events, with reasons users can filter on
+
+
+# (group, version, plural) of the watches whose objects all carry LABEL_EXPERIMENT.
+WATCHED_BY_LABEL = ((GROUP, VERSION, TRIALS), ("", "v1", "pods"))
 
 
 @kopf.on.startup()
