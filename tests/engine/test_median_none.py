@@ -11,14 +11,14 @@ from optuna.trial import TrialState, create_trial
 
 from kubetune.schedulers import make_scheduler
 from kubetune.schedulers.median import MedianStopping, NoScheduler
-from kubetune.trials import Decision, TrialPhase, TrialRecord, Verdict
+from kubetune.trials import Decision, StepValues, TrialPhase, TrialRecord, Verdict
 
 from .helpers import Driver, launches, make_spec
 
 
 def trial(number: int, phase: TrialPhase, values: dict[int, float]) -> TrialRecord:
     record = TrialRecord(number, f"exp-{number}", phase=phase)
-    record.values = dict(values)
+    record.values = StepValues(values)
     return record
 
 
