@@ -170,10 +170,20 @@ class Engine:
     # ----- rebuilding -----------------------------------------------------------------
 
     @classmethod
-    def replay(cls, spec: ExperimentSpec, experiment: str, history: Iterable[Event]) -> Engine:
+    def replay(
+        cls,
+        spec: ExperimentSpec,
+        experiment: str,
+        history: Iterable[Event],
+        keep_history: bool = True,
+    ) -> Engine:
+        """`keep_history=False`: each event let go once applied (a caller that has them
+        stored already); the history's length still counts them."""
         engine = cls(spec, experiment)
         for event in history:
             engine._apply(event)
+            if not keep_history:
+                engine.history.release(len(engine.history))
         return engine
 
     def _make_scheduler(self) -> SchedulerPolicy:

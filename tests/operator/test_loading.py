@@ -6,6 +6,7 @@ the JSON objects they were read as."""
 from __future__ import annotations
 
 import copy
+import gc
 import json
 import tracemalloc
 from typing import Any
@@ -14,6 +15,7 @@ import pytest
 
 from kubetune.operator import gaps, store
 from kubetune.operator.loading import HistoryReader, read_again_as_legacy, replay
+from kubetune.trials import TrialPhase
 from tests.engine.helpers import Driver, make_spec
 from tests.operator.test_pure import stored_histories
 
@@ -46,7 +48,7 @@ def check_same_as_all_at_once(histories: list[list[dict[str, Any]]]) -> HistoryR
     assert reader.legacy == checked.legacy and reader.refused == checked.refused
     assert experiment == checked.histories[0]
     assert [list(t.records) for t in trials] == checked.histories[1:]
-    assert reader.take_events() == store.merge_histories(checked.histories)
+    assert list(reader.take_events()) == store.merge_histories(checked.histories)
     assert reader.holes() == gaps.find_holes(checked.histories, refused)
     return reader
 
@@ -86,8 +88,8 @@ def test_a_legacy_experiment_is_read_again_as_one_and_as_all_at_once() -> None:
 )
 def test_a_record_that_cannot_be_read_fails_the_load_once_all_is_read(bad: dict) -> None:
     """Never raised while reading (the load would stop without a word): raised by
-    `take_events()`, which the load turns into HistoryUnreadable, in signed and legacy
-    experiments alike."""
+    `take_events()` or as its events are read, which the load turns into
+    HistoryUnreadable, in signed and legacy experiments alike."""
     for legacy in (False, True):
         histories, _ = stored_histories(SIGNER, trials=2)
         if legacy:
@@ -98,7 +100,7 @@ def test_a_record_that_cannot_be_read_fails_the_load_once_all_is_read(bad: dict)
         histories[1].append(unsigned if legacy else SIGNER.sign(bad))
         reader, _, _ = read(histories)
         with pytest.raises(Exception) as raised:
-            reader.take_events()
+            list(reader.take_events())
         assert not isinstance(raised.value, AssertionError)
 
 
@@ -161,3 +163,56 @@ def test_a_rebuilt_engine_decides_as_before_holding_none_of_the_events_replayed(
     ]
     with pytest.raises(AssertionError, match="taken already"):
         reader.take_events()  # the reader let go of its copy
+
+
+def run_in_waves(trials: int, parallel: int, steps: int) -> tuple[Driver, list[list[dict]]]:
+    """Histories as an experiment running `parallel` trials at once files them: each
+    trial planned when a slot frees, as bench/scale.py's are."""
+    driver = Driver(make_spec(budget={"maxTrials": trials, "parallelTrials": parallel}))
+    driver.decide()
+    reached: dict[int, int] = {}
+    while running := [t.number for t in driver.engine.trials if t.phase is TrialPhase.RUNNING]:
+        for number in running:
+            step = reached[number] = reached.get(number, 0) + 1
+            driver.report(number, step, 1.0 / step + number)
+            if step == steps:
+                driver.exit(number, 0)
+        driver.decide()
+    histories: list[list[dict[str, Any]]] = [[] for _ in range(len(driver.engine.trials) + 1)]
+    for seq, event in enumerate(driver.engine.history):
+        owner = store.trial_number_of(event)
+        record = SIGNER.sign({**store.encode(seq, event), gaps.DURABLE_FIELD: seq})
+        histories[0 if owner is None else owner + 1].append(record)
+    return driver, histories
+
+
+def test_a_load_decodes_a_history_only_while_the_replay_is_inside_it() -> None:
+    """At a restart the events decoded at once were every event of the experiment (at
+    bench/scale.py's restart at 5,000 trials 174,000, about 19 KB a trial), then the
+    engine's copy: now a history is decoded when the merge reaches its first record and
+    let go after its last, so what a load holds beyond what it keeps is the trials
+    running at once, not all of them."""
+    driver, histories = run_in_waves(trials=240, parallel=6, steps=33)
+    text = [json.dumps(body(n, h)) for n, h in enumerate(histories[1:])]
+    tracemalloc.start()
+    try:
+        before = tracemalloc.get_traced_memory()[0]
+        every_event = store.merge_histories(histories)  # all decoded at once: the old peak
+        all_decoded = tracemalloc.get_traced_memory()[0] - before
+        del every_event
+        gc.collect()
+        tracemalloc.reset_peak()
+        reader = HistoryReader(SIGNER)
+        reader.add(histories[0])
+        trials = [reader.add_trial(json.loads(t)) for t in text]
+        engine = replay(driver.spec, "exp", reader).engine
+        del reader
+        gc.collect()
+        kept, peak = tracemalloc.get_traced_memory()  # kept: the packed trials, the engine
+    finally:
+        tracemalloc.stop()
+    assert len(trials) == 240 and [t.value for t in engine.trials] == [
+        t.value for t in driver.engine.trials
+    ]
+    transient = peak - kept
+    assert transient < 0.5 * all_decoded, (transient, all_decoded)

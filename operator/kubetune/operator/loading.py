@@ -15,7 +15,7 @@ before, for v0.1.0's experiments only).
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+from collections.abc import Iterator, Sequence
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -60,7 +60,13 @@ class HistoryReader:
 
     def add(self, history: Sequence[Any]) -> list[Record]:
         """Read one stored history; returns the records replayed from it."""
-        # Outside the try below, which keeps a bad record's error for later: this is a bug.
+        accepted = self._accept(history)
+        self._merge(accepted, accepted)
+        return accepted
+
+    def _accept(self, history: Sequence[Any]) -> list[Record]:
+        """`history`'s records checked (MACs), counted and noted for holes."""
+        # Outside the try of `_merge`, which keeps a bad record's error for later: a bug.
         assert self._merged is not None, "a history added after the events were taken"
         if not self.signed and any(store.written_since_macs(r) for r in history):
             self.signed, self.raw = True, None
@@ -72,20 +78,26 @@ class HistoryReader:
         self.refused.append(len(history) - len(accepted))
         self.refused_seqs += gaps.refused_numbers(refused)
         self.accepted_any |= bool(accepted)
-        if self.error is None:
+        return accepted
+
+    def _merge(self, accepted: list[Record], kept: Sequence[Record]) -> None:
+        """`accepted` to be replayed, held as `kept` (packed, for a trial) until then."""
+        if self.error is None and self._merged is not None:
             # A record that cannot be read fails the load (HistoryUnreadable) once every
             # history is read, as one that cannot be replayed does: never raised here.
             try:
-                self._merged.add(accepted)
+                first = min((int(r["seq"]) for r in accepted), default=None)
+                self._merged.add(kept, first)
                 self._holes.add(accepted)
             except Exception as error:
                 self.error = error
-        return accepted
 
     def add_trial(self, body: dict[str, Any]) -> StoredTrial:
         status = body.get("status") or {}
         metadata = body["metadata"]
-        accepted = self.add(status.get("history") or [])
+        accepted = self._accept(status.get("history") or [])
+        records = packed(accepted)  # what the merge decodes again, when it comes to it
+        self._merge(accepted, records)
         return StoredTrial(
             name=metadata["name"],
             uid=metadata["uid"],
@@ -94,7 +106,7 @@ class HistoryReader:
             node=status.get("node"),
             status={k: v for k, v in status.items() if k != "history"},
             status_digest=store.json_digest(status),
-            records=packed(accepted),
+            records=records,
             release_0=last_launch_version(accepted) == 0,
         )
 
@@ -103,9 +115,9 @@ class HistoryReader:
         """Nothing read was signed: read again (`raw`) as a legacy experiment."""
         return not self.signed and bool(self.raw)
 
-    def take_events(self) -> list[tuple[int, Event]]:
-        """Every event read, in order (`store.merge_histories`), once: the reader lets go
-        of them and of the records' identities it deduplicated by."""
+    def take_events(self) -> Iterator[tuple[int, Event]]:
+        """Every event read, in order (`store.merge_histories`), once: decoded as the
+        iterator comes to them (`store.MergedHistory`); the reader lets go of them."""
         if self.error is not None:
             raise self.error
         assert self._merged is not None, "the events were taken already"
@@ -125,8 +137,9 @@ def read_again_as_legacy(
     legacy = HistoryReader(reader.signer, legacy=True)
     experiment_records = legacy.add(reader.raw[0])
     for trial, history in zip(trials, reader.raw[1:], strict=True):
-        accepted = legacy.add(history)
+        accepted = legacy._accept(history)
         trial.records = packed(accepted)
+        legacy._merge(accepted, trial.records)
         trial.release_0 = last_launch_version(accepted) == 0
     return legacy, experiment_records
 
@@ -141,12 +154,19 @@ class Replayed:
 
 def replay(spec: ExperimentSpec, name: str, reader: HistoryReader) -> Replayed:
     """The engine rebuilt from every history `reader` read, holding none of the events it
-    replayed: each is stored already, so the history writer never reads them. A load held
-    them until its first persist, after the pod reconcile: at 5,000 trials (bench/scale.py's
-    restart) about 170,000 events, with the reader's copy and its identities beside them.
-    Raises what a history that cannot be replayed raises."""
-    events, made = store.repair(reader.take_events(), make_scheduler(spec, None))
-    engine = Engine.replay(spec, name, (event for _, event in events))
-    engine.history.release(len(engine.history))
-    next_seq = max((seq for seq, _ in events), default=-1) + 1
-    return Replayed(engine, len(events), next_seq, made)
+    replayed: each is stored already, so the history writer never reads them. The events
+    are decoded as the replay comes to them and let go once applied: at 5,000 trials
+    (bench/scale.py's restart) a load held all 174,000 at once, then the engine's copy,
+    about 19 KB a trial. Raises what a history that cannot be read or replayed raises."""
+    made: list[tuple[int, TrialPlanned]] = []
+    events = store.repaired(reader.take_events(), make_scheduler(spec, None), made)
+    last_seq = -1
+
+    def replayed() -> Iterator[Event]:
+        nonlocal last_seq
+        for seq, event in events:
+            last_seq = max(last_seq, seq)
+            yield event
+
+    engine = Engine.replay(spec, name, replayed(), keep_history=False)
+    return Replayed(engine, len(engine.history), last_seq + 1, made)

@@ -29,9 +29,10 @@ other reports (`compact`).
 from __future__ import annotations
 
 import hashlib
+import heapq
 import hmac
 import json
-from collections.abc import Callable, Iterable, Sequence
+from collections.abc import Callable, Iterable, Iterator, Sequence
 from dataclasses import dataclass
 from typing import Any
 
@@ -86,27 +87,80 @@ def merge_histories(histories: Iterable[Sequence[dict[str, Any]]]) -> list[tuple
     merged = MergedHistory()
     for history in histories:
         merged.add(history)
-    return merged.events()
+    return list(merged.events())
+
+
+# An event merged: its order (`_order`), its history's place among those added, its
+# place in that history, its record's identity, and the event with its number.
+_Merged = tuple[tuple[int, int, int], int, int, str, tuple[int, Event]]
 
 
 class MergedHistory:
-    """`merge_histories` one history at a time: each record decoded as it is added, so
-    that a load need not hold every history's records at once (operator/loading.py)."""
+    """`merge_histories` one history at a time, for a load that must not hold every event
+    decoded at once (operator/loading.py): each history is kept as given (a load gives it
+    packed) with its first sequence number, and is decoded only while the merge is inside
+    it. At bench/scale.py's restart at 5,000 trials the events decoded at once were all
+    174,000 of them, about 19 KB a trial with the identities they were deduplicated by.
+
+    The order is that of a stable sort of every event, histories in the order added, by
+    `_order`. A record stored twice has one identity, its MAC (or its JSON where nothing
+    is signed), which covers its sequence number: the copies sort together, and the first
+    added counts."""
 
     def __init__(self) -> None:
-        self._seen: set[str] = set()
-        self._events: list[tuple[int, Event]] = []
+        self._histories: list[tuple[int, int, Sequence[dict[str, Any]]]] = []
 
-    def add(self, history: Iterable[dict[str, Any]]) -> None:
-        for record in history:
-            identity = record.get(MAC_FIELD) or json.dumps(canonical(record), sort_keys=True)
-            if identity not in self._seen:
-                self._seen.add(identity)
-                self._events.append(decode(record))
+    def add(self, history: Sequence[dict[str, Any]], first_seq: int | None = None) -> None:
+        """`first_seq`: the lowest sequence number of `history`'s records, when the caller
+        has them as dicts and `history` packed; raises as `decode` would for a record
+        without a number."""
+        if not len(history):
+            return
+        if first_seq is None:
+            first_seq = min(int(record["seq"]) for record in history)
+        self._histories.append((first_seq, len(self._histories), history))
 
-    def events(self) -> list[tuple[int, Event]]:
-        self._events.sort(key=_order)
-        return self._events
+    def events(self) -> Iterator[tuple[int, Event]]:
+        """Every event added, in order, once; raises what `decode` raises for a record
+        that cannot be read, when the merge reaches its history."""
+        waiting = sorted(self._histories, key=lambda h: (h[0], h[1]))
+        self._histories = []
+        opened: list[
+            tuple[tuple[int, int, int], int, int, str, tuple[int, Event], Iterator[_Merged]]
+        ]
+        opened = []
+        group: tuple[int, int, int] | None = None
+        identities: set[str] = set()
+        following = 0
+        while opened or following < len(waiting):
+            # A history not opened yet holds nothing below its first sequence number.
+            while following < len(waiting) and (
+                not opened or waiting[following][0] <= opened[0][0][0]
+            ):
+                _, index, history = waiting[following]
+                following += 1
+                items = iter(_decoded(index, history))
+                first = next(items, None)
+                if first is not None:
+                    heapq.heappush(opened, (*first, items))
+            order, _, _, identity, event, items = heapq.heappop(opened)
+            if (after := next(items, None)) is not None:
+                heapq.heappush(opened, (*after, items))
+            if order != group:
+                group, identities = order, set()
+            if identity not in identities:
+                identities.add(identity)
+                yield event
+
+
+def _decoded(index: int, history: Iterable[dict[str, Any]]) -> list[_Merged]:
+    merged = []
+    for position, record in enumerate(history):
+        identity = record.get(MAC_FIELD) or json.dumps(canonical(record), sort_keys=True)
+        event = decode(record)
+        merged.append((_order(event), index, position, identity, event))
+    merged.sort(key=lambda item: item[:3])
+    return merged
 
 
 def _order(item: tuple[int, Event]) -> tuple[int, int, int]:
@@ -231,8 +285,18 @@ def check_histories(histories: Sequence[Sequence[Any]], signer: HistorySigner) -
 
 
 def repair(
-    merged: Sequence[tuple[int, Event]], scheduler: SchedulerPolicy
+    merged: Iterable[tuple[int, Event]], scheduler: SchedulerPolicy
 ) -> tuple[list[tuple[int, Event]], list[tuple[int, TrialPlanned]]]:
+    """`repaired`, as lists: the history to replay and the plans made."""
+    made: list[tuple[int, TrialPlanned]] = []
+    return list(repaired(merged, scheduler, made)), made
+
+
+def repaired(
+    merged: Iterable[tuple[int, Event]],
+    scheduler: SchedulerPolicy,
+    made: list[tuple[int, TrialPlanned]],
+) -> Iterator[tuple[int, Event]]:
     """The merged history with the plans of trials whose own history is gone put back.
 
     Trials are numbered in the order they were planned, so an event of trial k (or the
@@ -240,10 +304,9 @@ def repair(
     planned again just before it, as `Engine.decide` plans (the scheduler's bracket and
     first target for that number), and is sampled and run anew. A plan of a trial
     planned already (a plan made here and stored before) is left out.
-    Returns the history to replay and the plans made, with their sequence numbers."""
+    Yields the history to replay; appends the plans made, with their sequence numbers,
+    to `made`."""
     planned = 0
-    replay: list[tuple[int, Event]] = []
-    made: list[tuple[int, TrialPlanned]] = []
     for seq, event in merged:
         number = trial_number_of(event)
         if isinstance(event, SearchExhausted):
@@ -256,11 +319,10 @@ def repair(
                 plan = TrialPlanned(
                     missing, scheduler.bracket(missing), scheduler.initial_target(missing)
                 )
-                replay.append((seq, plan))
                 made.append((seq, plan))
+                yield seq, plan
             planned = max(planned, wanted, number + 1 if isinstance(event, TrialPlanned) else 0)
-        replay.append((seq, event))
-    return replay, made
+        yield seq, event
 
 
 def _size(record: dict[str, Any]) -> int:
