@@ -119,12 +119,17 @@ def trained(trials: int, steps: int) -> tuple[Driver, list[list[dict[str, Any]]]
             driver.report(number, step, 1.0 / step + number)
         driver.exit(number, 0)
     driver.decide()
-    histories: list[list[dict[str, Any]]] = [[] for _ in range(trials + 1)]
+    return driver, filed(driver)
+
+
+def filed(driver: Driver) -> list[list[dict[str, Any]]]:
+    """The experiment's and each trial's history as the operator files them (signed)."""
+    histories: list[list[dict[str, Any]]] = [[] for _ in range(len(driver.engine.trials) + 1)]
     for seq, event in enumerate(driver.engine.history):
         owner = store.trial_number_of(event)
         record = SIGNER.sign({**store.encode(seq, event), gaps.DURABLE_FIELD: seq})
         histories[0 if owner is None else owner + 1].append(record)
-    return driver, histories
+    return histories
 
 
 def test_what_a_load_holds_is_the_packed_records_not_the_bodies_read() -> None:
@@ -178,12 +183,7 @@ def run_in_waves(trials: int, parallel: int, steps: int) -> tuple[Driver, list[l
             if step == steps:
                 driver.exit(number, 0)
         driver.decide()
-    histories: list[list[dict[str, Any]]] = [[] for _ in range(len(driver.engine.trials) + 1)]
-    for seq, event in enumerate(driver.engine.history):
-        owner = store.trial_number_of(event)
-        record = SIGNER.sign({**store.encode(seq, event), gaps.DURABLE_FIELD: seq})
-        histories[0 if owner is None else owner + 1].append(record)
-    return driver, histories
+    return driver, filed(driver)
 
 
 def test_a_load_decodes_a_history_only_while_the_replay_is_inside_it() -> None:
