@@ -8,6 +8,7 @@ from __future__ import annotations
 import copy
 import gc
 import json
+import random
 import tracemalloc
 from typing import Any
 
@@ -216,3 +217,45 @@ def test_a_load_decodes_a_history_only_while_the_replay_is_inside_it() -> None:
     ]
     transient = peak - kept
     assert transient < 0.5 * all_decoded, (transient, all_decoded)
+
+
+def merged_all_at_once(histories: list[list[dict[str, Any]]]) -> list[tuple[int, Any]]:
+    """The merge as it was before `store.MergedHistory` streamed: every record decoded,
+    the first of each identity kept in the order added, then one stable sort."""
+    seen: set[str] = set()
+    events = []
+    for history in histories:
+        for record in history:
+            identity = record.get(store.MAC_FIELD) or json.dumps(
+                store.canonical(record), sort_keys=True
+            )
+            if identity not in seen:
+                seen.add(identity)
+                events.append(store.decode(record))
+    return sorted(events, key=store._order)
+
+
+def test_the_streamed_merge_equals_the_merge_all_at_once_however_stored() -> None:
+    """Records out of order in their history, a record stored in two histories (an
+    operator that wrote a trial's record to the experiment too, an HPOTrial restored from
+    a copy), two records under one number (legacy: nothing signed), histories empty:
+    the same events in the same order."""
+    _, signed = run_in_waves(trials=30, parallel=4, steps=6)
+    legacy = [[{k: v for k, v in r.items() if k != store.MAC_FIELD} for r in h] for h in signed]
+    for seed in range(40):
+        rng = random.Random(seed)
+        histories = copy.deepcopy(signed if seed % 2 else legacy)
+        for history in histories:
+            if rng.random() < 0.3:
+                rng.shuffle(history)
+        for _ in range(rng.randint(0, 6)):
+            source = rng.choice([h for h in histories if h])
+            copied = copy.deepcopy(rng.choice(source))
+            if seed % 2 == 0 and copied["type"] == "Reported" and rng.random() < 0.5:
+                copied["at"] += 1.0  # legacy: another record under the same number
+            if rng.random() < 0.5:
+                rng.choice(histories).insert(0, copied)
+            else:  # a history of its own, anywhere: merged from its first number on
+                histories.insert(rng.randint(0, len(histories)), [copied])
+        histories.insert(rng.randint(0, len(histories)), [])
+        assert store.merge_histories(histories) == merged_all_at_once(histories), seed
