@@ -52,6 +52,7 @@ from cryptography.hazmat.primitives import hashes, serialization
 from cryptography.hazmat.primitives.asymmetric import ec
 from cryptography.x509.oid import ExtendedKeyUsageOID, NameOID
 
+from kubetune.names import GROUP, TRIALS
 from kubetune.ports import free_port
 
 HERE = Path(__file__).resolve().parent
@@ -68,7 +69,7 @@ ADMIN_USER = "kubetune-admin"
 # service accounts of kubetune-system (the operator's), with their URLs, so that a test
 # can see which selectors the operator's watches send. Nothing else: the log stays
 # small and costs the scale bench nothing.
-AUDIT_POLICY = """\
+AUDIT_POLICY = f"""\
 apiVersion: audit.k8s.io/v1
 kind: Policy
 omitStages: ["RequestReceived"]
@@ -79,8 +80,8 @@ rules:
     resources:
       - group: ""
         resources: ["pods"]
-      - group: "kubetune.dev"
-        resources: ["hpotrials"]
+      - group: "{GROUP}"
+        resources: ["{TRIALS}"]
   - level: None
 """
 

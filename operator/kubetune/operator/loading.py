@@ -86,8 +86,7 @@ class HistoryReader:
             # A record that cannot be read fails the load (HistoryUnreadable) once every
             # history is read, as one that cannot be replayed does: never raised here.
             try:
-                first = min((int(r["seq"]) for r in accepted), default=None)
-                self._merged.add(kept, first)
+                self._merged.add(accepted, kept)
                 self._holes.add(accepted)
             except Exception as error:
                 self.error = error

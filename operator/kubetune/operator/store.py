@@ -93,6 +93,7 @@ def merge_histories(histories: Iterable[Sequence[dict[str, Any]]]) -> list[tuple
 # An event merged: its order (`_order`), its history's place among those added, its
 # place in that history, its record's identity, and the event with its number.
 _Merged = tuple[tuple[int, int, int], int, int, str, tuple[int, Event]]
+_Opened = tuple[tuple[int, int, int], int, int, str, tuple[int, Event], Iterator[_Merged]]
 
 
 class MergedHistory:
@@ -110,25 +111,21 @@ class MergedHistory:
     def __init__(self) -> None:
         self._histories: list[tuple[int, int, Sequence[dict[str, Any]]]] = []
 
-    def add(self, history: Sequence[dict[str, Any]], first_seq: int | None = None) -> None:
-        """`first_seq`: the lowest sequence number of `history`'s records, when the caller
-        has them as dicts and `history` packed; raises as `decode` would for a record
-        without a number."""
-        if not len(history):
-            return
-        if first_seq is None:
+    def add(
+        self, history: Sequence[dict[str, Any]], kept: Sequence[dict[str, Any]] | None = None
+    ) -> None:
+        """`kept`: `history` as it is to be held until merged (a load packs it); raises as
+        `decode` would for a record without a number."""
+        if history:
             first_seq = min(int(record["seq"]) for record in history)
-        self._histories.append((first_seq, len(self._histories), history))
+            self._histories.append((first_seq, len(self._histories), kept or history))
 
     def events(self) -> Iterator[tuple[int, Event]]:
         """Every event added, in order, once; raises what `decode` raises for a record
         that cannot be read, when the merge reaches its history."""
         waiting = sorted(self._histories, key=lambda h: (h[0], h[1]))
         self._histories = []
-        opened: list[
-            tuple[tuple[int, int, int], int, int, str, tuple[int, Event], Iterator[_Merged]]
-        ]
-        opened = []
+        opened: list[_Opened] = []  # a heap: each open history's next event, and the rest
         group: tuple[int, int, int] | None = None
         identities: set[str] = set()
         following = 0
