@@ -19,11 +19,13 @@ import threading
 import time
 import urllib.request
 from collections.abc import Iterator
+from datetime import datetime
+from pathlib import Path
 from typing import Any
 
 import pytest
 
-from kubetune.names import LABEL_EXPERIMENT
+from kubetune.names import LABEL_EXPERIMENT, LABEL_TRIAL
 from tests.operator.harness import (
     GPU_NODE_TAINTS,
     OperatorProcess,
@@ -316,3 +318,81 @@ def test_an_experiment_whose_pod_deletions_hang_stalls_no_other(
     pods = get(control_plane, namespace, "pods")["items"]
     held = [p for p in pods if p["metadata"]["labels"].get(LABEL_EXPERIMENT) == HANGING]
     assert len(held) >= 39, len(held)
+
+
+@pytest.fixture
+def slow_third_pod(control_plane: Any, installed: Any, namespace: str) -> Iterator[str]:
+    """Creating the pod of trial `hanging-2` hangs, then is refused."""
+    rule = {"apiGroups": [""], "operations": ["CREATE"], "resources": ["pods"]}
+    labels = "object.metadata.labels"
+    expression = (
+        f"has(object.metadata.labels) && '{LABEL_TRIAL}' in {labels} && "
+        f"{labels}['{LABEL_TRIAL}'] == '{HANGING}-2'"
+    )
+    yield from hang_webhook(control_plane, namespace, rule, expression)
+
+
+# Trial 0 reports every half second and journals when each answer came and how long it
+# took; trial 1 reports once and ends, so its slot goes to trial 2, whose pod creation
+# hangs for WEBHOOK_TIMEOUT seconds inside one of the experiment's steps.
+JOURNALING_TRIAL = """
+import sys, time
+import kubetune_trial as kt
+if not kt.trial_info().trial.endswith("-0"):
+    kt.report(1, loss=1.0)
+    sys.exit(0)
+with open(sys.argv[1], "a") as journal:
+    for step in range(1, 81):
+        time.sleep(0.5)
+        began = time.monotonic()
+        kt.report(step, loss=1.0 / step)
+        journal.write(f"{time.time():.3f} {time.monotonic() - began:.3f}\\n")
+        journal.flush()
+"""
+
+
+def test_a_report_does_not_wait_for_its_experiments_slow_step(
+    control_plane: Any,
+    namespace: str,
+    slow_third_pod: str,
+    operator: OperatorProcess,
+    process_node_factory: Any,
+    tmp_path: Path,
+) -> None:
+    """A step holds the experiment's lock through its writes and creations (here a pod
+    creation that hangs 20 s). Reports change the engine without an await, so they must
+    not wait for it: before, every report of the experiment waited for the step, and at
+    200 running trials (bench/scale.py's open loop) that was a p99 of seconds."""
+    process_node_factory(gpus=3, taints=GPU_NODE_TAINTS)
+    journal = tmp_path / "answers.journal"
+    document = experiment(
+        HANGING,
+        command=["python", "-c", JOURNALING_TRIAL, str(journal)],
+        max_trials=3,
+        parallel=2,
+        scheduler={"name": "none"},
+    )
+    apply(control_plane, namespace, document)
+    # Trial 2's pod is never created (a webhook time-out is a 500: transient, tried again
+    # by each resync), so the experiment does not finish: trial 0's reports are watched.
+    wait_for(
+        "trial 0's 80 reports",
+        lambda: journal.exists() and len(journal.read_text().splitlines()) >= 80,
+        120,
+        operator.log_tail,
+    )
+    third = [t for t in trials(control_plane, namespace) if t["metadata"]["name"].endswith("-2")]
+    assert third, "trial 2 was never launched"
+    hang_began = _epoch(third[0]["metadata"]["creationTimestamp"])
+    assert "failed calling webhook" in operator.log_path.read_text(errors="replace")
+    answers = [tuple(map(float, line.split())) for line in journal.read_text().splitlines()]
+    during = [took for at, took in answers if hang_began + 2 < at < hang_began + 18]
+    slowest = max(took for _, took in answers)
+    print(f"{len(answers)} reports, {len(during)} during the hang, slowest {slowest:.2f} s")
+    # At a report every 0.5 s, about 30 in the hang's window; none while the step held them.
+    assert len(during) >= 10, (len(during), answers)
+    assert slowest < 5.0, answers
+
+
+def _epoch(timestamp: str) -> float:
+    return datetime.fromisoformat(timestamp.replace("Z", "+00:00")).timestamp()

@@ -42,7 +42,7 @@ import time
 from dataclasses import replace
 from typing import Any
 
-from kubetune.events import TrialExploited
+from kubetune.events import Event, TrialExploited
 from kubetune.ingest import Report, ReportTarget
 from kubetune.observability import Observer
 from kubetune.offloop import SuggestionWorker
@@ -57,7 +57,7 @@ from kubetune.operator.rebuild import HISTORY_UNREADABLE, Rebuilder
 from kubetune.operator.trim import release_freed_memory
 from kubetune.operator.writes import StatusWriter
 from kubetune.spec import ExperimentSpec
-from kubetune.trials import Verdict
+from kubetune.trials import TrialRecord, Verdict
 
 __all__ = ["HISTORY_UNREADABLE", "ExperimentController", "OperatorConfig"]
 
@@ -102,28 +102,15 @@ class ExperimentController(Experiment):
             await self.actions.step_locked()
 
     async def report(self, report: Report) -> Verdict:
-        async with self.lock:
-            trial = self.engine.trial_by_name(report.trial)
-            before = len(self.engine.history)
-            first = trial.attempt is None or trial.attempt.last_step is None
-            verdict = self.engine.report(
-                trial.number, report.attempt, report.step, report.metrics, time.time(), report.rank
-            )
-            self.pods.sdk_reported(trial.number, report.attempt)
-            # Recorded as the engine decided; answered "checkpoint and exit" when the
-            # trial's node is being reclaimed (operator/notices.py).
-            verdict = self.pods.notices.answer(trial.number, report.attempt, verdict)
-            new = self.engine.history[before:]
-            must_keep = self.engine.scheduler.must_keep
-            late = (
-                not report.flush
-                and not verdict.checkpoint_and_exit  # its attempt's last report
-                and late_report(new, first, must_keep)
-            )
-            if late:
-                self.writer.note_late_report()
-            else:
-                self.writer.note_new_events()
+        if self.loaded:
+            # Not under the lock: a step holds it through its writes and creations, and
+            # a report waiting for them took seconds at 200 running trials (its own
+            # write-ahead, when it needs one, is below). The engine's part has no await,
+            # so no other change interleaves with it.
+            trial, new, verdict, late = self._take_report(report)
+        else:
+            async with self.lock:  # held by the rebuild until the engine is whole
+                trial, new, verdict, late = self._take_report(report)
         # What a decision reads is durable before it is answered, but outside the lock:
         # reports of many trials are written at once, and those of one trial share writes.
         # A gang's rank > 0 records nothing (it is told rank 0's decision, written ahead
@@ -143,6 +130,35 @@ class ExperimentController(Experiment):
         self.writer.flush_soon()
         durable = ranked or self.writer.durable(trial.number)  # rank > 0: nothing to flush
         return replace(verdict, durable=durable)
+
+    def _take_report(self, report: Report) -> tuple[TrialRecord, list[Event], Verdict, bool]:
+        """The engine's part of a report (no await): the trial, the events it added, the
+        verdict, and whether it may be written after it is answered."""
+        # Events a step added and has not filed yet (it files them before its next
+        # await, but a step holding the lock may be between two): filed now as writes
+        # ahead, so that only this report's own event can be taken for a late one.
+        self.writer.note_new_events()
+        trial = self.engine.trial_by_name(report.trial)
+        before = len(self.engine.history)
+        first = trial.attempt is None or trial.attempt.last_step is None
+        verdict = self.engine.report(
+            trial.number, report.attempt, report.step, report.metrics, time.time(), report.rank
+        )
+        self.pods.sdk_reported(trial.number, report.attempt)
+        # Recorded as the engine decided; answered "checkpoint and exit" when the
+        # trial's node is being reclaimed (operator/notices.py).
+        verdict = self.pods.notices.answer(trial.number, report.attempt, verdict)
+        new = list(self.engine.history[before:])
+        late = (
+            not report.flush
+            and not verdict.checkpoint_and_exit  # its attempt's last report
+            and late_report(new, first, self.engine.scheduler.must_keep)
+        )
+        if late:
+            self.writer.note_late_report()
+        else:
+            self.writer.note_new_events()
+        return trial, new, verdict, late
 
     async def pod_changed(self, pod: dict[str, Any], deleted: bool) -> None:
         await self.pods.pod_changed(pod, deleted)
