@@ -183,14 +183,44 @@ class Hang(http.server.BaseHTTPRequestHandler):
         pass
 
 
+class Delay(http.server.BaseHTTPRequestHandler):
+    """An admission webhook that allows, after DELAY_SECONDS (a slow API server)."""
+
+    def do_POST(self) -> None:
+        review = json.loads(self.rfile.read(int(self.headers.get("Content-Length") or 0)))
+        time.sleep(DELAY_SECONDS)
+        answer = {
+            "apiVersion": "admission.k8s.io/v1",
+            "kind": "AdmissionReview",
+            "response": {"uid": review["request"]["uid"], "allowed": True},
+        }
+        body = json.dumps(answer).encode()
+        self.send_response(200)
+        self.send_header("Content-Type", "application/json")
+        self.send_header("Content-Length", str(len(body)))
+        self.end_headers()
+        self.wfile.write(body)
+
+    def log_message(self, *args: Any) -> None:
+        pass
+
+
+DELAY_SECONDS = 10
+
+
 def hang_webhook(
-    control_plane: Any, namespace: str, rule: dict[str, Any], expression: str
+    control_plane: Any,
+    namespace: str,
+    rule: dict[str, Any],
+    expression: str,
+    handler: type[http.server.BaseHTTPRequestHandler] = Hang,
 ) -> Iterator[str]:
     """A webhook on the calls `rule` names in `namespace` whose object matches
-    `expression` (CEL), that hangs until the API server times it out and refuses."""
+    `expression` (CEL), that hangs until the API server times it out and refuses (or, with
+    `handler=Delay`, allows after a while)."""
     name = f"kubetune-test-hang-{namespace}"
     cert, key = control_plane.issue_serving_cert("hang-webhook")
-    server = http.server.ThreadingHTTPServer(("127.0.0.1", 0), Hang)
+    server = http.server.ThreadingHTTPServer(("127.0.0.1", 0), handler)
     server.daemon_threads = True
     context = ssl.SSLContext(ssl.PROTOCOL_TLS_SERVER)
     context.load_cert_chain(cert, key)
@@ -320,16 +350,30 @@ def test_an_experiment_whose_pod_deletions_hang_stalls_no_other(
     assert len(held) >= 39, len(held)
 
 
+POD_CREATION = {"apiGroups": [""], "operations": ["CREATE"], "resources": ["pods"]}
+
+
+def trial_pod_is(trial: str) -> str:
+    """CEL: the object is a pod of trial `trial`."""
+    labels = "object.metadata.labels"
+    return (
+        f"has(object.metadata.labels) && '{LABEL_TRIAL}' in {labels} && "
+        f"{labels}['{LABEL_TRIAL}'] == '{trial}'"
+    )
+
+
 @pytest.fixture
 def slow_third_pod(control_plane: Any, installed: Any, namespace: str) -> Iterator[str]:
     """Creating the pod of trial `hanging-2` hangs, then is refused."""
-    rule = {"apiGroups": [""], "operations": ["CREATE"], "resources": ["pods"]}
-    labels = "object.metadata.labels"
-    expression = (
-        f"has(object.metadata.labels) && '{LABEL_TRIAL}' in {labels} && "
-        f"{labels}['{LABEL_TRIAL}'] == '{HANGING}-2'"
+    yield from hang_webhook(control_plane, namespace, POD_CREATION, trial_pod_is(f"{HANGING}-2"))
+
+
+@pytest.fixture
+def delayed_second_pod(control_plane: Any, installed: Any, namespace: str) -> Iterator[str]:
+    """Creating the pod of trial `hanging-1` takes DELAY_SECONDS, then succeeds."""
+    yield from hang_webhook(
+        control_plane, namespace, POD_CREATION, trial_pod_is(f"{HANGING}-1"), Delay
     )
-    yield from hang_webhook(control_plane, namespace, rule, expression)
 
 
 # Trial 0 reports every half second and journals when each answer came and how long it
@@ -374,7 +418,7 @@ def test_a_report_does_not_wait_for_its_experiments_slow_step(
     )
     apply(control_plane, namespace, document)
     # Trial 2's pod is never created (a webhook time-out is a 500: transient, tried again
-    # by each resync), so the experiment does not finish: trial 0's reports are watched.
+    # with back-off), so the experiment does not finish: trial 0's reports are watched.
     wait_for(
         "trial 0's 80 reports",
         lambda: journal.exists() and len(journal.read_text().splitlines()) >= 80,
@@ -384,7 +428,10 @@ def test_a_report_does_not_wait_for_its_experiments_slow_step(
     third = [t for t in trials(control_plane, namespace) if t["metadata"]["name"].endswith("-2")]
     assert third, "trial 2 was never launched"
     hang_began = _epoch(third[0]["metadata"]["creationTimestamp"])
-    assert "failed calling webhook" in operator.log_path.read_text(errors="replace")
+    log = operator.log_path.read_text(errors="replace")
+    assert "failed calling webhook" in log
+    # A pod creation that failed (a 500) is tried again, not left for a restart to find.
+    assert f"launching {HANGING}-2 failed" in log, operator.log_tail()
     answers = [tuple(map(float, line.split())) for line in journal.read_text().splitlines()]
     during = [took for at, took in answers if hang_began + 2 < at < hang_began + 18]
     slowest = max(took for _, took in answers)
@@ -396,3 +443,50 @@ def test_a_report_does_not_wait_for_its_experiments_slow_step(
 
 def _epoch(timestamp: str) -> float:
     return datetime.fromisoformat(timestamp.replace("Z", "+00:00")).timestamp()
+
+
+def test_a_trial_stopped_while_its_pod_is_created_keeps_no_pod(
+    control_plane: Any,
+    namespace: str,
+    delayed_second_pod: str,
+    operator: OperatorProcess,
+    process_node_factory: Any,
+) -> None:
+    """Launches are carried out in the background (operator/actions.py): a stop of a
+    trial whose pod is still being created must delete it after it exists, not before
+    (a deletion first finds nothing, and the pod created a moment later runs on)."""
+    process_node_factory(gpus=2, taints=GPU_NODE_TAINTS)
+    document = experiment(HANGING, max_trials=2, parallel=2, scheduler={"name": "none"})
+    container = document["spec"]["trialTemplate"]["spec"]["containers"][0]
+    reporter = " ".join(container["command"])
+    # Trial 0 meets the objective's target at its first report: the experiment ends and
+    # stops trial 1, whose pod creation takes DELAY_SECONDS.
+    container["command"] = [
+        "sh",
+        "-c",
+        f'if [ "$KUBETUNE_TRIAL" = {HANGING}-0 ]; then exec {reporter}; else exec sleep 300; fi',
+    ]
+    document["spec"]["objective"]["target"] = 10.0
+    apply(control_plane, namespace, document)
+    done = wait_finished(control_plane, namespace, HANGING, operator, timeout=60)
+    assert done["phase"] == "Succeeded", done
+
+    def second_pods() -> list[dict[str, Any]]:
+        pods = get(control_plane, namespace, "pods")["items"]
+        return [p for p in pods if p["metadata"]["labels"].get(LABEL_TRIAL) == f"{HANGING}-1"]
+
+    def second_scheduled() -> bool:
+        events = get(control_plane, namespace, "events")["items"]
+        return any(
+            e["reason"] == "Scheduled" and e["involvedObject"]["name"].startswith(f"{HANGING}-1")
+            for e in events
+        )
+
+    # Created after the stop was decided (it may be deleted before any poll sees it).
+    wait_for("trial 1's pod scheduled", second_scheduled, DELAY_SECONDS + 20, operator.log_tail)
+    wait_for(
+        "trial 1's pod deleted",
+        lambda: all(p["metadata"].get("deletionTimestamp") for p in second_pods()),
+        30,
+        operator.log_tail,
+    )

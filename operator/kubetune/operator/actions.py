@@ -3,11 +3,19 @@
 the capacity loop); a pod the API server refuses ends its attempt (or, refused for an
 exceeded quota, waits and is created again with back-off); a stop deletes the pod.
 `step_locked` is the loop that drives it: decide, write ahead, carry out, until no
-refused pod frees a slot."""
+refused pod frees a slot.
+
+Launches are carried out in the background, once written ahead: a step holds the
+experiment's lock through its decisions' writes, not through the creations that follow
+(at 200 running trials, steps waiting on each other's creations made a freed slot wait
+seconds for its next pod). A launch the API server fails (a 5xx, a time-out) is tried
+again with back-off while its attempt is current; a stop of its trial waits for it, so
+that its pods are deleted after they exist, not before."""
 
 from __future__ import annotations
 
 import asyncio
+import itertools
 import logging
 import time
 from collections.abc import Sequence
@@ -16,11 +24,13 @@ from kubernetes.client.rest import ApiException
 
 from kubetune.engine import FinishExperiment, LaunchTrial, SampleTrial, StopTrial
 from kubetune.events import ExitKind
+from kubetune.httpserver import OneLineLog
 from kubetune.offloop import SuggestionWorker
 from kubetune.operator import ownership
+from kubetune.operator.coalesce import CoalescedWriter
 from kubetune.operator.experiment import Experiment
 from kubetune.operator.gang import PARTIAL_GANG_SECONDS, PartialGangs, rank_pods, trial_service
-from kubetune.operator.gangshell import delete_ranks, stop_ranks
+from kubetune.operator.gangshell import brief, delete_ranks, stop_ranks
 from kubetune.operator.outcomes import Refusal, api_message, namespace_terminating, refusal
 from kubetune.operator.pods import owned_by, token_secret, trial_pod
 from kubetune.operator.quota import QUOTA_RETRY_SECONDS, QuotaWaits
@@ -30,6 +40,8 @@ from kubetune.shell.core import attempt_context, decide
 from kubetune.trials import TrialPhase, TrialRecord
 
 logger = logging.getLogger(__name__)
+LAUNCH_LOG = OneLineLog(logger, burst=10)
+LAUNCH_RETRY_SECONDS = (1, 2, 5, 10, 30, 60)  # then every 60 s
 
 STOPPED_WAITING = "stopped while waiting for quota"
 
@@ -45,6 +57,22 @@ class PodActions:
         self.refused: list[tuple[LaunchTrial, str]] = []
         self.quota_waits = QuotaWaits()
         self.partial = PartialGangs()  # fed by the pod watch
+        # Launches being carried out, by (trial, attempt); those stopped meanwhile, and
+        # those waiting to be tried again (nothing of theirs in flight: cancelled on a stop).
+        self.launching: dict[tuple[int, int], asyncio.Task[None]] = {}
+        self.withdrawn: set[tuple[int, int]] = set()
+        self.backing_off: set[tuple[int, int]] = set()
+        self.stepper = CoalescedWriter(self._step)
+
+    async def step_soon(self) -> None:
+        """A step that starts after this call, shared by everyone who asks for one while
+        it waits for the lock: 200 trials ending at one rung are one or two steps, not 200
+        in a queue (a slot freed waited seconds for its turn)."""
+        await self.stepper.flush()
+
+    async def _step(self) -> None:
+        async with self.experiment.lock:
+            await self.step_locked()
 
     async def step_locked(self) -> None:
         """Decide and carry out until nothing changes (the caller holds the lock)."""
@@ -67,7 +95,55 @@ class PodActions:
 
     async def launch(self, actions: Sequence[LaunchTrial]) -> None:
         # Their API calls go out together, with the pods waiting for quota.
-        await asyncio.gather(*(self.launch_one(a) for a in [*actions, *self._quota_retries()]))
+        for action in [*actions, *self._quota_retries()]:
+            key = (action.number, action.attempt)
+            if key not in self.launching:  # else it is under way (a quota retry)
+                self.launching[key] = asyncio.create_task(self._carry_out_launch(action))
+
+    async def _carry_out_launch(self, action: LaunchTrial) -> None:
+        """`launch_one`, tried again with back-off while the API server fails it and the
+        attempt is the trial's current one; then a step, if a refused pod ended it."""
+        exp, key = self.experiment, (action.number, action.attempt)
+        try:
+            for failures in itertools.count():
+                if exp.closed or not self._current(action):
+                    return
+                try:
+                    await self.launch_one(action)
+                    break
+                except Exception as error:  # a 5xx, a time-out: its pods are not there
+                    exp.observer.reconcile_error("launch", error)
+                    pause = LAUNCH_RETRY_SECONDS[min(failures, len(LAUNCH_RETRY_SECONDS) - 1)]
+                    LAUNCH_LOG.warning(
+                        "%s/%s: launching %s failed (%s); again in %d s",
+                        exp.namespace,
+                        exp.name,
+                        action.name,
+                        brief(error),
+                        pause,
+                    )
+                    self.backing_off.add(key)
+                    try:
+                        await asyncio.sleep(pause)
+                    finally:
+                        self.backing_off.discard(key)
+        finally:
+            del self.launching[key]
+            self.withdrawn.discard(key)
+        if self.refused and not exp.closed:
+            await self.step_soon()
+
+    def _current(self, action: LaunchTrial) -> bool:
+        """Whether the launch is still wanted: its attempt the trial's running one."""
+        if (action.number, action.attempt) in self.withdrawn:
+            return False
+        trial = self.experiment.engine.trials[action.number]
+        attempt = trial.attempt
+        return (
+            trial.phase is TrialPhase.RUNNING
+            and attempt is not None
+            and (attempt.number == action.attempt)
+        )
 
     async def stop(self, action: StopTrial) -> None:
         exp = self.experiment
@@ -75,7 +151,14 @@ class PodActions:
         if self.quota_waits.pop(action.number) is not None:
             # Its pod never existed: the attempt ends here.
             self.refused.append((relaunch(trial), STOPPED_WAITING))
-        stop_ranks(exp, trial.name, action.attempt)  # every rank of a gang, not awaited
+        # Every rank of a gang, not awaited; after the launch, if it is under way.
+        key = (action.number, action.attempt)
+        launching = self.launching.get(key)
+        if launching is not None:
+            self.withdrawn.add(key)
+            if key in self.backing_off:  # between two tries: nothing of it in flight
+                launching.cancel()
+        stop_ranks(exp, trial.name, action.attempt, after=launching)
         await exp.event(f"Trial {trial.name} stopped: {action.reason}", "TrialStopped")
 
     def sample(self, action: SampleTrial) -> None:
@@ -225,10 +308,10 @@ class PodActions:
             logger.exception("sampling trials %s of %s/%s failed", numbers, exp.namespace, exp.name)
             return
         try:
-            async with exp.lock:
-                for number, suggestion in zip(numbers, suggestions, strict=True):
-                    exp.engine.record_suggestion(number, suggestion)
-                await self.step_locked()
+            # No await in between: the engine's part needs no lock (as a report's).
+            for number, suggestion in zip(numbers, suggestions, strict=True):
+                exp.engine.record_suggestion(number, suggestion)
+            await self.step_soon()
         except Exception as error:
             # A task of its own: raised, it was "never retrieved" and logged by asyncio
             # alone. The trials are carried out by the next reconcile (resync.py).

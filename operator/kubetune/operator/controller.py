@@ -1,11 +1,13 @@
 """One experiment on the cluster: its engine, and the objects that carry its decisions out.
 
 Level-triggered and idempotent, in controller-runtime's manner: `step()` may run at any
-time, any number of times. Everything that changes the engine (a report, a pod that
-ended, a suggestion) happens under the experiment's lock and is written to the
-experiment's custom resources before anything acts on it, so an operator killed at any
-moment and started again rebuilds the same engine from the API server (`load`) and
-goes on: no trial is duplicated, no report a decision reads and no attempt's last
+time, any number of times. A step (decide, write ahead, start what was decided) holds
+the experiment's lock; what changes the engine outside a step (a report, a pod that
+ended, a suggestion) does so without an await, so it never interleaves with another
+change and needs no lock, and never waits for a step's writes. Every change is
+written to the experiment's custom resources before anything acts on it, so an operator
+killed at any moment and started again rebuilds the same engine from the API server
+(`load`) and goes on: no trial is duplicated, no report a decision reads and no attempt's last
 value is lost (reports no decision reads are written a few seconds late:
 operator/writes.py).
 
@@ -73,7 +75,7 @@ class ExperimentController(Experiment):
     * `rebuilder` (rebuild.Rebuilder): the engine rebuilt from the stored histories.
 
     The methods here are what the handlers, the report endpoint and the capacity loop
-    call; each takes the lock where the engine changes and hands over to a part."""
+    call; each hands over to a part."""
 
     def __init__(
         self,
@@ -98,8 +100,7 @@ class ExperimentController(Experiment):
         release_freed_memory()  # the rebuild's peak: every HPOTrial read and replayed
 
     async def step(self) -> None:
-        async with self.lock:
-            await self.actions.step_locked()
+        await self.actions.step_soon()
 
     async def report(self, report: Report) -> Verdict:
         if self.loaded:

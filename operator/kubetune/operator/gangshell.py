@@ -45,13 +45,18 @@ def brief(error: Exception) -> str:
     return f"{type(error).__name__}: {error}"
 
 
-def stop_ranks(exp: Experiment, trial: str, attempt: int) -> None:
+def stop_ranks(
+    exp: Experiment, trial: str, attempt: int, after: asyncio.Task[None] | None = None
+) -> None:
     """A stop's deletions, in the background: the stop is in the history already, and
     a deletion the API server is slow to answer (a hanging webhook, Katib #2725) must
     not hold up the rest of the experiment's decisions (its end, say). Retried with
-    back-off until done, or the experiment is gone."""
+    back-off until done, or the experiment is gone. `after`: the attempt's launch, still
+    being carried out: its pods are deleted once it is done, not before they exist."""
 
     async def delete() -> None:
+        if after is not None:
+            await asyncio.wait({after})
         for pause in (*STOP_RETRY_SECONDS, None):
             if exp.closed:
                 return

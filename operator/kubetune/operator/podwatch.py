@@ -110,7 +110,7 @@ class PodWatch:
         ended = attempt_outcome(pod, deleted) is not None
         if follower is not None and ended and pod_rank(pod) == 0:
             # The log stream may still hold the last metric lines: let it deliver them
-            # before the attempt is recorded as ended (outside the lock it needs).
+            # before the attempt is recorded as ended.
             await asyncio.wait({follower}, timeout=10)
         if not exp.loaded:
             return
@@ -118,9 +118,10 @@ class PodWatch:
             # Nothing ended: note the node and follow the log; no lock, no write now.
             self._end_attempt_from_pod(pod, deleted)
             return
-        async with exp.lock:
-            if self._end_attempt_from_pod(pod, deleted):
-                await self.actions.step_locked()
+        # The engine's part has no await (as a report's), so it needs no lock; the step
+        # is shared with the ends that arrive meanwhile.
+        if self._end_attempt_from_pod(pod, deleted):
+            await self.actions.step_soon()
 
     def _end_attempt_from_pod(self, pod: dict[str, Any], deleted: bool) -> bool:
         engine = self.experiment.engine
