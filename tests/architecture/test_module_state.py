@@ -14,6 +14,7 @@ from tests.architecture.test_import_graph import MODULES
 ALLOWED = {
     "kubetune.ingest:NOT_READY": "a sentinel: the resolver's answer, compared by identity",
     "kubetune.operator.resync:RESYNC_LOG": "a log-line rate limiter, not state of any experiment",
+    "kubetune.operator.launching:LAUNCH_LOG": "a log-line rate limiter, as RESYNC_LOG",
     "kubetune.trials:GO_ON": "a frozen Verdict, shared by every report it answers (memory)",
 }
 MUTABLE_CALLS = {"dict", "list", "set", "defaultdict", "deque", "OrderedDict", "Counter"}

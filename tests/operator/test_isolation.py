@@ -308,6 +308,20 @@ def test_an_experiment_whose_calls_hang_stalls_no_other(
     )
 
 
+def first_trial_meets_target(document: dict[str, Any]) -> dict[str, Any]:
+    """Trial 0 reports as usual and meets the objective's target at its first report
+    (loss <= 3); every other trial only holds its pod (a cheap process)."""
+    container = document["spec"]["trialTemplate"]["spec"]["containers"][0]
+    reporter = " ".join(container["command"])
+    container["command"] = [
+        "sh",
+        "-c",
+        f'if [ "$KUBETUNE_TRIAL" = {HANGING}-0 ]; then exec {reporter}; else exec sleep 300; fi',
+    ]
+    document["spec"]["objective"]["target"] = 10.0
+    return document
+
+
 def test_an_experiment_whose_pod_deletions_hang_stalls_no_other(
     control_plane: Any,
     namespace: str,
@@ -320,16 +334,8 @@ def test_an_experiment_whose_pod_deletions_hang_stalls_no_other(
     (each a pod deletion) hang: more calls than the operator has threads for API calls.
     Another experiment must still finish on time."""
     process_node_factory(gpus=44, taints=GPU_NODE_TAINTS)
-    slow = experiment(HANGING, max_trials=40, parallel=40, sleep=1.0)
-    container = slow["spec"]["trialTemplate"]["spec"]["containers"][0]
-    reporter = " ".join(container["command"])
     # One trial reports; the other 39 only hold their pods (a cheap process each).
-    container["command"] = [
-        "sh",
-        "-c",
-        f'if [ "$KUBETUNE_TRIAL" = {HANGING}-0 ]; then exec {reporter}; else exec sleep 300; fi',
-    ]
-    slow["spec"]["objective"]["target"] = 10.0  # any first report (loss <= 3) meets it
+    slow = first_trial_meets_target(experiment(HANGING, max_trials=40, parallel=40, sleep=1.0))
     apply(control_plane, namespace, slow)
 
     def stopped() -> int:
@@ -376,6 +382,8 @@ def delayed_second_pod(control_plane: Any, installed: Any, namespace: str) -> It
     )
 
 
+TIME_LIMIT = 60  # seconds: after trial 0's reports, while trial 2's creation still fails
+
 # Trial 0 reports every half second and journals when each answer came and how long it
 # took; trial 1 reports once and ends, so its slot goes to trial 2, whose pod creation
 # hangs for WEBHOOK_TIMEOUT seconds inside one of the experiment's steps.
@@ -416,9 +424,10 @@ def test_a_report_does_not_wait_for_its_experiments_slow_step(
         parallel=2,
         scheduler={"name": "none"},
     )
-    apply(control_plane, namespace, document)
     # Trial 2's pod is never created (a webhook time-out is a 500: transient, tried again
-    # with back-off), so the experiment does not finish: trial 0's reports are watched.
+    # with back-off); the time limit stops it, a launch that never made its pod.
+    document["spec"]["budget"]["maxDuration"] = f"{TIME_LIMIT}s"
+    apply(control_plane, namespace, document)
     wait_for(
         "trial 0's 80 reports",
         lambda: journal.exists() and len(journal.read_text().splitlines()) >= 80,
@@ -439,6 +448,10 @@ def test_a_report_does_not_wait_for_its_experiments_slow_step(
     # At a report every 0.5 s, about 30 in the hang's window; none while the step held them.
     assert len(during) >= 10, (len(during), answers)
     assert slowest < 5.0, answers
+    # Stopped while its creation was failing, its attempt ends (no pod's end would end it).
+    done = wait_finished(control_plane, namespace, HANGING, operator, timeout=TIME_LIMIT + 60)
+    third = [t for t in trials(control_plane, namespace) if t["metadata"]["name"].endswith("-2")]
+    assert third[0]["status"]["phase"] == "Stopped", (third[0]["status"], done)
 
 
 def _epoch(timestamp: str) -> float:
@@ -452,21 +465,15 @@ def test_a_trial_stopped_while_its_pod_is_created_keeps_no_pod(
     operator: OperatorProcess,
     process_node_factory: Any,
 ) -> None:
-    """Launches are carried out in the background (operator/actions.py): a stop of a
+    """Launches are carried out in the background (operator/launching.py): a stop of a
     trial whose pod is still being created must delete it after it exists, not before
     (a deletion first finds nothing, and the pod created a moment later runs on)."""
     process_node_factory(gpus=2, taints=GPU_NODE_TAINTS)
-    document = experiment(HANGING, max_trials=2, parallel=2, scheduler={"name": "none"})
-    container = document["spec"]["trialTemplate"]["spec"]["containers"][0]
-    reporter = " ".join(container["command"])
     # Trial 0 meets the objective's target at its first report: the experiment ends and
     # stops trial 1, whose pod creation takes DELAY_SECONDS.
-    container["command"] = [
-        "sh",
-        "-c",
-        f'if [ "$KUBETUNE_TRIAL" = {HANGING}-0 ]; then exec {reporter}; else exec sleep 300; fi',
-    ]
-    document["spec"]["objective"]["target"] = 10.0
+    document = first_trial_meets_target(
+        experiment(HANGING, max_trials=2, parallel=2, scheduler={"name": "none"})
+    )
     apply(control_plane, namespace, document)
     done = wait_finished(control_plane, namespace, HANGING, operator, timeout=60)
     assert done["phase"] == "Succeeded", done

@@ -3,19 +3,12 @@
 the capacity loop); a pod the API server refuses ends its attempt (or, refused for an
 exceeded quota, waits and is created again with back-off); a stop deletes the pod.
 `step_locked` is the loop that drives it: decide, write ahead, carry out, until no
-refused pod frees a slot.
-
-Launches are carried out in the background, once written ahead: a step holds the
-experiment's lock through its decisions' writes, not through the creations that follow
-(at 200 running trials, steps waiting on each other's creations made a freed slot wait
-seconds for its next pod). A launch the API server fails (a 5xx, a time-out) is tried
-again with back-off while its attempt is current; a stop of its trial waits for it, so
-that its pods are deleted after they exist, not before."""
+refused pod frees a slot. Launches are carried out in the background, once written
+ahead (operator/launching.py)."""
 
 from __future__ import annotations
 
 import asyncio
-import itertools
 import logging
 import time
 from collections.abc import Sequence
@@ -24,13 +17,13 @@ from kubernetes.client.rest import ApiException
 
 from kubetune.engine import FinishExperiment, LaunchTrial, SampleTrial, StopTrial
 from kubetune.events import ExitKind
-from kubetune.httpserver import OneLineLog
 from kubetune.offloop import SuggestionWorker
 from kubetune.operator import ownership
 from kubetune.operator.coalesce import CoalescedWriter
 from kubetune.operator.experiment import Experiment
 from kubetune.operator.gang import PARTIAL_GANG_SECONDS, PartialGangs, rank_pods, trial_service
-from kubetune.operator.gangshell import brief, delete_ranks, stop_ranks
+from kubetune.operator.gangshell import delete_ranks, stop_ranks
+from kubetune.operator.launching import STOPPED_BEFORE_POD, BackgroundLaunches
 from kubetune.operator.outcomes import Refusal, api_message, namespace_terminating, refusal
 from kubetune.operator.pods import owned_by, token_secret, trial_pod
 from kubetune.operator.quota import QUOTA_RETRY_SECONDS, QuotaWaits
@@ -40,8 +33,6 @@ from kubetune.shell.core import attempt_context, decide
 from kubetune.trials import TrialPhase, TrialRecord
 
 logger = logging.getLogger(__name__)
-LAUNCH_LOG = OneLineLog(logger, burst=10)
-LAUNCH_RETRY_SECONDS = (1, 2, 5, 10, 30, 60)  # then every 60 s
 
 STOPPED_WAITING = "stopped while waiting for quota"
 
@@ -57,12 +48,10 @@ class PodActions:
         self.refused: list[tuple[LaunchTrial, str]] = []
         self.quota_waits = QuotaWaits()
         self.partial = PartialGangs()  # fed by the pod watch
-        # Launches being carried out, by (trial, attempt); those stopped meanwhile, and
-        # those waiting to be tried again (nothing of theirs in flight: cancelled on a stop).
-        self.launching: dict[tuple[int, int], asyncio.Task[None]] = {}
-        self.withdrawn: set[tuple[int, int]] = set()
-        self.backing_off: set[tuple[int, int]] = set()
         self.stepper = CoalescedWriter(self._step)
+        self.launches = BackgroundLaunches(
+            experiment, self.launch_one, self._end_without_pod, self._after_launch
+        )
 
     async def step_soon(self) -> None:
         """A step that starts after this call, shared by everyone who asks for one while
@@ -96,69 +85,35 @@ class PodActions:
     async def launch(self, actions: Sequence[LaunchTrial]) -> None:
         # Their API calls go out together, with the pods waiting for quota.
         for action in [*actions, *self._quota_retries()]:
-            key = (action.number, action.attempt)
-            if key not in self.launching:  # else it is under way (a quota retry)
-                self.launching[key] = asyncio.create_task(self._carry_out_launch(action))
+            self.launches.start(action)
 
-    async def _carry_out_launch(self, action: LaunchTrial) -> None:
-        """`launch_one`, tried again with back-off while the API server fails it and the
-        attempt is the trial's current one; then a step, if a refused pod ended it."""
-        exp, key = self.experiment, (action.number, action.attempt)
-        try:
-            for failures in itertools.count():
-                if exp.closed or not self._current(action):
-                    return
-                try:
-                    await self.launch_one(action)
-                    break
-                except Exception as error:  # a 5xx, a time-out: its pods are not there
-                    exp.observer.reconcile_error("launch", error)
-                    pause = LAUNCH_RETRY_SECONDS[min(failures, len(LAUNCH_RETRY_SECONDS) - 1)]
-                    LAUNCH_LOG.warning(
-                        "%s/%s: launching %s failed (%s); again in %d s",
-                        exp.namespace,
-                        exp.name,
-                        action.name,
-                        brief(error),
-                        pause,
-                    )
-                    self.backing_off.add(key)
-                    try:
-                        await asyncio.sleep(pause)
-                    finally:
-                        self.backing_off.discard(key)
-        finally:
-            del self.launching[key]
-            self.withdrawn.discard(key)
-        if self.refused and not exp.closed:
-            await self.step_soon()
+    def _end_without_pod(self, action: LaunchTrial, message: str) -> None:
+        self.refused.append((action, message))
 
-    def _current(self, action: LaunchTrial) -> bool:
-        """Whether the launch is still wanted: its attempt the trial's running one."""
-        if (action.number, action.attempt) in self.withdrawn:
-            return False
-        trial = self.experiment.engine.trials[action.number]
-        attempt = trial.attempt
-        return (
-            trial.phase is TrialPhase.RUNNING
-            and attempt is not None
-            and (attempt.number == action.attempt)
-        )
+    def _after_launch(self) -> None:
+        """A launch is over: a step for the attempts refused pods ended (a failure is
+        counted and logged; the next resync steps again)."""
+        exp = self.experiment
+        if not self.refused or exp.closed:
+            return
+
+        async def step() -> None:
+            try:
+                await self.step_soon()
+            except Exception as error:
+                exp.observer.reconcile_error("launch", error)
+                logger.warning("%s: a step after launches failed: %s", exp.name, error)
+
+        exp.in_background(step())
 
     async def stop(self, action: StopTrial) -> None:
         exp = self.experiment
         trial = exp.engine.trials[action.number]
-        if self.quota_waits.pop(action.number) is not None:
+        if self.quota_waits.pop(action.number, action.attempt) is not None:
             # Its pod never existed: the attempt ends here.
             self.refused.append((relaunch(trial), STOPPED_WAITING))
-        # Every rank of a gang, not awaited; after the launch, if it is under way.
-        key = (action.number, action.attempt)
-        launching = self.launching.get(key)
-        if launching is not None:
-            self.withdrawn.add(key)
-            if key in self.backing_off:  # between two tries: nothing of it in flight
-                launching.cancel()
-        stop_ranks(exp, trial.name, action.attempt, after=launching)
+        # Every rank of a gang, not awaited (after its launch, if one is under way).
+        stop_ranks(exp, trial.name, action.attempt)
         await exp.event(f"Trial {trial.name} stopped: {action.reason}", "TrialStopped")
 
     def sample(self, action: SampleTrial) -> None:
@@ -204,9 +159,14 @@ class PodActions:
             bodies.append((service, {uid, exp.uid}))
         # Deterministic names: a launch carried out again creates nothing twice.
         bodies += [(p, {uid}) for p in rank_pods(pod, exp.spec.workers)]
+        launch = exp.launches.get((action.name, action.attempt))  # None: a reconcile's
         try:
             for body, owners in bodies:
+                if launch is not None and launch.withdrawn.is_set():
+                    return  # its pods are being deleted: nothing more is created
                 existing = await exp.kube.create(body)
+                if launch is not None and body["kind"] == "Pod":
+                    launch.pods += 1
                 if existing is not None and not owned_by(existing, owners):
                     kind, name = body["kind"], body["metadata"]["name"]
                     await self._drop_partial_gang(action)
@@ -224,10 +184,10 @@ class PodActions:
             if kind is Refusal.QUOTA:
                 await self._wait_for_quota(action, message)
             else:
-                self.quota_waits.pop(action.number)
+                self.quota_waits.pop(action.number, action.attempt)
                 self.refused.append((action, message))
             return
-        self.quota_waits.pop(action.number)
+        self.quota_waits.pop(action.number, action.attempt)
         how = f"resumed (attempt {action.attempt})" if action.resume else "started"
         await exp.event(f"Trial {action.name} {how}", "TrialStarted")
 
@@ -253,7 +213,7 @@ class PodActions:
     async def _drop_partial_gang(self, action: LaunchTrial) -> None:
         """A rank refused: the ranks created already must not hold their nodes."""
         if self.experiment.spec.workers > 1:
-            await delete_ranks(self.experiment, action.name, action.attempt)
+            await delete_ranks(self.experiment, action.name, action.attempt, settle=False)
 
     async def _end_refused_attempts(self) -> bool:
         """End the attempts whose pods the API server refused; True if any ended."""
@@ -264,7 +224,7 @@ class PodActions:
                 action.number, action.attempt, ExitKind.REFUSED, None, time.time(), message
             ):
                 ended = True
-                if message != STOPPED_WAITING:
+                if message not in (STOPPED_WAITING, STOPPED_BEFORE_POD):
                     await self.experiment.event(
                         f"Trial {action.name}: the API server refused its pod: {message}",
                         "TrialPodRefused",
@@ -272,11 +232,17 @@ class PodActions:
                     )
         return ended
 
+    def _withdrawn(self, action: LaunchTrial) -> bool:
+        launch = self.experiment.launches.get((action.name, action.attempt))
+        return launch is not None and launch.withdrawn.is_set()
+
     def _quota_retries(self) -> list[LaunchTrial]:
         """Launches refused for an exceeded quota whose back-off is over."""
         return self.quota_waits.due(self.experiment.engine, time.time())
 
     async def _wait_for_room(self, action: LaunchTrial, why: str) -> None:
+        if self._withdrawn(action):
+            return
         self.quota_waits.refused(action, time.time(), QUOTA_RETRY_SECONDS)
         if self.quota_waits.waits[action.number].refusals == 1:  # told once per wait
             workers = self.experiment.spec.workers
@@ -286,6 +252,8 @@ class PodActions:
             )
 
     async def _wait_for_quota(self, action: LaunchTrial, message: str) -> None:
+        if self._withdrawn(action):
+            return  # stopped meanwhile: it ends as stopped, not waiting
         delay = self.quota_waits.refused(action, time.time())
         await self.experiment.event(
             f"Trial {action.name} waits for quota: {message}; its pod is created again in "

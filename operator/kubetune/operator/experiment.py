@@ -8,7 +8,7 @@ from __future__ import annotations
 import asyncio
 import logging
 from collections.abc import Coroutine
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import Any
 
 from kubetune.engine import Engine
@@ -67,6 +67,8 @@ class Experiment:
         self.closed = False  # the experiment is gone: nothing more is written
         self.load_failure: str | None = None
         self.background: set[asyncio.Task[Any]] = set()
+        # Launches being carried out (operator/actions.py), by (trial name, attempt).
+        self.launches: dict[tuple[str, int], Launch] = {}
         # Written by the capacity loop (capacity_update); the stored cost seeds it, and
         # the time it was accounted up to tells a restarted loop what it has not seen.
         stored = body.get("status") or {}
@@ -85,6 +87,15 @@ class Experiment:
         if not self.closed:
             log.info("%s/%s: its namespace is being deleted", self.namespace, self.name)
         self.closed = True
+
+    async def settle_launch(self, trial: str, attempt: int) -> None:
+        """The attempt's pods are to be deleted: its launch, if one is under way, creates
+        nothing more, and this returns once it has stopped creating (a deletion before a
+        creation finds nothing, and the pod created a moment later would run on)."""
+        launch = self.launches.get((trial, attempt))
+        if launch is not None:
+            launch.withdrawn.set()
+            await launch.done.wait()
 
     def in_background(self, work: Coroutine[Any, Any, Any]) -> None:
         """Run `work` without waiting for it, kept referenced until it ends."""
@@ -105,3 +116,13 @@ class Experiment:
     def checkpoint_uri(self, trial: str) -> str:
         base = self.checkpoint_base()
         return checkpoint_uri(base, self.name, trial) if base else ""
+
+
+@dataclass
+class Launch:
+    """One attempt's launch under way: `withdrawn` once its pods are to be deleted
+    (create nothing more), `done` once it creates nothing more; `pods`: created so far."""
+
+    withdrawn: asyncio.Event = field(default_factory=asyncio.Event)
+    done: asyncio.Event = field(default_factory=asyncio.Event)
+    pods: int = 0

@@ -17,9 +17,17 @@ from kubetune.operator.outcomes import api_message
 
 
 async def delete_ranks(
-    exp: Experiment, trial: str, attempt: int, ranks: Iterable[int] | None = None
+    exp: Experiment,
+    trial: str,
+    attempt: int,
+    ranks: Iterable[int] | None = None,
+    settle: bool = True,
 ) -> None:
-    """Delete the attempt's pods (`ranks`, or all), each with the pod grace period."""
+    """Delete the attempt's pods (`ranks`, or all), each with the pod grace period, once
+    its launch, if one is under way, has stopped creating them (`settle`: the launch
+    itself does not wait for itself)."""
+    if settle:
+        await exp.settle_launch(trial, attempt)
     workers = exp.spec.workers
     chosen = range(workers) if ranks is None else ranks
     await asyncio.gather(
@@ -45,18 +53,13 @@ def brief(error: Exception) -> str:
     return f"{type(error).__name__}: {error}"
 
 
-def stop_ranks(
-    exp: Experiment, trial: str, attempt: int, after: asyncio.Task[None] | None = None
-) -> None:
+def stop_ranks(exp: Experiment, trial: str, attempt: int) -> None:
     """A stop's deletions, in the background: the stop is in the history already, and
     a deletion the API server is slow to answer (a hanging webhook, Katib #2725) must
     not hold up the rest of the experiment's decisions (its end, say). Retried with
-    back-off until done, or the experiment is gone. `after`: the attempt's launch, still
-    being carried out: its pods are deleted once it is done, not before they exist."""
+    back-off until done, or the experiment is gone."""
 
     async def delete() -> None:
-        if after is not None:
-            await asyncio.wait({after})
         for pause in (*STOP_RETRY_SECONDS, None):
             if exp.closed:
                 return

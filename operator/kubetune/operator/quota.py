@@ -36,9 +36,13 @@ class QuotaWaits:
         self.waits[action.number] = QuotaWait(action, refusals, now + delay)
         return delay
 
-    def pop(self, number: int) -> QuotaWait | None:
-        """Trial `number` no longer waits (its pod was created, or it was stopped)."""
-        return self.waits.pop(number, None)
+    def pop(self, number: int, attempt: int) -> QuotaWait | None:
+        """Trial `number`'s attempt no longer waits (its pod was created, or it was
+        stopped); a wait of another attempt of the trial stays."""
+        wait = self.waits.get(number)
+        if wait is None or wait.action.attempt != attempt:
+            return None
+        return self.waits.pop(number)
 
     def due(self, engine: Engine, now: float) -> list[LaunchTrial]:
         """Launches whose back-off is over; those whose attempt is over are dropped."""
