@@ -164,9 +164,12 @@ class PodActions:
             for body, owners in bodies:
                 if launch is not None and launch.withdrawn.is_set():
                     return  # its pods are being deleted: nothing more is created
+                counted = launch if body["kind"] == "Pod" else None
+                if counted is not None:
+                    counted.tried_pods += 1
                 existing = await exp.kube.create(body)
-                if launch is not None and body["kind"] == "Pod":
-                    launch.pods += 1
+                if counted is not None:
+                    counted.pods += 1
                 if existing is not None and not owned_by(existing, owners):
                     kind, name = body["kind"], body["metadata"]["name"]
                     await self._drop_partial_gang(action)
@@ -233,8 +236,11 @@ class PodActions:
         return ended
 
     def _withdrawn(self, action: LaunchTrial) -> bool:
-        launch = self.experiment.launches.get((action.name, action.attempt))
-        return launch is not None and launch.withdrawn.is_set()
+        """Whether the launch's pods are to be deleted, or its trial is being stopped."""
+        exp = self.experiment
+        launch = exp.launches.get((action.name, action.attempt))
+        withdrawn = launch is not None and launch.withdrawn.is_set()
+        return withdrawn or action.number in exp.engine.stop_reasons
 
     def _quota_retries(self) -> list[LaunchTrial]:
         """Launches refused for an exceeded quota whose back-off is over."""

@@ -88,14 +88,16 @@ class Experiment:
             log.info("%s/%s: its namespace is being deleted", self.namespace, self.name)
         self.closed = True
 
-    async def settle_launch(self, trial: str, attempt: int) -> None:
+    def withdraw_launch(self, trial: str, attempt: int) -> asyncio.Event | None:
         """The attempt's pods are to be deleted: its launch, if one is under way, creates
-        nothing more, and this returns once it has stopped creating (a deletion before a
-        creation finds nothing, and the pod created a moment later would run on)."""
+        nothing more from now on (no await: what the launch sees next is this). Returns
+        the event set once it has stopped creating (a deletion before a creation finds
+        nothing, and the pod created a moment later would run on)."""
         launch = self.launches.get((trial, attempt))
-        if launch is not None:
-            launch.withdrawn.set()
-            await launch.done.wait()
+        if launch is None:
+            return None
+        launch.withdrawn.set()
+        return launch.done
 
     def in_background(self, work: Coroutine[Any, Any, Any]) -> None:
         """Run `work` without waiting for it, kept referenced until it ends."""
@@ -121,8 +123,10 @@ class Experiment:
 @dataclass
 class Launch:
     """One attempt's launch under way: `withdrawn` once its pods are to be deleted
-    (create nothing more), `done` once it creates nothing more; `pods`: created so far."""
+    (create nothing more), `done` once it creates nothing more; `pods`: created so far,
+    `tried_pods`: whose creation was sent (a time-out may have created one)."""
 
     withdrawn: asyncio.Event = field(default_factory=asyncio.Event)
     done: asyncio.Event = field(default_factory=asyncio.Event)
     pods: int = 0
+    tried_pods: int = 0

@@ -6,7 +6,7 @@ from __future__ import annotations
 
 import asyncio
 import logging
-from collections.abc import Iterable
+from collections.abc import Coroutine, Iterable
 from typing import Any
 
 from kubernetes.client.rest import ApiException
@@ -16,18 +16,30 @@ from kubetune.operator.gang import rank_pod_name
 from kubetune.operator.outcomes import api_message
 
 
-async def delete_ranks(
+def delete_ranks(
     exp: Experiment,
     trial: str,
     attempt: int,
     ranks: Iterable[int] | None = None,
     settle: bool = True,
-) -> None:
+) -> Coroutine[Any, Any, None]:
     """Delete the attempt's pods (`ranks`, or all), each with the pod grace period, once
-    its launch, if one is under way, has stopped creating them (`settle`: the launch
-    itself does not wait for itself)."""
-    if settle:
-        await exp.settle_launch(trial, attempt)
+    its launch, if one is under way, has stopped creating them. The launch is withdrawn
+    when this is called, not when the deletion starts: a launch that resumes in between
+    creates nothing more. (`settle=False`: the launch itself, not waiting for itself.)"""
+    settled = exp.withdraw_launch(trial, attempt) if settle else None
+    return _delete_ranks(exp, trial, attempt, ranks, settled)
+
+
+async def _delete_ranks(
+    exp: Experiment,
+    trial: str,
+    attempt: int,
+    ranks: Iterable[int] | None,
+    settled: asyncio.Event | None,
+) -> None:
+    if settled is not None:
+        await settled.wait()
     workers = exp.spec.workers
     chosen = range(workers) if ranks is None else ranks
     await asyncio.gather(
@@ -58,13 +70,16 @@ def stop_ranks(exp: Experiment, trial: str, attempt: int) -> None:
     a deletion the API server is slow to answer (a hanging webhook, Katib #2725) must
     not hold up the rest of the experiment's decisions (its end, say). Retried with
     back-off until done, or the experiment is gone."""
+    settled = exp.withdraw_launch(trial, attempt)  # now, not when the deletion starts
 
     async def delete() -> None:
+        if settled is not None:
+            await settled.wait()
         for pause in (*STOP_RETRY_SECONDS, None):
             if exp.closed:
                 return
             try:
-                await delete_ranks(exp, trial, attempt)
+                await delete_ranks(exp, trial, attempt, settle=False)  # settled above
                 return
             except Exception as failure:  # the API's refusal or time-out: tried again
                 error = brief(failure)
@@ -83,8 +98,11 @@ def delete_ranks_later(exp: Experiment, trial: str, attempt: int, ranks: Iterabl
     """Rank 0 exited 0: the others finish on their own (they save their shard), and
     whatever still runs after the grace period is deleted (in the background)."""
     chosen = tuple(ranks)
+    settled = exp.withdraw_launch(trial, attempt)
 
     async def later() -> None:
+        if settled is not None:
+            await settled.wait()
         await asyncio.sleep(exp.config.pod_grace_seconds)
         if exp.closed:
             return
@@ -97,6 +115,6 @@ def delete_ranks_later(exp: Experiment, trial: str, attempt: int, ranks: Iterabl
 
         listed = await exp.kube.list_pods(exp.namespace, exp.name, still_running)
         running = [names[p["metadata"]["name"]] for p in listed]
-        await delete_ranks(exp, trial, attempt, running)
+        await delete_ranks(exp, trial, attempt, running, settle=False)  # settled above
 
     exp.in_background(later())

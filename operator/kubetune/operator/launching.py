@@ -7,9 +7,9 @@ task of its own (`Experiment.launches` holds what it has done): one the API serv
 (a 5xx, a time-out) is tried again with back-off while its attempt is current. Any
 deletion of an attempt's pods withdraws its launch first and waits until it creates
 nothing more (`Experiment.settle_launch`), so pods are deleted after they exist, not
-before; an attempt withdrawn before any pod of it existed is ended here, since no pod's
-end will end it; a gang whose later ranks fail to be created is interrupted, not
-completed late (ranks must start together).
+before; a stopped attempt with no pod known to exist is ended here, since no pod's end
+will end it; a gang whose later ranks fail to be created is interrupted, not completed
+late (ranks must start together).
 """
 
 from __future__ import annotations
@@ -25,7 +25,7 @@ from kubetune.engine import LaunchTrial
 from kubetune.events import ExitKind
 from kubetune.httpserver import OneLineLog
 from kubetune.operator.experiment import Experiment, Launch
-from kubetune.operator.gangshell import brief, delete_ranks
+from kubetune.operator.gangshell import brief, stop_ranks
 from kubetune.trials import TrialPhase
 
 logger = logging.getLogger(__name__)
@@ -68,8 +68,8 @@ class BackgroundLaunches:
                     break
                 except Exception as error:  # a 5xx, a time-out
                     exp.observer.reconcile_error("launch", error)
-                    if launch.pods and exp.spec.workers > 1:
-                        await self._interrupt_gang(action, brief(error))
+                    if launch.tried_pods and exp.spec.workers > 1:
+                        self._interrupt_gang(action, brief(error))
                         break
                     pause = LAUNCH_RETRY_SECONDS[min(failures, len(LAUNCH_RETRY_SECONDS) - 1)]
                     LAUNCH_LOG.warning(
@@ -85,19 +85,24 @@ class BackgroundLaunches:
         finally:
             del exp.launches[(action.name, action.attempt)]
             launch.done.set()
-        if launch.withdrawn.is_set() and not launch.pods and self.current(action):
+        if not launch.pods and self.current(action) and action.number in exp.engine.stop_reasons:
+            # Stopped before a pod of it was known to exist, and not waiting for quota
+            # (a stopped trial's wait is not recorded): no pod's end will end it (one
+            # created unbeknownst, its create timed out, is deleted by the stop).
             self.end_attempt(action, STOPPED_BEFORE_POD)
         self.after()
 
-    async def _interrupt_gang(self, action: LaunchTrial, why: str) -> None:
+    def _interrupt_gang(self, action: LaunchTrial, why: str) -> None:
         """Ranks created later than the others would not start with them: the attempt
-        is interrupted (resumed whole later) and the ranks created are deleted."""
+        is interrupted (resumed whole later), the ranks created are deleted (retried, in
+        the background, once this launch is over) and a step is asked for."""
         exp = self.experiment
         message = f"creating its gang's pods failed ({why})"
         if exp.engine.attempt_ended(
             action.number, action.attempt, ExitKind.INTERRUPTED, None, time.time(), message
         ):
-            await delete_ranks(exp, action.name, action.attempt, settle=False)
+            stop_ranks(exp, action.name, action.attempt)
+            self.end_attempt(action, message)  # ended already: it only asks for a step
 
     def current(self, action: LaunchTrial) -> bool:
         """Whether the launch is still wanted: its attempt the trial's running one."""
