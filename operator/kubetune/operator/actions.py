@@ -235,19 +235,12 @@ class PodActions:
                     )
         return ended
 
-    def _withdrawn(self, action: LaunchTrial) -> bool:
-        """Whether the launch's pods are to be deleted, or its trial is being stopped."""
-        exp = self.experiment
-        launch = exp.launches.get((action.name, action.attempt))
-        withdrawn = launch is not None and launch.withdrawn.is_set()
-        return withdrawn or action.number in exp.engine.stop_reasons
-
     def _quota_retries(self) -> list[LaunchTrial]:
         """Launches refused for an exceeded quota whose back-off is over."""
         return self.quota_waits.due(self.experiment.engine, time.time())
 
     async def _wait_for_room(self, action: LaunchTrial, why: str) -> None:
-        if self._withdrawn(action):
+        if self.launches.withdrawn(action):
             return
         self.quota_waits.refused(action, time.time(), QUOTA_RETRY_SECONDS)
         if self.quota_waits.waits[action.number].refusals == 1:  # told once per wait
@@ -258,7 +251,7 @@ class PodActions:
             )
 
     async def _wait_for_quota(self, action: LaunchTrial, message: str) -> None:
-        if self._withdrawn(action):
+        if self.launches.withdrawn(action):
             return  # stopped meanwhile: it ends as stopped, not waiting
         delay = self.quota_waits.refused(action, time.time())
         await self.experiment.event(

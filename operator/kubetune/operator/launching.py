@@ -104,6 +104,14 @@ class BackgroundLaunches:
             stop_ranks(exp, action.name, action.attempt)
             self.end_attempt(action, message)  # ended already: it only asks for a step
 
+    def withdrawn(self, action: LaunchTrial) -> bool:
+        """Whether the launch's pods are to be deleted, or its trial is being stopped."""
+        exp = self.experiment
+        launch = exp.launches.get((action.name, action.attempt))
+        return (launch is not None and launch.withdrawn.is_set()) or (
+            action.number in exp.engine.stop_reasons
+        )
+
     def current(self, action: LaunchTrial) -> bool:
         """Whether the launch is still wanted: its attempt the trial's running one."""
         trial = self.experiment.engine.trials[action.number]
