@@ -67,7 +67,7 @@ class Experiment:
         self.closed = False  # the experiment is gone: nothing more is written
         self.load_failure: str | None = None
         self.background: set[asyncio.Task[Any]] = set()
-        # Launches being carried out (operator/actions.py), by (trial name, attempt).
+        # Launches being carried out (operator/launching.py), by (trial name, attempt).
         self.launches: dict[tuple[str, int], Launch] = {}
         # Written by the capacity loop (capacity_update); the stored cost seeds it, and
         # the time it was accounted up to tells a restarted loop what it has not seen.
