@@ -448,6 +448,13 @@ class Engine:
         self._record(AttemptEnded(number, attempt, kind, exit_code, now, message))
         return True
 
+    def told_to_end(self, number: int) -> bool:
+        """Whether the trial's running attempt was told to pause or stop: how it ends is
+        decided by the report that told it (`_apply_attempt_end`), whenever and however
+        its process or pod ends."""
+        attempt = self.trials[number].attempt
+        return attempt is not None and attempt.decision is not None
+
     def update_spec(self, spec: ExperimentSpec) -> None:
         """A new spec whose budget may differ; the frozen fields are checked by the caller."""
         self.spec = spec

@@ -150,6 +150,18 @@ def trained_from(attempts: list[Attempt], first_step: int) -> int:
     return max(reached) if first_step > max(reached) else first_step - 1
 
 
+def start_read_from(attempts: list[Attempt], first_step: int) -> bool:
+    """Whether `trained_from` of the last of `attempts` depends on which of its reports
+    is its first: only then does a decision (the cost per step, `Attempt.consumed`) read
+    the first report, and only then must it be durable before it is answered. A fresh
+    attempt's first report past step 0, or a resumed one's past where its predecessors
+    stopped, gives the same start as any later report would."""
+    attempt = attempts[-1]
+    reached = [a.last_step for a in attempts[:-1] if a.last_step is not None]
+    base = max(reached) if attempt.resume and reached else 0
+    return first_step <= base
+
+
 class StepValues(MutableMapping[int, float]):
     """A trial's objective value by step, held as two arrays in step order.
 

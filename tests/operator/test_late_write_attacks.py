@@ -77,10 +77,12 @@ def late_writer(outcomes: list[Exception | None]) -> tuple[StatusWriter, list[in
     writer.experiment = SimpleNamespace(name="exp", closed=False)  # type: ignore[assignment]
     writer.history = SimpleNamespace(note_new_events=lambda: {3})  # type: ignore[assignment]
     writer.late_reports = set()
+    writer.late_nodes = set()
+    writer.late_due = {}
     writer.report_flush = None
     calls: list[int] = []
 
-    async def write_late_reports() -> None:
+    async def write_late_reports(numbers: list[int] | None = None) -> None:
         calls.append(len(calls))
         outcome = outcomes[min(len(calls) - 1, len(outcomes) - 1)]
         if outcome is not None:

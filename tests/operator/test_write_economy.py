@@ -17,10 +17,17 @@ from kubetune.events import Reported, TrialLaunched
 from kubetune.observability import Observer
 from kubetune.operator import store, writes
 from kubetune.operator.authorship import Authorship
-from kubetune.operator.history import HistoryRecords
+from kubetune.operator.history import HistoryRecords, late_report, start_report
 from kubetune.operator.packed import PackedRecords
 from kubetune.operator.writes import StatusWriter
-from kubetune.trials import Decision, TrialPhase, Verdict
+from kubetune.trials import (
+    Attempt,
+    Decision,
+    TrialPhase,
+    Verdict,
+    start_read_from,
+    trained_from,
+)
 from tests.engine.helpers import Driver, make_spec
 
 
@@ -324,3 +331,121 @@ def test_late_writes_leave_most_slots_to_the_writes_a_report_waits_for() -> None
     last = f"t{TRIALS - 1}"
     assert api.ended[last] < max(api.ended.values())
     assert len([name for name, _ in api.patches if name == last]) == 2  # not written again
+
+
+def two_trial_writer(api: FakeTrials) -> tuple[StatusWriter, Any]:
+    writer, engine = make_writer(api)
+    engine.trials.append(SimpleNamespace(number=1, name="t1", phase=TrialPhase.RUNNING, reason=""))
+    writer.trial_uids[1] = "u1"
+    engine.history.append(TrialLaunched(1, 1, False, 27, 0.0))
+    writer.note_new_events()
+    return writer, engine
+
+
+def test_a_trials_late_reports_go_with_its_next_write_ahead_within_the_delay(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    """Each trial's late write is due a delay after its own oldest late report: trial 0,
+    whose rung comes within the delay, is written once (the rung's write carries its
+    late reports); trial 1, whose reports stop, once at its own deadline. With one
+    experiment-wide tick, the tick that trial 1's report started wrote trial 0's late
+    reports too, and the rung wrote it again: three writes, not two."""
+    monkeypatch.setattr(writes, "REPORT_WRITE_SECONDS", 0.3)
+    api = FakeTrials()
+    writer, engine = two_trial_writer(api)
+
+    async def scenario() -> None:
+        await asyncio.gather(writer.flush_trial(0), writer.flush_trial(1))
+        api.patches.clear()
+        engine.history.append(Reported(1, 1, 1, {"loss": 1.0}, Verdict.go_on(), None, 0.0))
+        writer.note_late_report()
+        await asyncio.sleep(0.2)
+        for step in (1, 2):
+            engine.history.append(report(step))
+            writer.note_late_report()
+            await asyncio.sleep(0.1)  # trial 1's deadline passes after step 2
+        await asyncio.sleep(0.05)
+        engine.history.append(Reported(0, 1, 3, {"loss": 1.0}, Verdict.go_on(), 0, 0.0))
+        writer.note_new_events()  # trial 0's rung, within its delay: written ahead
+        await writer.flush_trial(0)
+        await asyncio.sleep(0.5)  # no late write of trial 0 is left to make
+
+    asyncio.run(scenario())
+    assert [(name, len(patch["history"])) for name, patch in api.patches] == [
+        ("t1", 2),
+        ("t0", 4),
+    ]
+    assert not writer.late_reports and not writer.late_due
+
+
+def test_a_late_report_arriving_during_its_trials_write_is_written_a_delay_later(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    monkeypatch.setattr(writes, "REPORT_WRITE_SECONDS", 0.1)
+    api = FakeTrials()
+    writer, engine = make_writer(api)
+    sent = asyncio.Event()
+
+    async def slow_patch(namespace: str, name: str, patch: dict[str, Any]) -> str:
+        api.patches.append((name, patch))
+        sent.set()
+        await asyncio.sleep(0.2)
+        return str(len(api.patches))
+
+    async def scenario() -> None:
+        await writer.flush_trial(0)
+        api.patch_trial_status = slow_patch  # type: ignore[method-assign]
+        engine.history.append(report(1))
+        writer.note_late_report()
+        await sent.wait()  # the late write of step 1 is in flight
+        engine.history.append(report(2))
+        writer.note_late_report()
+        assert 0 in writer.late_due  # due anew, not forgotten with the write in flight
+        await asyncio.sleep(0.6)
+
+    asyncio.run(scenario())
+    assert [len(patch["history"]) for _, patch in api.patches] == [1, 2, 3]
+    assert writer.durable(0) and not writer.late_due
+
+
+@pytest.mark.parametrize(
+    ("resume", "earlier_last_steps", "first_step", "read"),
+    [
+        (False, [], 1, False),  # a fresh attempt starts at 0 whichever report comes first
+        (False, [], 0, True),  # a report of step 0: the start is just before it
+        (True, [10], 11, False),  # resumed past where its predecessor stopped
+        (True, [10], 10, True),  # resumed from an older checkpoint: it says where
+        (True, [10], 4, True),
+        (True, [], 3, False),  # resumed, but nothing reported before: as a fresh one
+    ],
+)
+def test_an_attempts_first_report_is_read_only_where_it_says_where_it_started(
+    resume: bool, earlier_last_steps: list[int], first_step: int, read: bool
+) -> None:
+    """`start_read_from` against `trained_from` itself: the first report is read by a
+    decision exactly when a later first report would give another start."""
+    attempts = [Attempt(n, False, None, last_step=s) for n, s in enumerate(earlier_last_steps)]
+    attempts.append(Attempt(len(attempts), resume, None))
+    assert start_read_from(attempts, first_step) is read
+    later = [trained_from(attempts, step) for step in range(first_step, first_step + 30)]
+    assert (len(set(later)) > 1) is read
+
+
+def test_a_fresh_attempts_first_report_is_written_late_unless_a_decision_reads_it() -> None:
+    """The report path's own question (operator/controller.py): a fresh attempt's first
+    report at step 1 is answered before it is durable (one HPOTrial write per attempt
+    fewer: bench/scale.py's open loop); a report of step 0 says where training started
+    (`Attempt.consumed`, the cost per step) and is written ahead, as is a first report
+    at a rung."""
+    spec = make_spec(budget={"maxTrials": 1, "parallelTrials": 1})
+    driver = Driver(spec, name="e")
+    driver.decide()
+    trial = driver.engine.trials[0]
+    must_keep = driver.engine.scheduler.must_keep
+    assert not start_report(trial, 1) and start_report(trial, 0)
+    before = len(driver.engine.history)
+    driver.report(0, 1, 0.5)
+    new = list(driver.engine.history[before:])
+    assert late_report(new, start_report(trial, 1), must_keep)
+    assert not late_report(new, True, must_keep)  # as it was for every attempt's first
+    assert not start_report(trial, 2)  # no longer the first either way

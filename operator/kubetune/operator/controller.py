@@ -51,7 +51,7 @@ from kubetune.offloop import SuggestionWorker
 from kubetune.operator import repair
 from kubetune.operator.actions import PodActions
 from kubetune.operator.experiment import Experiment, OperatorConfig
-from kubetune.operator.history import HistoryRecords, late_report
+from kubetune.operator.history import HistoryRecords, late_report, start_report
 from kubetune.operator.kube import Kube
 from kubetune.operator.logs import LogStreams
 from kubetune.operator.podwatch import PodWatch
@@ -141,7 +141,7 @@ class ExperimentController(Experiment):
         self.writer.note_new_events()
         trial = self.engine.trial_by_name(report.trial)
         before = len(self.engine.history)
-        first = trial.attempt is None or trial.attempt.last_step is None
+        first = start_report(trial, report.step)
         verdict = self.engine.report(
             trial.number, report.attempt, report.step, report.metrics, time.time(), report.rank
         )

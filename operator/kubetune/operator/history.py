@@ -13,6 +13,7 @@ from kubetune.operator import store
 from kubetune.operator.experiment import Experiment
 from kubetune.operator.gaps import Owner, Run, Watermark
 from kubetune.operator.packed import mutable, packed
+from kubetune.trials import TrialRecord, start_read_from
 
 Record = dict[str, Any]
 
@@ -104,6 +105,14 @@ class HistoryRecords:
         if kept == metrics:
             return record
         return self.experiment.signer.sign({**record, "metrics": kept})
+
+
+def start_report(trial: TrialRecord, step: int) -> bool:
+    """Whether a report of `trial` at `step`, not recorded yet, is read by decisions as its
+    attempt's first: only where it tells where the attempt started from
+    (`trials.start_read_from`); otherwise it may be written late like the next ones."""
+    attempt = trial.attempt
+    return attempt is None or (attempt.last_step is None and start_read_from(trial.attempts, step))
 
 
 def late_report(new: Sequence[Event], first: bool, must_keep: Callable[[int], bool]) -> bool:

@@ -64,6 +64,14 @@ class PodWatch:
         for trial in list(exp.engine.running()):
             attempt = trial.attempts[-1]
             found = gang_at_start(pods, trial.name, attempt.number, workers)
+            if found == "launch" and workers == 1 and exp.engine.told_to_end(trial.number):
+                # Told to pause or stop, and no pod left: it ended while the operator was
+                # away (its end may be written late, operator/writes.py), as it was told.
+                message = "no pod left when the operator started"
+                exp.engine.attempt_ended(
+                    trial.number, attempt.number, ExitKind.INTERRUPTED, None, time.time(), message
+                )
+                continue
             if found == "launch":
                 # The launch was recorded but its pods (some ranks of a gang) never made
                 # it: carry the launch out (what exists is not created twice).
@@ -153,9 +161,17 @@ class PodWatch:
         if verdict.outcome is None:
             return False  # a rank > 0 done: rank 0 speaks for the attempt
         outcome = verdict.outcome
+        # Events a step has not filed yet are filed as writes ahead first, so that only
+        # this end can be taken for a late one (a gang's end deletes its other ranks:
+        # written ahead).
+        late = workers == 1 and engine.told_to_end(trial.number)
+        if late:
+            self.writer.note_new_events()
         ended = engine.attempt_ended(
             trial.number, attempt, outcome.kind, outcome.exit_code, time.time(), outcome.message
         )
+        if ended and late:
+            self.writer.note_late_end()
         if ended and verdict.stop:
             self._stop_ranks(trial.name, attempt, verdict.stop, verdict.graceful)
         return ended

@@ -334,8 +334,10 @@ def decisions_read(
     must_keep: Callable[[int], bool],
 ) -> bool:
     """Whether a report is one that decisions or replay read: it carries a decision or
-    a rung, is at a step the scheduler reads (`must_keep`), or is its attempt's first.
-    Only the others may be thinned out of a history (`compact`) or written late
+    a rung, is at a step the scheduler reads (`must_keep`), or is its attempt's first
+    (`compact` keeps every attempt's first; the report path asks this only of a first
+    report that says where its attempt started, `history.start_report`). Only the
+    others may be thinned out of a history (`compact`) or written late
     (`operator.writes`: acknowledged before they are durable)."""
     return (
         decision != Decision.CONTINUE.value

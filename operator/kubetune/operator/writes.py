@@ -7,9 +7,12 @@ many changes (`flush_soon`). Writes of one HPOTrial go through one CoalescedWrit
 so they never overlap and a caller's change is durable when its flush returns.
 
 Reports that no decision reads (`store.decisions_read`: no decision, no rung, not a
-step the scheduler reads, not the attempt's first) are answered before they are
-durable and written together every `REPORT_WRITE_SECONDS` (`note_late_report`): at a
-report a second per trial that is one HPOTrial write in five instead of one per report.
+step the scheduler reads, not an attempt's first where it says where the attempt
+started) are answered before they are durable and written with the trial's next write,
+or `REPORT_WRITE_SECONDS` after the oldest of them (`note_late_report`); so is the end
+of an attempt told to pause or stop (`note_late_end`). At a report a second per trial,
+an attempt of ten reports between rungs costs three HPOTrial writes: its launch, its
+rung and the end of its next attempt or its promotion.
 What a SIGKILLed operator can lose is only such reports; the SDK sends its last one
 again, with `flush`, before its process exits, so no attempt's final value is lost
 (tests/operator/test_durability.py). Any write-ahead write of the trial (a rung, its
@@ -48,7 +51,7 @@ from kubetune.shell.core import experiment_phase
 from kubetune.trials import TrialPhase, TrialRecord
 
 log = logging.getLogger(__name__)
-REPORT_WRITE_SECONDS = env_seconds("KUBETUNE_REPORT_WRITE_SECONDS", 5.0)
+REPORT_WRITE_SECONDS = env_seconds("KUBETUNE_REPORT_WRITE_SECONDS", 15.0)
 # A late write that failed (an API error) is tried again after this, even with no new
 # report to start one (never sooner than a second: no tight loop against an API down).
 REPORT_RETRY_SECONDS = max(REPORT_WRITE_SECONDS, 1.0)
@@ -72,6 +75,8 @@ class StatusWriter:
         self.lazy_trials: set[int] = set()  # to be written at the next flush
         self.late_reports: set[int] = set()  # answered reports not yet durable
         self.late_nodes: set[int] = set()  # a trial's node, written with its next write
+        # When each trial's oldest late report or node must be written (monotonic).
+        self.late_due: dict[int, float] = {}
         self.report_flush: asyncio.Task[None] | None = None
         self.written_phases: dict[int, tuple[str, str]] = {}
         self.writers: dict[int, CoalescedWriter] = {}
@@ -88,36 +93,60 @@ class StatusWriter:
 
     def note_late_report(self) -> None:
         """The engine's one new event is a report no decision reads: written within
-        REPORT_WRITE_SECONDS, together with others, not before it is answered."""
-        self.late_reports |= self.history.note_new_events()
-        self._start_late_writes()
+        REPORT_WRITE_SECONDS, with the trial's next write, not before it is answered."""
+        self.note_late_events()
+
+    def note_late_end(self) -> None:
+        """The engine's one new event is the end of an attempt told to pause or stop
+        (`Engine.told_to_end`): the trial's phase follows from the report that told it,
+        which is durable, so a restarted operator that finds the end missing ends the
+        attempt the same way from its pod, or from its pod's absence
+        (`PodWatch.reconcile`). Written like a late report: one HPOTrial write per
+        paused or stopped attempt fewer."""
+        self.note_late_events()
+
+    def note_late_events(self) -> None:
+        numbers = self.history.note_new_events()
+        self.late_reports |= numbers
+        self._due(numbers, REPORT_WRITE_SECONDS)
 
     def note_node(self, number: int, node: str) -> None:
         """Trial `number` runs on `node`: shown in its status by its next write (its
-        first report's, usually) or within REPORT_WRITE_SECONDS, not by a write of its
+        first decision's, usually) or within REPORT_WRITE_SECONDS, not by a write of its
         own (one HPOTrial write per attempt fewer)."""
         self.nodes[number] = node
         self.late_nodes.add(number)
-        self._start_late_writes()
+        self._due({number}, REPORT_WRITE_SECONDS)
 
-    def _start_late_writes(self) -> None:
+    def _due(self, numbers: set[int], delay: float) -> None:
+        """Each trial's late write is due `delay` after its oldest unwritten late change,
+        not at one experiment-wide tick: a trial whose next write-ahead (a rung, its
+        attempt's end) comes within the delay carries its late reports with it, and
+        needs no write of their own (bench/scale.py: one HPOTrial write in three fewer)."""
+        due = time.monotonic() + delay
+        for number in numbers:
+            self.late_due.setdefault(number, due)
         if self.report_flush is None or self.report_flush.done():
             self.report_flush = asyncio.create_task(self._write_late_reports())
 
     def durable(self, number: int) -> bool:
         return number not in self.late_reports and number not in self.dirty_trials
 
-    async def write_late_reports(self) -> None:
+    async def write_late_reports(self, numbers: list[int] | None = None) -> None:
+        """Write trials' late reports and nodes now: those of `numbers`, or all."""
         late = self.late_reports | self.late_nodes
-        await asyncio.gather(*(flush_late(self, n) for n in sorted(late)))
+        chosen = late if numbers is None else late.intersection(numbers)
+        await asyncio.gather(*(flush_late(self, n) for n in sorted(chosen)))
 
     async def _write_late_reports(self) -> None:
-        delay = REPORT_WRITE_SECONDS
-        while True:
-            await asyncio.sleep(delay)
+        while self.late_due and not self.experiment.closed:
+            await asyncio.sleep(max(min(self.late_due.values()) - time.monotonic(), 0.0))
+            now = time.monotonic()
+            due = sorted(n for n, at in self.late_due.items() if at <= now)
+            for number in due:
+                del self.late_due[number]  # changes arriving during the write: due anew
             try:
-                await self.write_late_reports()
-                return
+                await self.write_late_reports(due)
             except Exception as error:
                 # Tried again: a trial that sends no further report (it hangs, or its
                 # pod lingers) must not keep an answered report unwritten for ever.
@@ -127,9 +156,8 @@ class StatusWriter:
                     REPORT_RETRY_SECONDS,
                     error,
                 )
-            if self.experiment.closed or not (self.late_reports or self.late_nodes):
-                return
-            delay = REPORT_RETRY_SECONDS
+                late = self.late_reports | self.late_nodes
+                self._due(late.intersection(due), REPORT_RETRY_SECONDS)
 
     async def persist(self) -> None:
         """Write what changed. Trial histories and experiment-level events are written
@@ -224,6 +252,7 @@ class StatusWriter:
         self.lazy_trials.discard(number)
         self.late_reports.discard(number)
         self.late_nodes.discard(number)
+        self.late_due.pop(number, None)
 
     def flush_soon(self, delay: float = 1.0) -> None:
         """Write the summaries (counts, best, nodes) within `delay`, once for many changes."""
