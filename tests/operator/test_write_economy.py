@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import asyncio
 import json
+import time
 from types import SimpleNamespace
 from typing import Any
 
@@ -15,7 +16,7 @@ import pytest
 
 from kubetune.events import Reported, TrialLaunched
 from kubetune.observability import Observer
-from kubetune.operator import store, writes
+from kubetune.operator import podwatch, store, writes
 from kubetune.operator.authorship import Authorship
 from kubetune.operator.history import HistoryRecords, late_report, start_report
 from kubetune.operator.packed import PackedRecords
@@ -449,3 +450,89 @@ def test_a_fresh_attempts_first_report_is_written_late_unless_a_decision_reads_i
     assert late_report(new, start_report(trial, 1), must_keep)
     assert not late_report(new, True, must_keep)  # as it was for every attempt's first
     assert not start_report(trial, 2)  # no longer the first either way
+
+
+def test_a_node_noted_while_its_trials_write_is_in_flight_is_written_after_it(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    """The write took its status before the node was noted and nothing else changed:
+    before, the write's end cleared the node as written, and it never was."""
+    monkeypatch.setattr(writes, "REPORT_WRITE_SECONDS", 0.1)
+    api = SlowTrials()
+    writer, _ = make_writer(api)
+
+    async def scenario() -> None:
+        write = asyncio.create_task(writer.flush_trial(0))
+        await asyncio.sleep(0.005)  # the status is built and on its way
+        writer.note_node(0, "node-a")
+        await write
+        await asyncio.sleep(0.4)
+
+    asyncio.run(scenario())
+    assert [patch["node"] for _, patch in api.patches] == [None, "node-a"]
+    assert not writer.late_nodes and not writer.late_due
+
+
+def test_at_exit_every_late_write_goes_out_at_once() -> None:
+    """A SIGTERMed operator has 10 s for its late writes (handlers._cleanup), and no
+    write-ahead is left to keep slots for: 200 late trials are not written 4 at a time."""
+    api = SlowTrials()
+    engine = SimpleNamespace(
+        history=[],
+        trials=[
+            SimpleNamespace(number=n, name=f"t{n}", phase=TrialPhase.RUNNING, reason="")
+            for n in range(TRIALS)
+        ],
+        scheduler=SimpleNamespace(must_keep=lambda step: False),
+    )
+    experiment = fake_experiment(engine, api)
+    writer = StatusWriter(experiment, HistoryRecords(experiment))  # type: ignore[arg-type]
+    writer.trial_uids = {n: f"u{n}" for n in range(TRIALS)}
+    writer.trial_status = lambda trial, records: {"history": records}  # type: ignore[method-assign]
+    engine.history += [TrialLaunched(n, 1, False, 27, 0.0) for n in range(TRIALS)]
+    writer.late_reports |= writer.history.note_new_events()
+    asyncio.run(writer.write_late_reports(at_exit=True))
+    assert not writer.late_reports and len(api.patches) == TRIALS
+    assert api.most_in_flight > writes.LATE_WRITES_AT_ONCE
+
+
+class FakeLogs:
+    def __init__(self) -> None:
+        self.followed: list[str] = []
+
+    async def follow(self, namespace: str, pod: str, *_: Any) -> None:
+        self.followed.append(pod)
+
+
+def test_after_a_restart_a_pods_log_is_read_only_if_it_does_not_report_through_the_sdk(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    """An attempt's first SDK report, and status.sdkAttempt with it, may be written late:
+    an operator restarted before it was gives each running pod `LOG_FOLLOW_GRACE_SECONDS`
+    to report through the SDK before it reads its log for `name=value` lines (read from
+    its start: a script without the SDK loses nothing, its reports come later)."""
+    monkeypatch.setattr(podwatch, "LOG_FOLLOW_GRACE_SECONDS", 0.2)
+    logs = FakeLogs()
+    experiment = SimpleNamespace(
+        namespace="ns", spec=SimpleNamespace(scheduler=SimpleNamespace(resource="step"))
+    )
+    writer = SimpleNamespace(sdk_attempts={})
+    watch = podwatch.PodWatch(experiment, writer, None, logs)  # type: ignore[arg-type]
+
+    def pod(name: str) -> dict[str, Any]:
+        return {
+            "metadata": {"name": name},
+            "spec": {"containers": [{"name": "trial"}]},
+            "status": {"phase": "Running"},
+        }
+
+    async def scenario() -> None:
+        watch.follow_logs_from = time.monotonic() + podwatch.LOG_FOLLOW_GRACE_SECONDS
+        watch._follow_logs(pod("sdk-a1"), 0, 1)
+        watch._follow_logs(pod("script-a1"), 1, 1)
+        await asyncio.sleep(0.05)
+        watch.sdk_reported(0, 1)  # its next report, within the grace
+        await asyncio.sleep(0.3)
+
+    asyncio.run(scenario())
+    assert logs.followed == ["script-a1"]

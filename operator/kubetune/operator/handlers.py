@@ -272,7 +272,7 @@ async def _cleanup(memo: kopf.Memo, **_: Any) -> None:
     if (trimmer := memo.get("trimmer")) is not None:
         trimmer.cancel()
     # Stopped, not killed: the reports answered but not written yet are written now.
-    late = [c.writer.write_late_reports() for c in registry.controllers.values()]
+    late = [c.writer.write_late_reports(at_exit=True) for c in registry.controllers.values()]
     with contextlib.suppress(TimeoutError):
         async with asyncio.timeout(10):
             await asyncio.gather(*late, return_exceptions=True)

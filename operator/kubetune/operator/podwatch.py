@@ -18,8 +18,12 @@ from kubetune.operator.gangshell import delete_ranks, delete_ranks_later
 from kubetune.operator.logs import LogStreams
 from kubetune.operator.notices import NodeNotices
 from kubetune.operator.outcomes import attempt_outcome, pod_node
-from kubetune.operator.writes import StatusWriter
+from kubetune.operator.writes import REPORT_WRITE_SECONDS, StatusWriter
 from kubetune.shell.core import LogReport, take_log_report
+
+# A trial that reports through the SDK at least this often after an operator restart is
+# heard before its log is read (twice the late-write delay).
+LOG_FOLLOW_GRACE_SECONDS = 2 * REPORT_WRITE_SECONDS
 
 
 class PodWatch:
@@ -39,6 +43,7 @@ class PodWatch:
         self.followers: dict[tuple[int, int], asyncio.Task[None] | None] = {}
         self.sdk_reporters: set[tuple[int, int]] = set()
         self.notices = NodeNotices()
+        self.follow_logs_from = 0.0  # monotonic: no log stream is opened before it
 
     def node_changed(self, node: dict[str, Any], deleted: bool) -> None:
         """A Node's termination taint (operator/notices.py): its trials leave at their
@@ -48,6 +53,10 @@ class PodWatch:
     async def reconcile(self) -> None:
         """At load: the pods as they are now against the attempts the engine runs."""
         exp = self.experiment
+        # An attempt's first SDK report may be written late, status.sdkAttempt with it:
+        # a running pod not known to report through the SDK is given time to do so
+        # before its log is read for `name=value` lines (from its start, nothing lost).
+        self.follow_logs_from = time.monotonic() + LOG_FOLLOW_GRACE_SECONDS
         # Still listed below: the deletion's watch event ends their attempts.
         await ownership.delete_orphaned_pods(exp)
         workers = exp.spec.workers
@@ -66,7 +75,7 @@ class PodWatch:
             found = gang_at_start(pods, trial.name, attempt.number, workers)
             if found == "launch" and workers == 1 and exp.engine.told_to_end(trial.number):
                 # Told to pause or stop, and no pod left: it ended while the operator was
-                # away (its end may be written late, operator/writes.py), as it was told.
+                # away (killed before it wrote the end), as it was told.
                 message = "no pod left when the operator started"
                 exp.engine.attempt_ended(
                     trial.number, attempt.number, ExitKind.INTERRUPTED, None, time.time(), message
@@ -161,17 +170,9 @@ class PodWatch:
         if verdict.outcome is None:
             return False  # a rank > 0 done: rank 0 speaks for the attempt
         outcome = verdict.outcome
-        # Events a step has not filed yet are filed as writes ahead first, so that only
-        # this end can be taken for a late one (a gang's end deletes its other ranks:
-        # written ahead).
-        late = workers == 1 and engine.told_to_end(trial.number)
-        if late:
-            self.writer.note_new_events()
         ended = engine.attempt_ended(
             trial.number, attempt, outcome.kind, outcome.exit_code, time.time(), outcome.message
         )
-        if ended and late:
-            self.writer.note_late_end()
         if ended and verdict.stop:
             self._stop_ranks(trial.name, attempt, verdict.stop, verdict.graceful)
         return ended
@@ -198,14 +199,13 @@ class PodWatch:
         async def on_line(step: int, metrics: dict[str, float]) -> bool:
             return await self._log_report(number, attempt, step, metrics)
 
+        async def follow(logs: LogStreams, wait: float) -> None:
+            await asyncio.sleep(wait)  # cancelled by the attempt's first SDK report
+            name, resource = pod["metadata"]["name"], exp.spec.scheduler.resource
+            await logs.follow(exp.namespace, name, container, resource, on_line)
+
         follower = asyncio.create_task(
-            self.logs.follow(
-                exp.namespace,
-                pod["metadata"]["name"],
-                container,
-                exp.spec.scheduler.resource,
-                on_line,
-            )
+            follow(self.logs, max(self.follow_logs_from - time.monotonic(), 0.0))
         )
         self.followers[key] = follower
         follower.add_done_callback(lambda _: self._followed(key))

@@ -9,21 +9,28 @@ so they never overlap and a caller's change is durable when its flush returns.
 Reports that no decision reads (`store.decisions_read`: no decision, no rung, not a
 step the scheduler reads, not an attempt's first where it says where the attempt
 started) are answered before they are durable and written with the trial's next write,
-or `REPORT_WRITE_SECONDS` after the oldest of them (`note_late_report`); so is the end
-of an attempt told to pause or stop (`note_late_end`). At a report a second per trial,
-an attempt of ten reports between rungs costs three HPOTrial writes: its launch, its
-rung and the end of its next attempt or its promotion.
+or `REPORT_WRITE_SECONDS` after the oldest of them (`note_late_report`). At a report a
+second per trial, an attempt of ten reports between rungs costs three HPOTrial writes:
+its launch, its rung and its end.
+
 What a SIGKILLed operator can lose is only such reports; the SDK sends its last one
 again, with `flush`, before its process exits, so no attempt's final value is lost
 (tests/operator/test_durability.py). Any write-ahead write of the trial (a rung, its
 attempt's end) carries the late ones with it: a status is always written whole.
 A trial's node is written the same way, with its next write (`note_node`), and a write
 that would send the status last written is not sent.
+
+An attempt's end is written ahead even when the report that told it to pause or stop
+is durable and its phase follows from it: a late end keeps every record made after it
+from vouching for the records before (gaps.Watermark), so a deleted final report would
+no longer be told (tests/operator/test_ownership.py); and with `maxCostUSD` the cost per
+step reads when it ended.
 """
 
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import logging
 import time
 from typing import Any
@@ -94,18 +101,6 @@ class StatusWriter:
     def note_late_report(self) -> None:
         """The engine's one new event is a report no decision reads: written within
         REPORT_WRITE_SECONDS, with the trial's next write, not before it is answered."""
-        self.note_late_events()
-
-    def note_late_end(self) -> None:
-        """The engine's one new event is the end of an attempt told to pause or stop
-        (`Engine.told_to_end`): the trial's phase follows from the report that told it,
-        which is durable, so a restarted operator that finds the end missing ends the
-        attempt the same way from its pod, or from its pod's absence
-        (`PodWatch.reconcile`). Written like a late report: one HPOTrial write per
-        paused or stopped attempt fewer."""
-        self.note_late_events()
-
-    def note_late_events(self) -> None:
         numbers = self.history.note_new_events()
         self.late_reports |= numbers
         self._due(numbers, REPORT_WRITE_SECONDS)
@@ -132,11 +127,16 @@ class StatusWriter:
     def durable(self, number: int) -> bool:
         return number not in self.late_reports and number not in self.dirty_trials
 
-    async def write_late_reports(self, numbers: list[int] | None = None) -> None:
-        """Write trials' late reports and nodes now: those of `numbers`, or all."""
+    async def write_late_reports(
+        self, numbers: list[int] | None = None, at_exit: bool = False
+    ) -> None:
+        """Write trials' late reports and nodes now: those of `numbers`, or all. At the
+        operator's exit no write-ahead is left to keep slots for: every slot is theirs
+        (a wave of paused attempts' ends is hundreds of writes for a 10 s grace)."""
         late = self.late_reports | self.late_nodes
         chosen = late if numbers is None else late.intersection(numbers)
-        await asyncio.gather(*(flush_late(self, n) for n in sorted(chosen)))
+        limit = None if at_exit else self.late_writing
+        await asyncio.gather(*(flush_late(self, n, limit) for n in sorted(chosen)))
 
     async def _write_late_reports(self) -> None:
         while self.late_due and not self.experiment.closed:
@@ -214,6 +214,7 @@ class StatusWriter:
             return
         history = self.history.compact(self.history.trials[number])
         self.history.trials[number] = history
+        node = self.nodes.get(number)
         phase = (trial.phase.value, trial.reason)
         written = len(history)
         # A copy: the client serializes in a thread while new events may be appended,
@@ -245,6 +246,9 @@ class StatusWriter:
         self.written_phases[number] = phase
         if self.history.trials[number] is history and len(history) == written:
             self._written(number)  # nothing new arrived during the write
+            if self.nodes.get(number) != node:  # but a node did: written a delay later
+                self.late_nodes.add(number)
+                self._due({number}, REPORT_WRITE_SECONDS)
 
     def _written(self, number: int) -> None:
         self.history.settle(number)
@@ -311,10 +315,10 @@ class StatusWriter:
         self.written_experiment_history = len(records)
 
 
-async def flush_late(writer: StatusWriter, number: int) -> None:
-    """One late write, at most LATE_WRITES_AT_ONCE at once; none if a write-ahead of the
-    trial carried it while it waited."""
-    async with writer.late_writing:
+async def flush_late(writer: StatusWriter, number: int, limit: asyncio.Semaphore | None) -> None:
+    """One late write, at most LATE_WRITES_AT_ONCE at once (`limit`); none if a
+    write-ahead of the trial carried it while it waited."""
+    async with limit or contextlib.nullcontext():
         if number in writer.late_reports or number in writer.late_nodes:
             await writer.flush_trial(number)
 

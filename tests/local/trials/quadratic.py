@@ -21,6 +21,8 @@ parser.add_argument("--checkpoint-every-step", action="store_true")
 parser.add_argument("--stop-after", type=int, default=None)
 parser.add_argument("--linger", type=float, default=0.0)
 parser.add_argument("--journal", default=None)
+# Seconds between a pause answer and the exit (an operator test acts in between).
+parser.add_argument("--pause-linger", type=float, default=0.0)
 options = parser.parse_args()
 
 params = kt.params()
@@ -48,6 +50,7 @@ for step in range(start, last + 1):
         kt.save_checkpoint(str(step).encode(), step)
     if decision == kt.Decision.PAUSE:
         kt.save_checkpoint(str(step).encode(), step)
+        time.sleep(options.pause_linger)
         sys.exit(0)
     if decision == kt.Decision.STOP:
         sys.exit(0)
