@@ -63,6 +63,17 @@ def journaled(document: dict[str, Any], journal: Path, *extra: str) -> dict[str,
     return document
 
 
+def asha_from_3(max_resource: int) -> dict[str, Any]:
+    """ASHA by steps with rungs at 3, 9, 27 (up to `max_resource`)."""
+    return {
+        "name": "asha",
+        "resource": "step",
+        "minResource": 3,
+        "maxResource": max_resource,
+        "reductionFactor": 3,
+    }
+
+
 def answers(journal: Path) -> dict[str, list[tuple[int, int, str, float]]]:
     """Per trial: (attempt, step, decision, loss) of every answer it got, in order."""
     found: dict[str, list[tuple[int, int, str, float]]] = {}
@@ -130,13 +141,7 @@ def test_an_operator_killed_while_reports_are_pending_loses_nothing_that_matters
     process_node_factory(gpus=3, taints=GPU_NODE_TAINTS)
     journal = tmp_path / "journal"
     journal.mkdir()
-    scheduler = {
-        "name": "asha",
-        "resource": "step",
-        "minResource": 3,
-        "maxResource": 27,
-        "reductionFactor": 3,
-    }
+    scheduler = asha_from_3(27)
     document = experiment(
         "pending",
         max_trials=8,
@@ -292,13 +297,7 @@ def test_an_attempt_told_to_pause_whose_pod_is_gone_after_a_kill_is_not_created_
     process_node_factory(gpus=1, taints=GPU_NODE_TAINTS)
     journal = tmp_path / "journal"
     journal.mkdir()
-    scheduler = {
-        "name": "asha",
-        "resource": "step",
-        "minResource": 3,
-        "maxResource": 9,
-        "reductionFactor": 3,
-    }
+    scheduler = asha_from_3(9)
     document = experiment(
         "told",
         max_trials=2,
