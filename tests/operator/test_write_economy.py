@@ -8,7 +8,6 @@ from __future__ import annotations
 
 import asyncio
 import json
-import time
 from types import SimpleNamespace
 from typing import Any
 
@@ -527,12 +526,15 @@ def test_after_a_restart_a_pods_log_is_read_only_if_it_does_not_report_through_t
         }
 
     async def scenario() -> None:
-        watch.follow_logs_from = time.monotonic() + podwatch.LOG_FOLLOW_GRACE_SECONDS
-        watch._follow_logs(pod("sdk-a1"), 0, 1)
-        watch._follow_logs(pod("script-a1"), 1, 1)
+        grace = podwatch.LOG_FOLLOW_GRACE_SECONDS  # what the reconcile at a load gives
+        watch._follow_logs(pod("sdk-a1"), 0, 1, grace)
+        watch._follow_logs(pod("script-a1"), 1, 1, grace)
+        watch._follow_logs(pod("new-a1"), 2, 1, 0.0)  # a pod started since: read at once
+        await asyncio.sleep(0.01)
+        assert logs.followed == ["new-a1"]
         await asyncio.sleep(0.05)
         watch.sdk_reported(0, 1)  # its next report, within the grace
         await asyncio.sleep(0.3)
 
     asyncio.run(scenario())
-    assert logs.followed == ["script-a1"]
+    assert logs.followed == ["new-a1", "script-a1"]

@@ -43,7 +43,6 @@ class PodWatch:
         self.followers: dict[tuple[int, int], asyncio.Task[None] | None] = {}
         self.sdk_reporters: set[tuple[int, int]] = set()
         self.notices = NodeNotices()
-        self.follow_logs_from = 0.0  # monotonic: no log stream is opened before it
 
     def node_changed(self, node: dict[str, Any], deleted: bool) -> None:
         """A Node's termination taint (operator/notices.py): its trials leave at their
@@ -53,10 +52,6 @@ class PodWatch:
     async def reconcile(self) -> None:
         """At load: the pods as they are now against the attempts the engine runs."""
         exp = self.experiment
-        # An attempt's first SDK report may be written late, status.sdkAttempt with it:
-        # a running pod not known to report through the SDK is given time to do so
-        # before its log is read for `name=value` lines (from its start, nothing lost).
-        self.follow_logs_from = time.monotonic() + LOG_FOLLOW_GRACE_SECONDS
         # Still listed below: the deletion's watch event ends their attempts.
         await ownership.delete_orphaned_pods(exp)
         workers = exp.spec.workers
@@ -90,7 +85,10 @@ class PodWatch:
                 await self._interrupt_broken_gang(trial.number, trial.name, attempt.number)
                 continue
             for name in attempt_pod_names(trial.name, attempt.number, workers):
-                self._end_attempt_from_pod(pods[name], deleted=False)
+                # An attempt's first SDK report may be written late, status.sdkAttempt
+                # with it: a pod found running and not known to report through the SDK
+                # is given time to do so before its log is read (from its start).
+                self._end_attempt_from_pod(pods[name], False, LOG_FOLLOW_GRACE_SECONDS)
 
     async def _interrupt_broken_gang(self, number: int, trial: str, attempt: int) -> None:
         """A rank of a running gang vanished while the operator was away: a new rank must
@@ -140,7 +138,9 @@ class PodWatch:
         if self._end_attempt_from_pod(pod, deleted):
             await self.actions.step_soon()
 
-    def _end_attempt_from_pod(self, pod: dict[str, Any], deleted: bool) -> bool:
+    def _end_attempt_from_pod(
+        self, pod: dict[str, Any], deleted: bool, log_wait: float = 0.0
+    ) -> bool:
         engine = self.experiment.engine
         labels = pod["metadata"].get("labels", {})
         try:
@@ -163,7 +163,7 @@ class PodWatch:
             )
         if outcome is None:
             if rank == 0:
-                self._follow_logs(pod, trial.number, attempt)
+                self._follow_logs(pod, trial.number, attempt, log_wait)
             return False
         outcome = self.notices.outcome(trial.number, attempt, node, outcome)
         verdict = rank_ended(rank, workers, outcome)
@@ -186,7 +186,9 @@ class PodWatch:
         exp.background.add(task)
         task.add_done_callback(exp.background.discard)
 
-    def _follow_logs(self, pod: dict[str, Any], number: int, attempt: int) -> None:
+    def _follow_logs(self, pod: dict[str, Any], number: int, attempt: int, wait: float) -> None:
+        """Read the pod's log for `name=value` lines after `wait` seconds, unless the
+        attempt reports through the SDK first."""
         exp = self.experiment
         key = (number, attempt)
         phase = (pod.get("status") or {}).get("phase")
@@ -204,9 +206,7 @@ class PodWatch:
             name, resource = pod["metadata"]["name"], exp.spec.scheduler.resource
             await logs.follow(exp.namespace, name, container, resource, on_line)
 
-        follower = asyncio.create_task(
-            follow(self.logs, max(self.follow_logs_from - time.monotonic(), 0.0))
-        )
+        follower = asyncio.create_task(follow(self.logs, wait))
         self.followers[key] = follower
         follower.add_done_callback(lambda _: self._followed(key))
 
