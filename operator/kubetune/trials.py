@@ -136,6 +136,13 @@ class Attempt:
         return self.last_step - self.trained_from
 
 
+def _start_base(attempts: list[Attempt]) -> int:
+    """Where the last of `attempts` starts if its first report is past it: 0 for a fresh
+    attempt, where its predecessors stopped for a resumed one."""
+    reached = [a.last_step for a in attempts[:-1] if a.last_step is not None]
+    return max(reached) if attempts[-1].resume and reached else 0
+
+
 def trained_from(attempts: list[Attempt], first_step: int) -> int:
     """The step the last of `attempts` started training after, given its first report.
 
@@ -143,11 +150,8 @@ def trained_from(attempts: list[Attempt], first_step: int) -> int:
     unless its first report is not past that (it resumed from an older checkpoint, or
     from none): then it is taken to have started just before that report.
     """
-    attempt = attempts[-1]
-    reached = [a.last_step for a in attempts[:-1] if a.last_step is not None]
-    if not attempt.resume or not reached:
-        return min(0, first_step - 1)
-    return max(reached) if first_step > max(reached) else first_step - 1
+    base = _start_base(attempts)
+    return base if first_step > base else first_step - 1
 
 
 def start_read_from(attempts: list[Attempt], first_step: int) -> bool:
@@ -156,10 +160,7 @@ def start_read_from(attempts: list[Attempt], first_step: int) -> bool:
     the first report, and only then must it be durable before it is answered. A fresh
     attempt's first report past step 0, or a resumed one's past where its predecessors
     stopped, gives the same start as any later report would."""
-    attempt = attempts[-1]
-    reached = [a.last_step for a in attempts[:-1] if a.last_step is not None]
-    base = max(reached) if attempt.resume and reached else 0
-    return first_step <= base
+    return first_step <= _start_base(attempts)
 
 
 class StepValues(MutableMapping[int, float]):
