@@ -16,7 +16,6 @@ LABEL_TRIAL = f"{GROUP}/trial"
 LABEL_ATTEMPT = f"{GROUP}/attempt"
 # The node pool a trial pod was placed on (capacity/pools.py adds it with the placement).
 LABEL_POOL = f"{GROUP}/node-pool"
-TOKEN_KEY = "token"
 
 
 def pod_name(trial: str, attempt: int) -> str:
@@ -24,7 +23,26 @@ def pod_name(trial: str, attempt: int) -> str:
 
 
 def token_secret_name(trial: str) -> str:
+    """A trial's own token Secret, as operators before token blocks made it (its pods
+    may still run after an upgrade, so templates may not reference it either)."""
     return f"{trial}-token"
+
+
+# Trials whose tokens one Secret holds: one Secret creation for this many trials instead
+# of one per attempt (bench/scale.py: a sixth of the API writes), and at about 90 bytes
+# a token far below the size objects are kept under (256 KiB).
+TOKENS_PER_SECRET = 256
+
+
+def token_block(trial: str) -> int:
+    """The token block of trial `<experiment>-<number>`."""
+    return int(trial.rsplit("-", 1)[1]) // TOKENS_PER_SECRET
+
+
+def token_block_secret_name(experiment: str, block: int) -> str:
+    """The Secret holding the tokens of trials TOKENS_PER_SECRET * block onwards, each
+    under the trial's name; a pod reads only its own trial's key."""
+    return f"{experiment}-kubetune-tokens-{block}"
 
 
 def endpoint_for(base_url: str, namespace: str, experiment: str) -> str:

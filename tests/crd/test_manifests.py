@@ -14,7 +14,7 @@ import pytest
 import yaml
 
 from kubetune.engine import Engine
-from kubetune.names import token_secret_name
+from kubetune.names import token_block, token_block_secret_name, token_secret_name
 from kubetune.operator import main as operator_main
 from kubetune.spec import load_experiment
 from tests.cluster.controlplane import Binaries
@@ -258,9 +258,11 @@ def test_admission_policy_knows_kubetunes_secret_names(rendered: list[dict[str, 
     (pattern,) = re.findall(r"matches\('([^']+)'\)", variables["kubetuneSecretRefs"])
     example = load_experiment(REPO / "manifests" / "examples" / "digits-asha.yaml")
     engine = Engine(example.spec, example.metadata.name)
-    for number in (0, 7, 123):
-        assert re.fullmatch(pattern, token_secret_name(engine.trial_name(number)))
-    for users in ("db-password", "token", "digits-mlp-token", "x-1-tokens"):
+    for number in (0, 7, 123, 700):
+        trial = engine.trial_name(number)
+        assert re.fullmatch(pattern, token_secret_name(trial))  # older operators'
+        assert re.fullmatch(pattern, token_block_secret_name(engine.experiment, token_block(trial)))
+    for users in ("db-password", "token", "digits-mlp-token", "x-1-tokens", "api-tokens-1"):
         assert not re.fullmatch(pattern, users), users
     parser = argparse.ArgumentParser()
     operator_main.add_arguments(parser)

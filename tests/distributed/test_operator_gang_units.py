@@ -80,7 +80,8 @@ def test_a_gang_of_pods_named_by_rank_with_torch_distributed_env() -> None:
         assert env["MASTER_ADDR"] == "ddp-4-a2-r0.ddp-4.team.svc"
         assert env["MASTER_PORT"] == "29500"
         assert env["KEEP"] == "1" and env["KUBETUNE_TRIAL"] == "ddp-4"
-        assert env["KUBETUNE_TOKEN"] == {"secretKeyRef": {"name": "ddp-4-token", "key": "token"}}
+        ref = {"name": "ddp-kubetune-tokens-0", "key": "ddp-4"}
+        assert env["KUBETUNE_TOKEN"] == {"secretKeyRef": ref}
         assert member["metadata"]["ownerReferences"][0]["uid"] == "uid-4"
     # The copies share nothing that one rank's changes could leak into another's.
     assert env_of(pod)["RANK"] == "mine"

@@ -55,14 +55,26 @@ def test_trial_pod_injects_parameters_labels_and_the_token_by_reference() -> Non
     assert env["KUBETUNE_RESUME"]["value"] == "1"
     assert env["KUBETUNE_ATTEMPT"]["value"] == "2"
     assert env["KUBETUNE_MAX_RESOURCE"]["value"] == "27"
-    assert env["KUBETUNE_TOKEN"]["valueFrom"]["secretKeyRef"]["name"] == "digits-mlp-3-token"
+    # Trial 3's key of its experiment's first token block.
+    assert env["KUBETUNE_TOKEN"]["valueFrom"]["secretKeyRef"] == {
+        "name": "digits-mlp-kubetune-tokens-0",
+        "key": "digits-mlp-3",
+    }
+    later = trial_pod(spec, "team", context(trial="digits-mlp-700"), trial_uid="uid-700")
+    (token,) = [e for e in later["spec"]["containers"][0]["env"] if e["name"] == "KUBETUNE_TOKEN"]
+    assert token["valueFrom"]["secretKeyRef"] == {
+        "name": "digits-mlp-kubetune-tokens-2",  # 700 // 256
+        "key": "digits-mlp-700",
+    }
     assert TOKEN not in json.dumps(pod)
     assert pod["spec"]["restartPolicy"] == "Never"
 
 
-def test_token_secret_holds_the_token_and_is_owned_by_the_trial() -> None:
-    secret = token_secret("team", "digits-mlp", "digits-mlp-3", "uid-3", TOKEN)
-    assert secret["stringData"] == {"token": TOKEN}
+def test_a_token_block_secret_holds_each_trials_token_under_its_name() -> None:
+    tokens = {f"digits-mlp-{n}": f"token-{n}" for n in range(256, 512)}
+    secret = token_secret("team", "digits-mlp", 1, tokens, "digits-mlp-300", "uid-300", "uid-e")
+    assert secret["metadata"]["name"] == "digits-mlp-kubetune-tokens-1"
+    assert secret["stringData"] == tokens
     assert secret["metadata"]["ownerReferences"][0]["kind"] == "HPOTrial"
 
 
@@ -374,7 +386,7 @@ def test_a_pod_deleted_by_hand_is_an_interruption() -> None:
 
 
 def test_token_secret_outlives_its_hpotrial_being_put_back() -> None:
-    secret = token_secret("team", "digits-mlp", "digits-mlp-3", "uid-3", TOKEN, "uid-exp")
+    secret = token_secret("team", "digits-mlp", 0, {}, "digits-mlp-3", "uid-3", "uid-exp")
     owners = secret["metadata"]["ownerReferences"]
     assert [(o["kind"], o["uid"], o["controller"]) for o in owners] == [
         ("HPOTrial", "uid-3", True),
@@ -434,11 +446,11 @@ def test_stripping_every_mac_does_not_make_a_history_legacy() -> None:
 
 
 def test_an_object_under_the_operator_s_name_is_its_own_only_with_an_owner_reference() -> None:
-    secret = token_secret("team", "exp", "exp-3", "uid-3", TOKEN, "uid-exp")
+    secret = token_secret("team", "exp", 0, {"exp-3": TOKEN}, "exp-3", "uid-3", "uid-exp")
     assert owned_by(secret, {"uid-3", "uid-exp"})
     # Put back under a new UID: the experiment still owns it.
     assert owned_by(secret, {"uid-new", "uid-exp"})
-    squatted = {"metadata": {"name": "exp-3-token"}}  # a user's Secret, made first
+    squatted = {"metadata": {"name": "exp-kubetune-tokens-0"}}  # a user's, made first
     assert not owned_by(squatted, {"uid-3", "uid-exp"})
     foreign = {"metadata": {"ownerReferences": [{"uid": "someone-else", "controller": True}]}}
     assert not owned_by(foreign, {"uid-3"})

@@ -22,7 +22,7 @@ from typing import Any
 import pytest
 import yaml
 
-from kubetune.names import token_secret_name
+from kubetune.names import token_block_secret_name, token_secret_name
 from tests.cluster.controlplane import ControlPlane, wait_until
 
 pytestmark = pytest.mark.cluster
@@ -310,16 +310,20 @@ def test_kubetune_token_secrets_are_refused_to_everyone(
 ) -> None:
     """Even the cluster admin: a trial token is for its trial's pod alone."""
     cp, ns = installed, namespace
-    token = token_secret_name("digits-mlp-0")  # another experiment's trial 0
-    refused = apply_as(cp, None, ns, example("thief", lambda pod: _env_secret(pod, token)))
-    assert_refused(
-        cp,
-        refused,
-        ns,
-        "thief",
-        f'spec.trialTemplate.spec.containers[0].env[1].valueFrom.secretKeyRef.name ("{token}")',
-        "kubetune's token Secrets",
-    )
+    # Another experiment's token block, and trial 0's own Secret as older operators made it.
+    for thief, token in (
+        ("thief", token_block_secret_name("digits-mlp", 0)),
+        ("old-thief", token_secret_name("digits-mlp-0")),
+    ):
+        refused = apply_as(cp, None, ns, example(thief, lambda pod, t=token: _env_secret(pod, t)))
+        assert_refused(
+            cp,
+            refused,
+            ns,
+            thief,
+            f'spec.trialTemplate.spec.containers[0].env[1].valueFrom.secretKeyRef.name ("{token}")',
+            "kubetune's token Secrets",
+        )
     refused = apply_as(
         cp, None, ns, example("key-thief", lambda pod: _volume_secret(pod, "kubetune-token-key"))
     )

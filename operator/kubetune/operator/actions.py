@@ -1,7 +1,8 @@
 """The engine's actions carried out with pods: the operator's `ActionPort`
-(kubetune.shell.core). A launch creates the attempt's token Secret and pod (placed by
-the capacity loop); a pod the API server refuses ends its attempt (or, refused for an
-exceeded quota, waits and is created again with back-off); a stop deletes the pod.
+(kubetune.shell.core). A launch creates the attempt's pod (placed by the capacity loop)
+and, the first time its token block is needed, the block's Secret; a pod the API
+server refuses ends its attempt (or, refused for an exceeded quota, waits and is
+created again with back-off); a stop deletes the pod.
 `step_locked` is the loop that drives it: decide, write ahead, carry out, until no
 refused pod frees a slot. Launches are carried out in the background, once written
 ahead (operator/launching.py)."""
@@ -25,7 +26,7 @@ from kubetune.operator.gang import PARTIAL_GANG_SECONDS, PartialGangs, rank_pods
 from kubetune.operator.gangshell import delete_ranks, stop_ranks
 from kubetune.operator.launching import STOPPED_BEFORE_POD, BackgroundLaunches
 from kubetune.operator.outcomes import Refusal, api_message, namespace_terminating, refusal
-from kubetune.operator.pods import owned_by, token_secret, trial_pod
+from kubetune.operator.pods import owned_by, trial_pod
 from kubetune.operator.quota import QUOTA_RETRY_SECONDS, QuotaWaits
 from kubetune.operator.writes import StatusWriter
 from kubetune.schedulers import pbt
@@ -149,11 +150,8 @@ class PodActions:
         base = exp.checkpoint_base()
         context = attempt_context(action, exp.name, exp.endpoint, exp.tokens, base)
         placement = capacity.placement_for(exp.spec) if capacity is not None else None
-        secret = token_secret(
-            exp.namespace, exp.name, action.name, uid, context.token, experiment_uid=exp.uid
-        )
         pod = trial_pod(exp.spec, exp.namespace, context, uid, None, placement)
-        bodies = [(secret, {uid, exp.uid})]
+        bodies: list[tuple[dict, set[str]]] = []
         if exp.spec.workers > 1:  # a gang: its pods' DNS names (operator/gang.py)
             service = trial_service(exp.namespace, exp.name, action.name, uid, exp.uid)
             bodies.append((service, {uid, exp.uid}))
@@ -161,6 +159,7 @@ class PodActions:
         bodies += [(p, {uid}) for p in rank_pods(pod, exp.spec.workers)]
         launch = exp.launches.get((action.name, action.attempt))  # None: a reconcile's
         try:
+            await exp.token_secrets.ensure(action.name, uid)
             for body, owners in bodies:
                 if launch is not None and launch.withdrawn.is_set():
                     return  # its pods are being deleted: nothing more is created

@@ -162,6 +162,8 @@ class ExperimentController(Experiment):
         return trial, new, verdict, late
 
     async def pod_changed(self, pod: dict[str, Any], deleted: bool) -> None:
+        if not deleted:
+            self.token_secrets.pod_changed(pod)
         await self.pods.pod_changed(pod, deleted)
 
     async def trial_changed(self, body: dict[str, Any], deleted: bool) -> None:

@@ -16,6 +16,7 @@ from kubetune.names import endpoint_for
 from kubetune.observability import Observer
 from kubetune.operator import store
 from kubetune.operator.kube import Kube
+from kubetune.operator.tokensecrets import TokenSecrets
 from kubetune.placement import PlacementSource
 from kubetune.spec import ExperimentSpec
 from kubetune.timestamps import parse_rfc3339
@@ -69,6 +70,7 @@ class Experiment:
         self.background: set[asyncio.Task[Any]] = set()
         # Launches being carried out (operator/launching.py), by (trial name, attempt).
         self.launches: dict[tuple[str, int], Launch] = {}
+        self.token_secrets = TokenSecrets(self)
         # Written by the capacity loop (capacity_update); the stored cost seeds it, and
         # the time it was accounted up to tells a restarted loop what it has not seen.
         stored = body.get("status") or {}

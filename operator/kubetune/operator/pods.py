@@ -1,4 +1,4 @@
-"""Pure builders of the objects behind one trial attempt: its Pod and its token Secret."""
+"""Pure builders of the objects behind one trial attempt: its Pod and its token block's Secret."""
 
 from __future__ import annotations
 
@@ -11,10 +11,10 @@ from kubetune.names import (
     LABEL_ATTEMPT,
     LABEL_EXPERIMENT,
     LABEL_TRIAL,
-    TOKEN_KEY,
     VERSION,
     pod_name,
-    token_secret_name,
+    token_block,
+    token_block_secret_name,
 )
 from kubetune.placement import Placement, apply_placement
 from kubetune.space import render
@@ -46,31 +46,34 @@ def owned_by(existing: Mapping[str, Any], uids: set[str]) -> bool:
 def token_secret(
     namespace: str,
     experiment: str,
+    block: int,
+    tokens: Mapping[str, str],
     trial: str,
     trial_uid: str,
-    token: str,
-    experiment_uid: str | None = None,
+    experiment_uid: str,
 ) -> dict:
-    """The trial's token Secret, controlled by its HPOTrial. Owned by the experiment too,
-    so that an HPOTrial deleted by hand and put back by the operator (under a new UID)
-    does not take the Secret its next pods read with it: the garbage collector removes
-    an object only when all its owners are gone. The token does not change (its scope is
-    the experiment's UID)."""
-    owners = [owner_reference("HPOTrial", trial, trial_uid)]
-    if experiment_uid is not None:
-        also = owner_reference("HPOExperiment", experiment, experiment_uid)
-        owners.append({**also, "controller": False, "blockOwnerDeletion": False})
+    """The Secret of one token block (`names.token_block_secret_name`): each trial's
+    token under the trial's name. Controlled by the HPOTrial of the trial whose launch
+    made it (what the operator may create: manifests/admission.yaml) and owned by the
+    experiment too, so that it lives as long as the experiment: the garbage collector
+    removes an object only when all its owners are gone, and that HPOTrial may be
+    deleted by hand (and put back under a new UID) while the block's other trials run."""
+    also = owner_reference("HPOExperiment", experiment, experiment_uid)
+    owners = [
+        owner_reference("HPOTrial", trial, trial_uid),
+        {**also, "controller": False, "blockOwnerDeletion": False},
+    ]
     return {
         "apiVersion": "v1",
         "kind": "Secret",
         "metadata": {
-            "name": token_secret_name(trial),
+            "name": token_block_secret_name(experiment, block),
             "namespace": namespace,
-            "labels": {LABEL_EXPERIMENT: experiment, LABEL_TRIAL: trial},
+            "labels": {LABEL_EXPERIMENT: experiment},
             "ownerReferences": owners,
         },
         "type": "Opaque",
-        "stringData": {TOKEN_KEY: token},
+        "stringData": dict(tokens),
     }
 
 
@@ -84,8 +87,8 @@ def trial_pod(
 ) -> dict[str, Any]:
     """The Pod of one attempt: the experiment's template, parameters substituted and injected.
 
-    The token does not appear in the Pod: it comes from the trial's Secret, so that
-    reading Pods (which many roles may) does not reveal it.
+    The token does not appear in the Pod: it comes from the trial's key of its token
+    block's Secret, so that reading Pods (which many roles may) does not reveal it.
     """
     template = spec.trialTemplate.model_dump(mode="json", exclude_none=True)
     metadata = copy.deepcopy(template.get("metadata", {}))
@@ -122,7 +125,10 @@ def trial_pod(
         {
             "name": "KUBETUNE_TOKEN",
             "valueFrom": {
-                "secretKeyRef": {"name": token_secret_name(context.trial), "key": TOKEN_KEY}
+                "secretKeyRef": {
+                    "name": token_block_secret_name(context.experiment, token_block(context.trial)),
+                    "key": context.trial,
+                }
             },
         }
     )
