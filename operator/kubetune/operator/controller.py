@@ -163,7 +163,7 @@ class ExperimentController(Experiment):
 
     async def pod_changed(self, pod: dict[str, Any], deleted: bool) -> None:
         if not deleted:
-            self.token_secrets.pod_changed(pod)
+            self.token_secrets.pod_changed(pod, self.writer.trial_uids)
         await self.pods.pod_changed(pod, deleted)
 
     async def trial_changed(self, body: dict[str, Any], deleted: bool) -> None:

@@ -96,7 +96,7 @@ def trial_service(
     namespace: str, experiment: str, trial: str, trial_uid: str, experiment_uid: str
 ) -> dict[str, Any]:
     """The headless Service that gives a gang's pods their DNS names. Controlled by the
-    HPOTrial and owned by the experiment too, as the token Secret is (pods.token_secret):
+    HPOTrial and owned by the experiment too, as a token block Secret is (pods.token_secret):
     an HPOTrial deleted by hand (`--cascade=orphan` or not) and put back under a new UID
     finds the Service still its experiment's, so its next gang is not refused as a name
     someone else holds, and no Service outlives the experiment with no owner."""
