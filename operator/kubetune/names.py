@@ -16,6 +16,13 @@ LABEL_TRIAL = f"{GROUP}/trial"
 LABEL_ATTEMPT = f"{GROUP}/attempt"
 # The node pool a trial pod was placed on (capacity/pools.py adds it with the placement).
 LABEL_POOL = f"{GROUP}/node-pool"
+# An HPOTrial's first history records (signed JSON), written with its creation: its
+# launch needs no status write of its own (operator/writes.py). Read only while the
+# status holds no history.
+ANNOTATION_FIRST_RECORDS = f"{GROUP}/first-records"
+# Up to this size (a plan and a launch are about 1 KB; an object's annotations may hold
+# 256 KiB in all); a bigger history goes in the first status write.
+MAX_FIRST_RECORDS_BYTES = 32 * 1024
 
 
 def pod_name(trial: str, attempt: int) -> str:

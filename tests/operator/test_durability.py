@@ -18,6 +18,7 @@ answer they got, and check against the journals:
 
 from __future__ import annotations
 
+import json
 import re
 import time
 from pathlib import Path
@@ -328,3 +329,65 @@ def test_an_attempt_told_to_pause_whose_pod_is_gone_after_a_kill_is_not_created_
     assert ended.count(1) == 1, ended  # attempt 1 ended once, as told
     assert stored_reports(by_name["told-0"])[(1, 3)]["verdict"]["decision"] == "pause"
     assert "told-0-a1" not in pod_names(control_plane, namespace)
+
+
+@pytest.fixture
+def slow_late_writes(monkeypatch: pytest.MonkeyPatch) -> None:
+    """Listed before `operator`: no late write within the test's window."""
+    monkeypatch.setenv("KUBETUNE_REPORT_WRITE_SECONDS", "60")
+
+
+def test_a_trial_killed_before_its_first_status_write_resumes_from_its_creation(
+    control_plane: Any,
+    namespace: str,
+    slow_late_writes: None,
+    operator: OperatorProcess,
+    process_node_factory: Any,
+) -> None:
+    """A new trial's plan and launch are durable in its HPOTrial's creation
+    (names.ANNOTATION_FIRST_RECORDS), not in a status write of their own. The operator is
+    SIGKILLed while the first trials run and none has a status yet: the restarted one
+    reads their launches there, keeps their pods (no attempt launched twice, no trial
+    planned again) and blames no one for the missing status."""
+    process_node_factory(gpus=2, taints=GPU_NODE_TAINTS)
+    scheduler = {"name": "none", "maxResource": 24}
+    apply(
+        control_plane,
+        namespace,
+        experiment("first", max_trials=3, parallel=2, scheduler=scheduler, sleep=0.25),
+    )
+
+    def created_without_status() -> bool:
+        listed = trials(control_plane, namespace)
+        running = {"first-0-a1", "first-1-a1"} <= pod_names(control_plane, namespace)
+        return running and len(listed) == 2 and not any(t.get("status") for t in listed)
+
+    wait_for("two trials created, no status written", created_without_status, 60, operator.log_tail)
+    launched = {}
+    for trial in trials(control_plane, namespace):
+        records = json.loads(trial["metadata"]["annotations"]["kubetune.dev/first-records"])
+        (launch,) = [r for r in records if r["type"] == "TrialLaunched"]
+        launched[trial["metadata"]["name"]] = launch
+    operator.kill()
+    operator.start()
+    done = wait_for(
+        "the experiment to finish",
+        lambda: finished(control_plane, namespace, "first"),
+        180,
+        operator.log_tail,
+    )
+    assert done["phase"] == "Succeeded" and done["trialsTotal"] == 3, done
+    for trial in trials(control_plane, namespace):
+        history = trial["status"]["history"]
+        launches = [r for r in history if r["type"] == "TrialLaunched"]
+        assert [r["attempt"] for r in launches] == [1], (trial["metadata"]["name"], launches)
+        name = trial["metadata"]["name"]
+        if name in launched:  # the launch decided before the kill, not one made again
+            assert (launches[0]["seq"], launches[0]["at"]) == (
+                launched[name]["seq"],
+                launched[name]["at"],
+            ), (launches[0], launched[name])
+        assert trial["status"]["phase"] == "Completed", trial["status"]
+    assert pod_names(control_plane, namespace) == {"first-0-a1", "first-1-a1", "first-2-a1"}
+    reasons = {e["reason"] for e in get(control_plane, namespace, "events")["items"]}
+    assert not reasons & {"TrialReplanned", "StatusRestored", "HistoryRecordRefused"}, reasons

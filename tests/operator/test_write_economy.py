@@ -15,7 +15,7 @@ import pytest
 
 from kubetune.events import Reported, TrialLaunched
 from kubetune.observability import Observer
-from kubetune.operator import podwatch, store, writes
+from kubetune.operator import loading, podwatch, store, writes
 from kubetune.operator.authorship import Authorship
 from kubetune.operator.history import HistoryRecords, late_report, start_report
 from kubetune.operator.packed import PackedRecords
@@ -538,3 +538,64 @@ def test_after_a_restart_a_pods_log_is_read_only_if_it_does_not_report_through_t
 
     asyncio.run(scenario())
     assert logs.followed == ["new-a1", "script-a1"]
+
+
+class CreatingTrials(FakeTrials):
+    """HPOTrials created (as the API server returns them) and status patches."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.created: list[dict[str, Any]] = []
+
+    async def create_trial(self, namespace: str, body: dict[str, Any]) -> dict[str, Any]:
+        made = json.loads(json.dumps(body))
+        made["metadata"].update(uid="u0", resourceVersion="1")
+        self.created.append(made)
+        return made
+
+
+def test_a_new_trials_launch_goes_with_its_creation_and_its_status_follows_late(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    """One write fewer for each new trial: its plan and launch are durable in the
+    HPOTrial's creation (names.ANNOTATION_FIRST_RECORDS), and a restarted operator
+    reads them there until a status is written (operator/loading.py)."""
+    monkeypatch.setattr(writes, "REPORT_WRITE_SECONDS", 0.05)
+    api = CreatingTrials()
+    writer, engine = make_writer(api)
+    writer.trial_uids = {}
+    writer.experiment.uid = "uid-e"
+    engine.trials[0].params, engine.trials[0].bracket = {"lr": 0.1}, 0
+
+    async def scenario() -> None:
+        await writer.flush_trial(0)
+        assert len(api.created) == 1 and api.patches == []
+        assert writer.durable(0) and writer.trial_uids == {0: "u0"}
+        await asyncio.sleep(0.3)  # its status, shown within the late delay
+
+    asyncio.run(scenario())
+    assert [len(patch["history"]) for _, patch in api.patches] == [1]
+    created = api.created[0]
+    reader = loading.HistoryReader(writer.experiment.signer)
+    stored = reader.add_trial(created)
+    assert stored.first_records_only and reader.refused == [0]
+    assert [event for _, event in reader.take_events()] == [TrialLaunched(0, 1, False, 27, 0.0)]
+
+    # A record changed by someone allowed to edit HPOTrials is refused by its MAC.
+    annotations = created["metadata"]["annotations"]
+    key = next(iter(annotations))
+    forged = json.loads(annotations[key])
+    forged[0]["target"] = 1
+    tampered = {
+        **created,
+        "metadata": {**created["metadata"], "annotations": {key: json.dumps(forged)}},
+    }
+    reader = loading.HistoryReader(writer.experiment.signer)
+    assert not reader.add_trial(tampered).records.unpack() and reader.refused == [1]
+    # Not JSON: nothing read (the trial's plan is made again, as with no history at all).
+    garbage = {**created, "metadata": {**created["metadata"], "annotations": {key: "{"}}}
+    assert not loading.HistoryReader(writer.experiment.signer).add_trial(garbage).first_records_only
+    # Once a status holds a history, the annotation is not read.
+    written = {**created, "status": {"history": api.patches[0][1]["history"]}}
+    reader = loading.HistoryReader(writer.experiment.signer)
+    assert not reader.add_trial(written).first_records_only

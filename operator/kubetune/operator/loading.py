@@ -15,12 +15,14 @@ before, for v0.1.0's experiments only).
 
 from __future__ import annotations
 
+import json
 from collections.abc import Iterator, Sequence
 from dataclasses import dataclass, field
 from typing import Any
 
 from kubetune.engine import Engine
 from kubetune.events import Event, TrialPlanned, last_launch_version
+from kubetune.names import ANNOTATION_FIRST_RECORDS, MAX_FIRST_RECORDS_BYTES
 from kubetune.operator import gaps, store
 from kubetune.operator.packed import PackedRecords, packed
 from kubetune.schedulers import make_scheduler
@@ -43,6 +45,9 @@ class StoredTrial:
     status_digest: bytes | None  # of the whole status, history included
     records: PackedRecords = field(default_factory=lambda: packed([]))
     release_0: bool = False  # its last launch was kubetune v0.1.0's
+    # Its records were read from its creation (names.ANNOTATION_FIRST_RECORDS): no
+    # status was written yet, and none was taken from the operator.
+    first_records_only: bool = False
 
 
 class HistoryReader:
@@ -94,7 +99,13 @@ class HistoryReader:
     def add_trial(self, body: dict[str, Any]) -> StoredTrial:
         status = body.get("status") or {}
         metadata = body["metadata"]
-        accepted = self._accept(status.get("history") or [])
+        history = status.get("history") or []
+        # Until its first status write, a trial's history is what it was created with:
+        # signed records like any (a forged or changed one is refused by its MAC).
+        first_only = not history
+        if first_only:
+            history = first_records(metadata)
+        accepted = self._accept(history)
         records = packed(accepted)  # what the merge decodes again, when it comes to it
         self._merge(accepted, records)
         return StoredTrial(
@@ -107,6 +118,7 @@ class HistoryReader:
             status_digest=store.json_digest(status),
             records=records,
             release_0=last_launch_version(accepted) == 0,
+            first_records_only=first_only and bool(history),
         )
 
     @property
@@ -125,6 +137,18 @@ class HistoryReader:
 
     def holes(self) -> gaps.Holes:
         return self._holes.holes(self.refused_seqs)
+
+
+def first_records(metadata: dict[str, Any]) -> list[Any]:
+    """The history an HPOTrial was created with (names.ANNOTATION_FIRST_RECORDS); none if
+    the annotation is missing or not a JSON list (anyone allowed to edit HPOTrials may
+    change annotations: what it holds is checked record by record, as a status is)."""
+    text = ((metadata.get("annotations") or {}).get(ANNOTATION_FIRST_RECORDS)) or ""
+    try:
+        found = json.loads(text) if len(text) <= MAX_FIRST_RECORDS_BYTES else None
+    except ValueError:
+        return []
+    return found if isinstance(found, list) else []
 
 
 def read_again_as_legacy(

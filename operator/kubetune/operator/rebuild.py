@@ -140,7 +140,9 @@ class Rebuilder:
         if expected is None or trial.status_digest != expected:
             writer.dirty_trials.add(number)
             writer.ours.foreign_trial_status[number] = trial.status
-            if not legacy:
+            # A trial created with its history and killed before its first status
+            # write: written now, and no one else is to blame.
+            if not legacy and not trial.first_records_only:
                 await ownership.status_restored(exp, f"HPOTrial {trial.name}")
 
     async def _report_refused(self, owners: list[str], refused: list[int]) -> None:

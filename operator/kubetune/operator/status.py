@@ -8,7 +8,15 @@ from typing import Any, NotRequired, TypedDict
 
 from kubetune.conditions import experiment_conditions
 from kubetune.engine import Engine
-from kubetune.names import GROUP, LABEL_EXPERIMENT, LABEL_TRIAL, VERSION, pod_name
+from kubetune.names import (
+    ANNOTATION_FIRST_RECORDS,
+    GROUP,
+    LABEL_EXPERIMENT,
+    LABEL_TRIAL,
+    VERSION,
+    pod_name,
+)
+from kubetune.operator.gang import rank_pod_name
 from kubetune.operator.pods import owner_reference
 from kubetune.schedulers import pbt
 from kubetune.shell.core import experiment_phase
@@ -99,8 +107,15 @@ def timestamp(seconds: float | None) -> str | None:
 
 
 def trial_object(
-    namespace: str, experiment: str, experiment_uid: str, trial: TrialRecord
+    namespace: str,
+    experiment: str,
+    experiment_uid: str,
+    trial: TrialRecord,
+    first_records: str | None = None,
 ) -> dict[str, Any]:
+    """The HPOTrial; `first_records`: its history so far, as JSON
+    (names.ANNOTATION_FIRST_RECORDS)."""
+    annotations = {} if first_records is None else {ANNOTATION_FIRST_RECORDS: first_records}
     return {
         "apiVersion": f"{GROUP}/{VERSION}",
         "kind": "HPOTrial",
@@ -108,6 +123,7 @@ def trial_object(
             "name": trial.name,
             "namespace": namespace,
             "labels": {LABEL_EXPERIMENT: experiment, LABEL_TRIAL: trial.name},
+            **({"annotations": annotations} if annotations else {}),
             "ownerReferences": [owner_reference("HPOExperiment", experiment, experiment_uid)],
         },
         "spec": {
@@ -137,6 +153,24 @@ def trial_lineage(engine: Engine, number: int) -> TrialLineage | None:
         "replacedBy": found["replacedBy"],
         "schedule": pbt.schedule_document(engine.trials, number)[-SCHEDULE_KEPT:],
     }
+
+
+def written_trial_status(
+    engine: Engine,
+    workers: int,
+    trial: TrialRecord,
+    history: list[dict[str, Any]],
+    node: str | None,
+    checkpoint_uri: str,
+    sdk_attempt: int | None,
+) -> dict[str, Any]:
+    """The HPOTrial status the operator writes: a plain dict (what is written, compared
+    and patched as JSON), a gang's rank 0 standing for its trial as its pod."""
+    lineage = trial_lineage(engine, trial.number)
+    found = dict(trial_status(trial, history, node, checkpoint_uri, lineage, sdk_attempt))
+    if workers > 1 and trial.attempt is not None:
+        found["pod"] = rank_pod_name(trial.name, trial.attempt.number, 0, workers)
+    return found
 
 
 def trial_status(

@@ -11,7 +11,10 @@ step the scheduler reads, not an attempt's first where it says where the attempt
 started) are answered before they are durable and written with the trial's next write,
 or `REPORT_WRITE_SECONDS` after the oldest of them (`note_late_report`). At a report a
 second per trial, an attempt of ten reports between rungs costs three HPOTrial writes:
-its launch, its rung and its end.
+its launch, its rung and its end; a new trial's launch goes with its HPOTrial's
+creation instead (its history so far in names.ANNOTATION_FIRST_RECORDS, read by a
+restarted operator until a status holds one: operator/loading.py), and its status
+(phase, parameters) shows with its next write or within REPORT_WRITE_SECONDS.
 
 What a SIGKILLed operator can lose is only such reports; the SDK sends its last one
 again, with `flush`, before its process exits, so no attempt's final value is lost
@@ -37,23 +40,15 @@ from typing import Any
 
 from kubernetes.client.rest import ApiException
 
-from kubetune.operator import ownership, store
+from kubetune.operator import store
 from kubetune.operator.authorship import Authorship
 from kubetune.operator.coalesce import CoalescedWriter
 from kubetune.operator.experiment import Experiment
-from kubetune.operator.gang import rank_pod_name
 from kubetune.operator.history import HistoryRecords, Record
 from kubetune.operator.kube import CALLS_PER_EXPERIMENT
-from kubetune.operator.outcomes import namespace_terminating
-from kubetune.operator.pods import owned_by
 from kubetune.operator.settings import env_seconds
-from kubetune.operator.status import (
-    experiment_status,
-    restoring_patch,
-    trial_lineage,
-    trial_object,
-    trial_status,
-)
+from kubetune.operator.status import experiment_status, restoring_patch, written_trial_status
+from kubetune.operator.trialcreation import carries_first_records, create_trial, first_records_json
 from kubetune.shell.core import experiment_phase
 from kubetune.trials import TrialPhase, TrialRecord
 
@@ -210,8 +205,6 @@ class StatusWriter:
         if number in self.name_taken:
             self._written(number)  # nothing of ours to write it in
             return
-        if number not in self.trial_uids and not await create_trial(self, trial):
-            return
         history = self.history.compact(self.history.trials[number])
         self.history.trials[number] = history
         node = self.nodes.get(number)
@@ -220,6 +213,29 @@ class StatusWriter:
         # A copy: the client serializes in a thread while new events may be appended,
         # and only what this write sends becomes durable (gaps.Watermark).
         sent = list(history)
+        shown = True
+        if number not in self.trial_uids:
+            first = first_records_json(sent)
+            created = await create_trial(self, trial, first_records=first)
+            if created is None:
+                return
+            # Created with its history (its plan and launch): durable without a status
+            # write of its own; the status shows with its next write, a delay later at most.
+            shown = first is None or not carries_first_records(created, first)
+        if shown and not await self._patch_status(trial, sent, phase):
+            return
+        self.history.written(number, sent)
+        if self.history.trials[number] is history and len(history) == written:
+            self._written(number)  # nothing new arrived during the write
+            if not shown or self.nodes.get(number) != node:  # or a node did: a delay later
+                self.late_nodes.add(number)
+                self._due({number}, REPORT_WRITE_SECONDS)
+
+    async def _patch_status(
+        self, trial: TrialRecord, sent: list[Record], phase: tuple[str, str]
+    ) -> bool:
+        """Whether the status was written (not unchanged, not its HPOTrial gone)."""
+        exp, number = self.experiment, trial.number
         status = self.trial_status(trial, sent)
         digest = store.json_digest(status)
         if self.ours.trial_unchanged(number, digest):
@@ -227,7 +243,7 @@ class StatusWriter:
             # and a report's own write-ahead, say): nothing to send.
             self.written_phases[number] = phase
             self._written(number)
-            return
+            return False
         self.ours.writing_status[number] = digest
         patch = restoring_patch(self.ours.foreign_trial_status.get(number), status)
         try:
@@ -237,18 +253,13 @@ class StatusWriter:
                 raise
             # Deleted by someone else: put back, with everything the engine holds.
             self.trial_uids.pop(number, None)
-            if not await create_trial(self, trial, restored=True):
-                return
+            if await create_trial(self, trial, restored=True) is None:
+                return False
             version = await exp.kube.patch_trial_status(exp.namespace, trial.name, status)
-        self.history.written(number, sent)
         self.ours.note_trial_version(number, version)
         self.ours.wrote_trial(number, digest)
         self.written_phases[number] = phase
-        if self.history.trials[number] is history and len(history) == written:
-            self._written(number)  # nothing new arrived during the write
-            if self.nodes.get(number) != node:  # but a node did: written a delay later
-                self.late_nodes.add(number)
-                self._due({number}, REPORT_WRITE_SECONDS)
+        return True
 
     def _written(self, number: int) -> None:
         self.history.settle(number)
@@ -272,19 +283,10 @@ class StatusWriter:
         self.flush = asyncio.create_task(flush())
 
     def trial_status(self, trial: TrialRecord, history: list[Record]) -> dict[str, Any]:
-        number = trial.number
-        uri = self.experiment.checkpoint_uri(trial.name)
-        lineage = trial_lineage(self.experiment.engine, number)
-        # A plain dict from here on: what was written, compared and patched as JSON.
-        found = dict(
-            trial_status(
-                trial, history, self.nodes.get(number), uri, lineage, self.sdk_attempts.get(number)
-            )
-        )
-        workers = self.experiment.spec.workers
-        if workers > 1 and trial.attempt is not None:  # a gang: its rank 0 stands for it
-            found["pod"] = rank_pod_name(trial.name, trial.attempt.number, 0, workers)
-        return found
+        exp, number = self.experiment, trial.number
+        node, sdk = self.nodes.get(number), self.sdk_attempts.get(number)
+        uri = exp.checkpoint_uri(trial.name)
+        return written_trial_status(exp.engine, exp.spec.workers, trial, history, node, uri, sdk)
 
     async def write_experiment_status(self, force: bool = False) -> None:
         exp = self.experiment
@@ -321,39 +323,3 @@ async def flush_late(writer: StatusWriter, number: int, limit: asyncio.Semaphore
     async with limit or contextlib.nullcontext():
         if number in writer.late_reports or number in writer.late_nodes:
             await writer.flush_trial(number)
-
-
-async def create_trial(writer: StatusWriter, trial: TrialRecord, restored: bool = False) -> bool:
-    """Create the trial's HPOTrial; False (and the experiment closes) if the
-    experiment itself is gone, so that nothing is created for it any more."""
-    exp = writer.experiment
-    if restored:
-        current = await exp.kube.get_experiment(exp.namespace, exp.name)
-        metadata = (current or {}).get("metadata") or {}
-        if metadata.get("uid") != exp.uid or metadata.get("deletionTimestamp"):
-            exp.closed = True
-            return False
-    body = trial_object(exp.namespace, exp.name, exp.uid, trial)
-    try:
-        created = await exp.kube.create_trial(exp.namespace, body)
-    except ApiException as error:
-        if not namespace_terminating(error.status, error.body):
-            raise
-        exp.close_with_namespace()
-        return False
-    if not owned_by(created, {exp.uid}):
-        writer.name_taken[trial.number] = await ownership.name_taken(exp, "HPOTrial", trial.name)
-        return False
-    writer.trial_uids[trial.number] = created["metadata"]["uid"]
-    # Its ADDED event, status still empty, is ours too.
-    writer.ours.note_trial_version(trial.number, created["metadata"]["resourceVersion"])
-    if restored:
-        await ownership.delete_orphaned_pods(exp, trial.name, created["metadata"]["uid"])
-        exp.observer.object_restored("HPOTrial", "deleted")
-        await exp.event(
-            f"HPOTrial {trial.name} was deleted by someone other than the operator: put "
-            f"back from the operator's state",
-            "TrialRestored",
-            True,
-        )
-    return True
