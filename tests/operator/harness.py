@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import json
 import os
+import re
 import signal
 import subprocess
 import sys
@@ -201,3 +202,16 @@ def wait_finished(
 
 def trials(control_plane: Any, namespace: str) -> list[dict[str, Any]]:
     return get(control_plane, namespace, "hpotrials")["items"]
+
+
+def api_requests(control_plane: Any, resource: str, verb: str, subresource: str = "") -> float:
+    """Requests kube-apiserver has answered (refused ones too), by its own counter
+    (`apiserver_request_total`), summed over codes and scopes."""
+    text = control_plane.kubectl("get", "--raw", "/metrics").stdout
+    total = 0.0
+    for labels, count in re.findall(r"^apiserver_request_total\{([^}]*)\}\s+(\S+)$", text, re.M):
+        found = dict(re.findall(r'(\w+)="([^"]*)"', labels))
+        wanted = {"resource": resource, "verb": verb, "subresource": subresource}
+        if all(found.get(k, "") == v for k, v in wanted.items()):
+            total += float(count)
+    return total

@@ -19,7 +19,6 @@ answer they got, and check against the journals:
 from __future__ import annotations
 
 import json
-import re
 import time
 from pathlib import Path
 from typing import Any
@@ -29,6 +28,7 @@ import pytest
 from tests.operator.harness import (
     GPU_NODE_TAINTS,
     OperatorProcess,
+    api_requests,
     apply,
     experiment,
     finished,
@@ -39,12 +39,6 @@ from tests.operator.harness import (
 
 pytestmark = [pytest.mark.cluster, pytest.mark.slow]
 
-_PATCHES = re.compile(
-    r'^apiserver_request_total\{(?=[^}]*resource="hpotrials")(?=[^}]*subresource="status")'
-    r'(?=[^}]*verb="PATCH")[^}]*\}\s+([0-9.e+]+)$',
-    re.MULTILINE,
-)
-
 
 @pytest.fixture
 def default_delay(monkeypatch: pytest.MonkeyPatch) -> None:
@@ -54,8 +48,7 @@ def default_delay(monkeypatch: pytest.MonkeyPatch) -> None:
 
 def status_patches(control_plane: Any) -> float:
     """HPOTrial status PATCHes the API server has answered, by its own counter."""
-    text = control_plane.kubectl("get", "--raw", "/metrics").stdout
-    return sum(float(count) for count in _PATCHES.findall(text))
+    return api_requests(control_plane, "hpotrials", "PATCH", "status")
 
 
 def journaled(document: dict[str, Any], journal: Path, *extra: str) -> dict[str, Any]:

@@ -5,7 +5,6 @@ from __future__ import annotations
 
 import base64
 import json
-import re
 from typing import Any
 
 import pytest
@@ -15,6 +14,7 @@ from kubetune.tokens import TokenAuthority, experiment_scope
 from tests.operator.harness import (
     GPU_NODE_TAINTS,
     OperatorProcess,
+    api_requests,
     apply,
     experiment,
     finished,
@@ -24,18 +24,6 @@ from tests.operator.harness import (
 )
 
 pytestmark = [pytest.mark.cluster, pytest.mark.slow]
-
-_SECRET_POSTS = re.compile(
-    r'^apiserver_request_total\{(?=[^}]*resource="secrets")(?=[^}]*verb="POST")[^}]*\}\s+'
-    r"([0-9.e+]+)$",
-    re.MULTILINE,
-)
-
-
-def secret_posts(control_plane: Any) -> float:
-    """Secret creations the API server has answered (refused ones too), by its counter."""
-    text = control_plane.kubectl("get", "--raw", "/metrics").stdout
-    return sum(float(count) for count in _SECRET_POSTS.findall(text))
 
 
 def test_one_secret_carries_a_blocks_tokens_and_is_made_again_if_deleted(
@@ -50,7 +38,7 @@ def test_one_secret_carries_a_blocks_tokens_and_is_made_again_if_deleted(
     with every trial's reports taken. Two Secret creations in all: before, every
     attempt created its trial's Secret (a resumed one's answered "exists")."""
     process_node_factory(gpus=1, taints=GPU_NODE_TAINTS)
-    before = secret_posts(control_plane)
+    before = api_requests(control_plane, "secrets", "POST")
     apply(control_plane, namespace, experiment("blocks", max_trials=3, parallel=1, sleep=0.2))
     block = "blocks-kubetune-tokens-0"
     wait_for(
@@ -88,4 +76,4 @@ def test_one_secret_carries_a_blocks_tokens_and_is_made_again_if_deleted(
     }
     owners = {(r["kind"], r.get("controller")) for r in secret["metadata"]["ownerReferences"]}
     assert owners == {("HPOTrial", True), ("HPOExperiment", False)}
-    assert secret_posts(control_plane) - before == 2
+    assert api_requests(control_plane, "secrets", "POST") - before == 2
