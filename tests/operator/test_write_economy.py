@@ -595,6 +595,13 @@ def test_a_new_trials_launch_goes_with_its_creation_and_its_status_follows_late(
     # Not JSON: nothing read (the trial's plan is made again, as with no history at all).
     garbage = {**created, "metadata": {**created["metadata"], "annotations": {key: "{"}}}
     assert not loading.HistoryReader(writer.experiment.signer).add_trial(garbage).first_records_only
+    # Nested thousands deep (within the size bound): nothing read, nothing raised.
+    deep = {**created, "metadata": {**created["metadata"], "annotations": {key: "[" * 9000}}}
+    assert not loading.HistoryReader(writer.experiment.signer).add_trial(deep).first_records_only
+    # A status emptied of its history by someone: the annotation does not stand in for it.
+    emptied = {**created, "status": {"phase": "Running"}}
+    reader = loading.HistoryReader(writer.experiment.signer)
+    assert not reader.add_trial(emptied).first_records_only
     # Once a status holds a history, the annotation is not read.
     written = {**created, "status": {"history": api.patches[0][1]["history"]}}
     reader = loading.HistoryReader(writer.experiment.signer)

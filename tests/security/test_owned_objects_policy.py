@@ -226,8 +226,17 @@ def test_nothing_of_an_experiment_is_orphaned_or_held(installed: ControlPlane, t
         ):
             refused = as_mallory("patch", "hpotrial", "exp-0", *patch)
             assert "may not change them or add any" in refused.stderr, (patch, refused.stderr)
-        # What is still anyone's: labels, annotations, a plain delete.
+        # The history an HPOTrial was created with is the operator's record: neither
+        # added, changed nor removed by anyone else (a removed one let a restarted
+        # operator decide the trial's launch again, over the pod already running).
+        # (set first as the operator sets it at creation; a cluster administrator may)
+        cp.kubectl("annotate", "hpotrial", "exp-0", "-n", ns, "kubetune.dev/first-records=[]")
+        for change in ("kubetune.dev/first-records=[{}]", "kubetune.dev/first-records-"):
+            refused = as_mallory("annotate", "--overwrite", "hpotrial", "exp-0", change)
+            assert "first-records]: the history an HPOTrial" in refused.stderr, refused.stderr
+        # What is still anyone's: labels, other annotations, a plain delete.
         assert as_mallory("label", "hpotrial", "exp-0", "note=x").returncode == 0
+        assert as_mallory("annotate", "hpotrial", "exp-0", "note=x").returncode == 0
         assert as_mallory("delete", "hpotrial", "exp-0", "--wait=false").returncode == 0
     finally:
         _remove_finalizers(cp, ns)

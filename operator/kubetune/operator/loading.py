@@ -101,8 +101,9 @@ class HistoryReader:
         metadata = body["metadata"]
         history = status.get("history") or []
         # Until its first status write, a trial's history is what it was created with:
-        # signed records like any (a forged or changed one is refused by its MAC).
-        first_only = not history
+        # signed records like any (a forged or changed one is refused by its MAC). Only
+        # then: a status without a history was emptied by someone, and is told as such.
+        first_only = not status and not self.legacy
         if first_only:
             history = first_records(metadata)
         accepted = self._accept(history)
@@ -146,7 +147,7 @@ def first_records(metadata: dict[str, Any]) -> list[Any]:
     text = ((metadata.get("annotations") or {}).get(ANNOTATION_FIRST_RECORDS)) or ""
     try:
         found = json.loads(text) if len(text) <= MAX_FIRST_RECORDS_BYTES else None
-    except ValueError:
+    except (ValueError, RecursionError):  # RecursionError: nested thousands deep
         return []
     return found if isinstance(found, list) else []
 

@@ -35,6 +35,10 @@ async def trial_changed(
         return
     if writer.ours.trial_write_is_ours(number, body):
         return
+    if not body.get("status") and number in writer.late_nodes:
+        # Created with its history, its status not shown yet (it is due): someone
+        # labelled or annotated it meanwhile, which is theirs to do.
+        return
     await ownership.status_restored(experiment, f"HPOTrial {metadata.get('name')}")
     writer.ours.foreign_trial_status[number] = body.get("status")
     writer.dirty_trials.add(number)
