@@ -112,7 +112,10 @@ def test_pbt_on_the_operator_survives_a_kill_mid_exploit_and_an_eviction(
         """(replacements named by a stop, replacements whose TrialExploited is stored)"""
         named, stored = set(), set()
         for trial in listed().values():
-            history = (trial.get("status") or {}).get("history") or []
+            # A new member's HPOTrial is created with its plan (TrialExploited) as its
+            # history until its first status write (operator/trialcreation.py).
+            first = (trial["metadata"].get("annotations") or {}).get("kubetune.dev/first-records")
+            history = (trial.get("status") or {}).get("history") or json.loads(first or "[]")
             for record in history:
                 reason = (record.get("verdict") or {}).get("reason") or ""
                 if record.get("type") == "Reported" and reason.startswith("exploited: "):
