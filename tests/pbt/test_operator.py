@@ -11,6 +11,7 @@ from typing import Any
 
 import pytest
 
+from kubetune.operator.loading import first_records
 from tests.operator.harness import (
     GPU_NODE_TAINTS,
     GPU_TAINT,
@@ -114,8 +115,8 @@ def test_pbt_on_the_operator_survives_a_kill_mid_exploit_and_an_eviction(
         for trial in listed().values():
             # A new member's HPOTrial is created with its plan (TrialExploited) as its
             # history until its first status write (operator/trialcreation.py).
-            first = (trial["metadata"].get("annotations") or {}).get("kubetune.dev/first-records")
-            history = (trial.get("status") or {}).get("history") or json.loads(first or "[]")
+            status = trial.get("status") or {}
+            history = status.get("history") or first_records(trial["metadata"])
             for record in history:
                 reason = (record.get("verdict") or {}).get("reason") or ""
                 if record.get("type") == "Reported" and reason.startswith("exploited: "):

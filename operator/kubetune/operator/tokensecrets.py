@@ -27,6 +27,7 @@ from kubetune.engine import UnknownTrial
 from kubetune.names import LABEL_TRIAL, TOKENS_PER_SECRET, token_block, token_block_secret_name
 from kubetune.operator.outcomes import namespace_terminating
 from kubetune.operator.pods import token_secret
+from kubetune.operator.resync import backoff
 
 if TYPE_CHECKING:
     from kubetune.operator.experiment import Experiment
@@ -92,7 +93,7 @@ class TokenSecrets:
         self._healing[block] = asyncio.create_task(self._heal(block, trial, uid))
 
     async def _heal(self, block: int, trial: str, trial_uid: str) -> None:
-        exp, delay = self.experiment, RECREATE_SECONDS
+        exp, failures = self.experiment, 0
         while not exp.closed:
             self._made.pop(block, None)
             try:
@@ -101,6 +102,8 @@ class TokenSecrets:
                 if namespace_terminating(error.status, error.body):
                     exp.close_with_namespace()
                     return
+                delay = backoff(failures, RECREATE_SECONDS, MAX_RETRY_SECONDS)
+                failures += 1
                 log.warning(
                     "%s/%s: token Secret %s not created again: %s (next try in %.0f s)",
                     exp.namespace,
@@ -110,7 +113,6 @@ class TokenSecrets:
                     delay,
                 )
                 await asyncio.sleep(delay)
-                delay = min(delay * 2, MAX_RETRY_SECONDS)
                 continue
             self._healed_at[block] = time.monotonic()
             log.info(
