@@ -17,12 +17,19 @@ namespace of its own (deleted, and gone, before the next phase starts):
    HPOExperiment are read back: the largest object written (its JSON, KiB).
 2. **open loop**: a new experiment, the same scheduler, ``--parallel`` trials each
    reporting once a second (the next report 1 s after the last answer, not as fast as
-   answers come), for ``--open-seconds``: report->decision latency, trial turnaround
+   answers come), for ``--open-seconds``, measured once every trial has reported: the
+   first trials' starts are spread over a first rung's life (10 s), as the trials of an
+   experiment that has run a while are at every step, so that the load is steady (with
+   ``--open-together`` a first open loop starts them all in the same second, when all
+   200 reach each rung in the same second: printed, not in the RESULT line):
+   report->decision latency (and apart, that of the reports written before their
+   answer), trial turnaround
    (a pod's Succeeded status stored -> the next new pod seen on the watch, each new pod
    paired with the oldest end not paired yet), and
    the API writes the operator made per report answered (kube-apiserver's own request
    counters: HPOTrial create and status patches, HPOExperiment status patches, Secret and
-   Pod creations and deletions; Events are left out, kube-scheduler writes them too).
+   Pod creations and deletions; Events are left out, kube-scheduler writes them too),
+   with the API server's own mean time for each.
 3. **closed loop**: a new experiment, reports as fast as answers come, for
    ``--closed-seconds``: reports answered per second after a warm-up quarter.
    Then, with the operator stopped, a plain client loop with the same concurrency patches
@@ -54,6 +61,7 @@ import collections
 import json
 import math
 import os
+import random
 import shutil
 import ssl
 import sys
@@ -77,6 +85,8 @@ from operator_overhead import (  # noqa: E402
     EXPERIMENT,
     GPUS_PER_NODE,
     GROUP_VERSION,
+    LABEL_ATTEMPT,
+    LABEL_TRIAL,
     Bench,
     Run,
     _wait_healthy,
@@ -108,6 +118,11 @@ OPERATOR_WRITES = {
 RAW_HISTORY = 20
 ENDLESS = 100_000  # the CRD's largest maxTrials: the timed phases end long before it
 NAMESPACE_GONE_SECONDS = 1800.0
+# The open loop's first trials start over one first rung's life (MIN_RESOURCE steps of
+# 1 s), as the trials of an experiment that has run a while are at every step: started
+# in the same second, all 200 reach each rung in the same second, and every second
+# spent measures that one burst (printed too, as "all started together").
+SPREAD_SEED = 14
 QUICK_STEP_SECONDS = 0.3  # the quick run's pace in phase 1: trials left to answer after the restart
 
 
@@ -140,11 +155,34 @@ def slot_turnarounds(ends: list[float], refills: list[float], since: float) -> l
 
 
 class PhaseBench(Bench):
-    """operator_overhead's Bench with a side task run beside the trial players."""
+    """operator_overhead's Bench with a side task run beside the trial players, and the
+    first `run.parallel` trials' starts spread over `spread` seconds (0: all at once)."""
 
-    def __init__(self, *args: Any, side: Callable[[PhaseBench], Awaitable[None]] | None = None):
+    def __init__(
+        self,
+        *args: Any,
+        side: Callable[[PhaseBench], Awaitable[None]] | None = None,
+        spread: float = 0.0,
+    ):
         super().__init__(*args)
         self.side = side
+        self.spread = spread
+        self.starts = random.Random(SPREAD_SEED)
+        self.written_ahead: list[float] = []  # latency of answers not marked durable=false
+
+    async def report(self, url: str, token: str, body: dict[str, Any]) -> dict[str, Any] | None:
+        start = time.monotonic()
+        answer = await super().report(url, token, body)
+        if answer is not None and answer.get("durable", True):
+            self.written_ahead.append(time.monotonic() - start)
+        return answer
+
+    async def play(self, pod: dict[str, Any]) -> None:
+        labels = pod["metadata"].get("labels") or {}
+        number = int(labels.get(LABEL_TRIAL, "-1").rsplit("-", 1)[-1])
+        if self.spread and labels.get(LABEL_ATTEMPT) == "1" and number < self.run.parallel:
+            await asyncio.sleep(self.starts.uniform(0.0, self.spread))
+        await super().play(pod)
 
     async def main(self) -> None:
         task = asyncio.create_task(self.side(self)) if self.side else None
@@ -226,9 +264,12 @@ class Scale:
         step_seconds: float,
         side: Callable[[PhaseBench], Awaitable[None]] | None,
         moment: str,
+        spread: float = 0.0,
     ) -> None:
         assert self.operator.process is not None
-        bench = PhaseBench(self.cp, run, self.operator.process.pid, step_seconds, side=side)
+        bench = PhaseBench(
+            self.cp, run, self.operator.process.pid, step_seconds, side=side, spread=spread
+        )
         asyncio.run(bench.main())
         self.note_rss(moment)
 
@@ -330,40 +371,52 @@ class Scale:
 
     # ----- phase 2 -----------------------------------------------------------------------
 
-    def open_loop_phase(self, seconds: float) -> str:
+    def open_loop_phase(self, seconds: float, spread: float) -> str:
+        """`--parallel` trials reporting once a second for `seconds`; the first trials'
+        starts spread over `spread` seconds. Figures of a spread start are the RESULT's."""
         figures = self.figures
         run = self.start_experiment(ENDLESS, figures.parallel, math.inf)
+        latency: list[float] = []
+        turnaround: list[float] = []
+        detail: dict[str, float] = {}
 
         async def window(bench: PhaseBench) -> None:
             # Measured from the moment every slot has reported once, for `seconds`.
             while len(run.report_latency) < figures.parallel:
                 await asyncio.sleep(0.2)
             run.report_latency.clear()
+            bench.written_ahead.clear()
             since = time.monotonic()
             counters = SimpleNamespace(requests_before=await bench.request_totals())
             await asyncio.sleep(seconds)
             counters.requests_after = await bench.request_totals()
             deltas = api_deltas(counters)  # type: ignore[arg-type]
-            figures.open_write_detail = {
-                f"{v} {r}": c for (v, r), (c, _) in deltas.items() if (v, r) in OPERATOR_WRITES
-            }
-            figures.open_latency = list(run.report_latency)
-            figures.open_turnaround = slot_turnarounds(run.ends, run.refills, since)
+            mine = {f"{v} {r}": d for (v, r), d in deltas.items() if (v, r) in OPERATOR_WRITES}
+            detail.update({key: count for key, (count, _) in mine.items()})
+            served.update({key: 1000 * s / count for key, (count, s) in mine.items()})
+            latency.extend(run.report_latency)
+            ahead.extend(bench.written_ahead)
+            turnaround.extend(slot_turnarounds(run.ends, run.refills, since))
             run.deadline = time.monotonic()  # ends the bench's loop
 
-        run.deadline = time.monotonic() + seconds + 300
-        self.play(run, 1.0, window, "after the open loop")
-        detail = figures.open_write_detail
-        figures.open_reports = len(figures.open_latency)
-        if figures.open_reports:
-            figures.open_writes = sum(detail.values()) / figures.open_reports
+        ahead: list[float] = []
+        served: dict[str, float] = {}  # the API server's own mean time per write, ms
+        run.deadline = time.monotonic() + seconds + spread + 300
+        start = f"starts spread over {spread:.0f}s" if spread else "all started together"
+        self.play(run, 1.0, window, f"after the open loop ({start})", spread)
+        writes = sum(detail.values()) / len(latency) if latency else math.nan
         print(
-            f"open loop: {figures.parallel} trials reporting once a second for {seconds:.0f}s: "
-            f"latency {describe_ms(figures.open_latency)}; turnaround "
-            f"{describe_ms(figures.open_turnaround)}; operator writes {detail} for "
-            f"{figures.open_reports} reports",
+            f"open loop, {start}: {figures.parallel} trials reporting once a second for "
+            f"{seconds:.0f}s: latency {describe_ms(latency)} (reports written before their "
+            f"answer: {describe_ms(ahead)}); turnaround {describe_ms(turnaround)}; operator "
+            f"writes {detail} for {len(latency)} reports ({writes:.2f} a report); the API "
+            f"server's mean time for each (ms): { {k: round(v, 1) for k, v in served.items()} }",
             flush=True,
         )
+        if spread:
+            figures.open_latency, figures.open_turnaround = latency, turnaround
+            figures.open_write_detail, figures.open_reports = detail, len(latency)
+            figures.open_writes = writes
         return run.namespace
 
     # ----- phase 3 -----------------------------------------------------------------------
@@ -458,6 +511,11 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--parallel", type=int, default=200, help="trials at once")
     parser.add_argument("--open-seconds", type=float, default=60.0)
     parser.add_argument("--closed-seconds", type=float, default=60.0)
+    parser.add_argument(
+        "--open-together",
+        action="store_true",
+        help="also an open loop whose trials all start in the same second (printed, not in RESULT)",
+    )
     parser.add_argument("--timeout", type=float, default=3 * 3600.0, help="phase 1's limit")
     parser.add_argument(
         "--quick", action="store_true", help="a smoke run: 12 trials, 6 at once, ASHA 1..27, 5 s"
@@ -499,7 +557,10 @@ def main(argv: list[str] | None = None) -> int:
         scale.delete_namespace(
             scale.scale_phase(args.timeout, QUICK_STEP_SECONDS if args.quick else 0.0)
         )
-        scale.delete_namespace(scale.open_loop_phase(args.open_seconds))
+        if args.open_together:
+            scale.delete_namespace(scale.open_loop_phase(args.open_seconds, 0.0))
+        spread = MIN_RESOURCE * 1.0  # a first rung's life at one report a second
+        scale.delete_namespace(scale.open_loop_phase(args.open_seconds, spread))
         scale.delete_namespace(scale.closed_loop_phase(args.closed_seconds))
         scale.note_rss("at the end")
         operator.stop()  # the raw loop has the API server to itself

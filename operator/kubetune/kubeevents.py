@@ -15,11 +15,19 @@ from kubetune.names import GROUP, VERSION
 
 
 def event_body(
-    involved: dict[str, Any], kind: str, reason: str, message: str, warning: bool = False
+    involved: dict[str, Any],
+    kind: str,
+    reason: str,
+    message: str,
+    warning: bool = False,
+    count: int = 1,
+    since: float | None = None,
 ) -> client.CoreV1Event:
-    """A Kubernetes Event from kubetune-operator about the object `involved`."""
+    """A Kubernetes Event from kubetune-operator about the object `involved`; `count`
+    occurrences, the first at `since` (a POSIX time; default now), the last now."""
     metadata = involved["metadata"]
     now = datetime.now(UTC)
+    first = now if since is None else min(now, datetime.fromtimestamp(since, UTC))
     return client.CoreV1Event(
         metadata=client.V1ObjectMeta(
             generate_name=f"{metadata['name']}.", namespace=metadata["namespace"]
@@ -34,8 +42,8 @@ def event_body(
         reason=reason,
         message=message[:1024],
         type="Warning" if warning else "Normal",
-        first_timestamp=now,
+        first_timestamp=first,
         last_timestamp=now,
-        count=1,
+        count=count,
         source=client.V1EventSource(component="kubetune-operator"),
     )

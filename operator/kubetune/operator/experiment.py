@@ -7,6 +7,7 @@ from __future__ import annotations
 
 import asyncio
 import logging
+import time
 from collections.abc import Coroutine
 from dataclasses import dataclass, field
 from typing import Any
@@ -15,6 +16,7 @@ from kubetune.engine import Engine
 from kubetune.names import endpoint_for
 from kubetune.observability import Observer
 from kubetune.operator import store
+from kubetune.operator.eventbudget import EventBudget
 from kubetune.operator.kube import Kube
 from kubetune.operator.tokensecrets import TokenSecrets
 from kubetune.placement import PlacementSource
@@ -71,6 +73,7 @@ class Experiment:
         # Launches being carried out (operator/launching.py), by (trial name, attempt).
         self.launches: dict[tuple[str, int], Launch] = {}
         self.token_secrets = TokenSecrets(self)
+        self.events = EventBudget()
         # Written by the capacity loop (capacity_update); the stored cost seeds it, and
         # the time it was accounted up to tells a restarted loop what it has not seen.
         stored = body.get("status") or {}
@@ -108,9 +111,25 @@ class Experiment:
         task.add_done_callback(self.background.discard)
 
     async def event(self, message: str, reason: str, warning: bool = False) -> None:
-        # Events are for people: posted in the background, never holding up a decision.
-        self.in_background(
-            self.kube.post_event(self.body, "HPOExperiment", reason, message, warning)
+        # Events are for people: posted in the background, never holding up a decision,
+        # and within the budget of their reason (operator/eventbudget.py).
+        if self.events.admit(reason, time.monotonic()):
+            self.in_background(
+                self.kube.post_event(self.body, "HPOExperiment", reason, message, warning)
+            )
+        elif self.events.hold(reason, message, warning, time.time()):
+            self.in_background(self._post_held(reason))
+
+    async def _post_held(self, reason: str) -> None:
+        await asyncio.sleep(self.events.due(reason, time.monotonic()))
+        held = self.events.release(reason, time.monotonic())
+        if held is None or self.closed:
+            return
+        message = held.message
+        if held.count > 1:
+            message = f"{message} (and {held.count - 1} more {reason} Events folded into this one)"
+        await self.kube.post_event(
+            self.body, "HPOExperiment", reason, message, held.warning, held.count, held.since
         )
 
     def checkpoint_base(self) -> str | None:

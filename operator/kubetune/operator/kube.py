@@ -234,10 +234,18 @@ class Kube:
                 raise
 
     async def post_event(
-        self, involved: dict[str, Any], kind: str, reason: str, message: str, warning: bool = False
+        self,
+        involved: dict[str, Any],
+        kind: str,
+        reason: str,
+        message: str,
+        warning: bool = False,
+        count: int = 1,
+        since: float | None = None,
     ) -> None:
-        """A Kubernetes Event about an experiment or trial; failures are only logged."""
-        event = event_body(involved, kind, reason, message, warning)
+        """A Kubernetes Event about an experiment or trial (`count` of them, the first at
+        `since`: kubeevents.event_body); failures are only logged."""
+        event = event_body(involved, kind, reason, message, warning, count, since)
         namespace = involved["metadata"]["namespace"]
         try:
             await self._call(self.core.create_namespaced_event, namespace, event)
