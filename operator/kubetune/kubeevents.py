@@ -13,6 +13,8 @@ from kubernetes import client
 
 from kubetune.names import GROUP, VERSION
 
+MESSAGE_LIMIT = 1024  # the most characters of a message posted
+
 
 def event_body(
     involved: dict[str, Any],
@@ -40,7 +42,7 @@ def event_body(
             uid=metadata.get("uid"),
         ),
         reason=reason,
-        message=message[:1024],
+        message=message[:MESSAGE_LIMIT],
         type="Warning" if warning else "Normal",
         first_timestamp=first,
         last_timestamp=now,

@@ -6,11 +6,16 @@ from __future__ import annotations
 
 import asyncio
 from datetime import UTC, datetime
+from types import SimpleNamespace
 from typing import Any
 
-from kubetune.kubeevents import event_body
+import kopf
+
+from kubetune.kubeevents import MESSAGE_LIMIT, event_body
+from kubetune.operator import handlers
 from kubetune.operator.eventbudget import EventBudget
 from kubetune.operator.experiment import Experiment, OperatorConfig
+from kubetune.operator.handlers import Registry
 from kubetune.spec import parse_experiment
 from tests.unit.test_spec import valid
 
@@ -72,13 +77,7 @@ class RecordingKube:
 
 
 def test_an_experiment_posts_its_events_within_the_budget_and_loses_none() -> None:
-    document = valid()
-    spec = parse_experiment(document).spec
-    body = {**document, "metadata": {"name": "exp", "namespace": "team", "uid": "u"}}
-    config = OperatorConfig(endpoint_url="http://op:8080", token_key=b"k" * 32)
-    kube = RecordingKube()
-    experiment = Experiment(kube, config, body, spec)  # type: ignore[arg-type]
-    experiment.events = EventBudget(burst=5, interval=0.2)
+    experiment, kube = recording_experiment(EventBudget(burst=5, interval=0.2))
 
     async def run() -> None:
         for number in range(40):
@@ -95,3 +94,67 @@ def test_an_experiment_posts_its_events_within_the_budget_and_loses_none() -> No
     assert sum(count for _, _, count in started) == 40  # none lost
     assert started[-1][1].startswith("Trial exp-39 started (and 34 more")
     assert ("TrialFailed", "Trial exp-3 failed: OOMKilled", 1) in kube.posted
+
+
+def recording_experiment(budget: EventBudget) -> tuple[Experiment, RecordingKube]:
+    document = valid()
+    spec = parse_experiment(document).spec
+    body = {**document, "metadata": {"name": "exp", "namespace": "team", "uid": "u"}}
+    config = OperatorConfig(endpoint_url="http://op:8080", token_key=b"k" * 32)
+    kube = RecordingKube()
+    experiment = Experiment(kube, config, body, spec)  # type: ignore[arg-type]
+    experiment.events = budget
+    return experiment, kube
+
+
+def test_held_events_are_posted_at_once_when_the_operator_stops() -> None:
+    # Held for an hour: before, a stop (a rolling upgrade) lost them with the process.
+    experiment, kube = recording_experiment(EventBudget(burst=1, interval=3600.0))
+
+    async def run() -> None:
+        for number in range(3):
+            await experiment.event(f"Trial exp-{number} started", "TrialStarted")
+        await experiment.event("Trial exp-0 paused", "TrialPaused")
+        await asyncio.sleep(0)
+        memo = kopf.Memo()
+        registry = object.__new__(Registry)
+        registry.controllers = {("team", "exp"): experiment}  # type: ignore[dict-item]
+        registry.resync = registry.sampler = SimpleNamespace(close=lambda: None)  # type: ignore[assignment]
+        registry.logs = SimpleNamespace(close=nothing)  # type: ignore[assignment]
+        experiment.writer = SimpleNamespace(write_late_reports=lambda at_exit: nothing())  # type: ignore[attr-defined]
+        memo["registry"] = registry
+        await handlers._cleanup(memo)
+        assert not experiment.events.held
+
+    asyncio.run(run())
+    assert kube.posted == [
+        ("TrialStarted", "Trial exp-0 started", 1),
+        ("TrialPaused", "Trial exp-0 paused", 1),
+        (
+            "TrialStarted",
+            "Trial exp-2 started (and 1 more TrialStarted Events folded into this one)",
+            2,
+        ),
+    ]
+
+
+async def nothing() -> None:
+    return None
+
+
+def test_a_folded_events_count_survives_the_message_limit() -> None:
+    experiment, kube = recording_experiment(EventBudget(burst=1, interval=0.01))
+
+    async def run() -> None:
+        for number in range(3):
+            await experiment.event(f"Trial exp-{number} failed: " + "x" * 2000, "TrialFailed", True)
+        await asyncio.sleep(0.05)
+        await asyncio.gather(*experiment.background)
+
+    asyncio.run(run())
+    (_, message, count) = kube.posted[-1]
+    assert count == 2 and len(message) == MESSAGE_LIMIT
+    folded = "xxx (and 1 more TrialFailed Events folded into this one)"
+    assert message.endswith(folded), message[-80:]  # the cut took the message's end, not it
+    involved = {"metadata": {"name": "exp", "namespace": "team", "uid": "u"}}
+    assert event_body(involved, "HPOExperiment", "TrialFailed", message).message == message

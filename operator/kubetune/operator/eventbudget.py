@@ -8,8 +8,10 @@ running trials, about 36 Events a second, as many writes as the trials' own HPOT
 and pods together (bench/scale.py). Each reason may post `burst` Events at once, then
 one every `interval` seconds; the Events beyond are held, not lost: the latest of them
 is posted when the budget allows, with `count` the number it stands for and its first
-time the first one's, which `kubectl describe` shows as "x37 over 2m". A rare reason
-(a failure, the experiment's end) is never held behind a frequent one.
+time the first one's, which `kubectl describe` shows as "x37 over 2m" (and at once when
+the operator stops: `Experiment.post_held_events`; those of a deleted experiment are
+dropped with it). A rare reason (a failure, the experiment's end) is never held behind
+a frequent one.
 
 Pure bookkeeping on a clock the caller passes; `Experiment.event` does the posting.
 """

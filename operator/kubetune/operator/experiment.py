@@ -13,6 +13,7 @@ from dataclasses import dataclass, field
 from typing import Any
 
 from kubetune.engine import Engine
+from kubetune.kubeevents import MESSAGE_LIMIT
 from kubetune.names import endpoint_for
 from kubetune.observability import Observer
 from kubetune.operator import store
@@ -120,17 +121,25 @@ class Experiment:
         elif self.events.hold(reason, message, warning, time.time()):
             self.in_background(self._post_held(reason))
 
-    async def _post_held(self, reason: str) -> None:
-        await asyncio.sleep(self.events.due(reason, time.monotonic()))
+    async def _post_held(self, reason: str, now: bool = False) -> None:
+        if not now:
+            await asyncio.sleep(self.events.due(reason, time.monotonic()))
         held = self.events.release(reason, time.monotonic())
         if held is None or self.closed:
             return
         message = held.message
         if held.count > 1:
-            message = f"{message} (and {held.count - 1} more {reason} Events folded into this one)"
+            folded = f" (and {held.count - 1} more {reason} Events folded into this one)"
+            message = message[: MESSAGE_LIMIT - len(folded)] + folded  # kept past the cut
         await self.kube.post_event(
             self.body, "HPOExperiment", reason, message, held.warning, held.count, held.since
         )
+
+    async def post_held_events(self) -> None:
+        """Every reason's held Events posted now, each as one: the operator is stopping,
+        and what its budget holds would be lost with it."""
+        held = [self._post_held(reason, now=True) for reason in list(self.events.held)]
+        await asyncio.gather(*held, return_exceptions=True)  # one failing stops no other
 
     def checkpoint_base(self) -> str | None:
         base = self.spec.checkpoints.uri if self.spec.checkpoints else None

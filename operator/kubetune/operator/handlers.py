@@ -273,9 +273,11 @@ async def _cleanup(memo: kopf.Memo, **_: Any) -> None:
         trimmer.cancel()
     # Stopped, not killed: the reports answered but not written yet are written now.
     late = [c.writer.write_late_reports(at_exit=True) for c in registry.controllers.values()]
+    # So are the Events their budgets hold (operator/eventbudget.py), each as one.
+    held = [c.post_held_events() for c in registry.controllers.values()]
     with contextlib.suppress(TimeoutError):
         async with asyncio.timeout(10):
-            await asyncio.gather(*late, return_exceptions=True)
+            await asyncio.gather(*late, *held, return_exceptions=True)
     registry.resync.close()
     registry.sampler.close()
     await registry.logs.close()

@@ -249,10 +249,8 @@ class Kube:
         namespace = involved["metadata"]["namespace"]
         try:
             await self._call(self.core.create_namespaced_event, namespace, event)
-        except ApiException as error:
+        except Exception as error:  # an API error or the connection's: posted in the background
+            why = error.reason if isinstance(error, ApiException) else repr(error)
             logger.warning(
-                "could not post event %s for %s: %s",
-                reason,
-                involved["metadata"]["name"],
-                error.reason,
+                "could not post event %s for %s: %s", reason, involved["metadata"]["name"], why
             )
