@@ -34,6 +34,8 @@ BAD = [
     ("KUBETUNE_REPORT_WRITE_SECONDS", "inf", ">= 0"),  # before: late reports never written
     ("KUBETUNE_PARTIAL_GANG_SECONDS", "0", "> 0"),  # before: every gang released at once
     ("KUBETUNE_PARTIAL_GANG_SECONDS", "5m", "> 0"),
+    ("KUBETUNE_EVENT_INTERVAL_SECONDS", "0", "> 0 and <= 300"),  # no budget at all
+    ("KUBETUNE_EVENT_INTERVAL_SECONDS", "1e300", "> 0 and <= 300"),  # held for good
 ]
 
 

@@ -23,7 +23,10 @@ from dataclasses import dataclass, field
 from kubetune.operator.settings import env_seconds
 
 EVENT_BURST = 25  # client-go's
-EVENT_INTERVAL_SECONDS = env_seconds("KUBETUNE_EVENT_INTERVAL_SECONDS", 10.0, positive=True)
+# At most client-go's five minutes: a longer one would hold Events for good.
+EVENT_INTERVAL_SECONDS = env_seconds(
+    "KUBETUNE_EVENT_INTERVAL_SECONDS", 10.0, positive=True, at_most=300.0
+)
 
 
 @dataclass

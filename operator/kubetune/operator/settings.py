@@ -12,9 +12,12 @@ import sys
 EXIT_USAGE = 2  # as kubetune.cli's: a bad input
 
 
-def env_seconds(name: str, default: float, *, positive: bool = False) -> float:
-    """`name`'s value as seconds (finite; > 0 with `positive`, else >= 0), `default`
-    when unset or empty. A bad value exits with code 2 and one line on stderr."""
+def env_seconds(
+    name: str, default: float, *, positive: bool = False, at_most: float = math.inf
+) -> float:
+    """`name`'s value as seconds (finite; > 0 with `positive`, else >= 0; at most
+    `at_most`), `default` when unset or empty. A bad value exits with code 2 and one
+    line on stderr."""
     text = os.environ.get(name, "").strip()
     if not text:
         return default
@@ -22,8 +25,10 @@ def env_seconds(name: str, default: float, *, positive: bool = False) -> float:
         value = float(text)
     except ValueError:
         value = math.nan
-    if math.isfinite(value) and (value > 0 or (value == 0 and not positive)):
+    if math.isfinite(value) and (value > 0 or (value == 0 and not positive)) and value <= at_most:
         return value
     bound = "> 0" if positive else ">= 0"
+    if math.isfinite(at_most):
+        bound += f" and <= {at_most:g}"
     print(f"{name}: expected a finite number of seconds {bound}, got {text!r}", file=sys.stderr)
     raise SystemExit(EXIT_USAGE)
