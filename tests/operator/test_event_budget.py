@@ -63,17 +63,8 @@ class RecordingKube:
     def __init__(self) -> None:
         self.posted: list[tuple[str, str, int]] = []
 
-    async def post_event(
-        self,
-        involved: dict[str, Any],
-        kind: str,
-        reason: str,
-        message: str,
-        warning: bool = False,
-        count: int = 1,
-        since: float | None = None,
-    ) -> None:
-        self.posted.append((reason, message, count))
+    async def post_event(self, event: Any) -> None:
+        self.posted.append((event.reason, event.message, event.count))
 
 
 def test_an_experiment_posts_its_events_within_the_budget_and_loses_none() -> None:

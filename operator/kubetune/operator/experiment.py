@@ -13,7 +13,7 @@ from dataclasses import dataclass, field
 from typing import Any
 
 from kubetune.engine import Engine
-from kubetune.kubeevents import MESSAGE_LIMIT
+from kubetune.kubeevents import MESSAGE_LIMIT, event_body
 from kubetune.names import endpoint_for
 from kubetune.observability import Observer
 from kubetune.operator import store
@@ -115,9 +115,8 @@ class Experiment:
         # Events are for people: posted in the background, never holding up a decision,
         # and within the budget of their reason (operator/eventbudget.py).
         if self.events.admit(reason, time.monotonic()):
-            self.in_background(
-                self.kube.post_event(self.body, "HPOExperiment", reason, message, warning)
-            )
+            event = event_body(self.body, "HPOExperiment", reason, message, warning)
+            self.in_background(self.kube.post_event(event))
         elif self.events.hold(reason, message, warning, time.time()):
             self.in_background(self._post_held(reason))
 
@@ -131,8 +130,9 @@ class Experiment:
         if held.count > 1:
             folded = f" (and {held.count - 1} more {reason} Events folded into this one)"
             message = message[: MESSAGE_LIMIT - len(folded)] + folded  # kept past the cut
+        count, since = held.count, held.since
         await self.kube.post_event(
-            self.body, "HPOExperiment", reason, message, held.warning, held.count, held.since
+            event_body(self.body, "HPOExperiment", reason, message, held.warning, count, since)
         )
 
     async def post_held_events(self) -> None:

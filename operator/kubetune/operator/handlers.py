@@ -20,10 +20,12 @@ import kopf
 
 from kubetune import observability
 from kubetune.ingest import NOT_READY, NotReady, ReportServer, ReportTarget
+from kubetune.kubeevents import event_body
 from kubetune.names import EXPERIMENTS, GROUP, LABEL_EXPERIMENT, TRIALS, VERSION
 from kubetune.offloop import SuggestionWorker
 from kubetune.operator import trim
 from kubetune.operator.controller import ExperimentController, OperatorConfig
+from kubetune.operator.gcfreeze import freeze_what_exists
 from kubetune.operator.kube import TRIALS_PER_PAGE, Kube
 from kubetune.operator.logs import LogStreams
 from kubetune.operator.resync import Resync
@@ -165,7 +167,7 @@ class Registry:
         previous = status.get("conditions") or []
         failed = dict(failed_status("Invalid", problems, generation, previous, time.time()))
         await self.kube.patch_experiment_status(metadata["namespace"], metadata["name"], failed)
-        await self.kube.post_event(body, "HPOExperiment", "Invalid", problems, warning=True)
+        await self.kube.post_event(event_body(body, "HPOExperiment", "Invalid", problems, True))
 
     async def pod_event(self, event_type: str, body: dict[str, Any]) -> None:
         metadata = body["metadata"]
@@ -243,6 +245,8 @@ async def _startup(settings: kopf.OperatorSettings, memo: kopf.Memo, **_: Any) -
     await server.start(host, port)
     logger.info("report endpoint listening on %s:%s", host, server.port)
     memo["trimmer"] = asyncio.create_task(trim.release_periodically())
+    # Started: what exists now lives as long as the process (operator/gcfreeze.py).
+    logger.debug("%d objects left out of the collector's walks", freeze_what_exists())
 
 
 @kopf.on.login()

@@ -17,7 +17,6 @@ from typing import Any
 from kubernetes import client, config
 from kubernetes.client.rest import ApiException
 
-from kubetune.kubeevents import event_body
 from kubetune.leanobjects import lean
 from kubetune.names import EXPERIMENTS, GROUP, LABEL_EXPERIMENT, TRIALS, VERSION
 
@@ -233,24 +232,13 @@ class Kube:
             if error.status != 404:
                 raise
 
-    async def post_event(
-        self,
-        involved: dict[str, Any],
-        kind: str,
-        reason: str,
-        message: str,
-        warning: bool = False,
-        count: int = 1,
-        since: float | None = None,
-    ) -> None:
-        """A Kubernetes Event about an experiment or trial (`count` of them, the first at
-        `since`: kubeevents.event_body); failures are only logged."""
-        event = event_body(involved, kind, reason, message, warning, count, since)
-        namespace = involved["metadata"]["namespace"]
+    async def post_event(self, event: client.CoreV1Event) -> None:
+        """A Kubernetes Event (kubeevents.event_body); failures are only logged."""
+        namespace = event.involved_object.namespace
         try:
             await self._call(self.core.create_namespaced_event, namespace, event)
         except Exception as error:  # an API error or the connection's: posted in the background
             why = error.reason if isinstance(error, ApiException) else repr(error)
             logger.warning(
-                "could not post event %s for %s: %s", reason, involved["metadata"]["name"], why
+                "could not post event %s for %s: %s", event.reason, event.involved_object.name, why
             )

@@ -25,6 +25,7 @@ from typing import Any
 
 from kubetune.engine import Engine
 from kubetune.events import WarmStarted
+from kubetune.kubeevents import event_body
 from kubetune.operator import store
 from kubetune.operator.kube import Kube
 from kubetune.operator.status import failed_status
@@ -122,7 +123,7 @@ async def start(
         await fail(kube, body, generation, error)
         return str(error)
     engine.record_warm_start(event)
-    await kube.post_event(body, "HPOExperiment", "WarmStarted", describe(event))
+    await kube.post_event(event_body(body, "HPOExperiment", "WarmStarted", describe(event)))
     return None
 
 
@@ -133,4 +134,4 @@ async def fail(kube: Kube, body: dict[str, Any], generation: int, error: WarmSta
     previous = (body.get("status") or {}).get("conditions") or []
     status = dict(failed_status(WARM_START_FAILED, message, generation, previous, time.time()))
     await kube.patch_experiment_status(metadata["namespace"], metadata["name"], status)
-    await kube.post_event(body, "HPOExperiment", WARM_START_FAILED, message, warning=True)
+    await kube.post_event(event_body(body, "HPOExperiment", WARM_START_FAILED, message, True))
