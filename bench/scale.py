@@ -19,9 +19,9 @@ namespace of its own (deleted, and gone, before the next phase starts):
    reporting once a second (the next report 1 s after the last answer, not as fast as
    answers come), for ``--open-seconds``, measured once every trial has reported: the
    first trials' starts are spread over a first rung's life (10 s), as the trials of an
-   experiment that has run a while are at every step, so that the load is steady (with
-   ``--open-together`` a first open loop starts them all in the same second, when all
-   200 reach each rung in the same second: printed, not in the RESULT line):
+   experiment that has run a while are at every step, so that the load is steady (a
+   first open loop, unless ``--no-open-together``, starts them all in the same second,
+   when all 200 reach each rung in the same second: printed, not in the RESULT line):
    report->decision latency (and apart, that of the reports written before their
    answer), trial turnaround
    (a pod's Succeeded status stored -> the next new pod seen on the watch, each new pod
@@ -118,10 +118,11 @@ OPERATOR_WRITES = {
 RAW_HISTORY = 20
 ENDLESS = 100_000  # the CRD's largest maxTrials: the timed phases end long before it
 NAMESPACE_GONE_SECONDS = 1800.0
-# The open loop's first trials start over one first rung's life (MIN_RESOURCE steps of
+# The open loop's first trials start over one first rung's life (minResource steps of
 # 1 s), as the trials of an experiment that has run a while are at every step: started
 # in the same second, all 200 reach each rung in the same second, and every second
-# spent measures that one burst (printed too, as "all started together").
+# spent measures that one burst (measured too, unless --no-open-together, and printed
+# as "all started together").
 SPREAD_SEED = 14
 QUICK_STEP_SECONDS = 0.3  # the quick run's pace in phase 1: trials left to answer after the restart
 
@@ -169,12 +170,15 @@ class PhaseBench(Bench):
         self.spread = spread
         self.starts = random.Random(SPREAD_SEED)
         self.written_ahead: list[float] = []  # latency of answers not marked durable=false
+        self.first_reported: set[str] = set()  # the first trials that have reported
 
     async def report(self, url: str, token: str, body: dict[str, Any]) -> dict[str, Any] | None:
         start = time.monotonic()
         answer = await super().report(url, token, body)
         if answer is not None and answer.get("durable", True):
             self.written_ahead.append(time.monotonic() - start)
+        if answer is not None and int(body["trial"].rsplit("-", 1)[-1]) < self.run.parallel:
+            self.first_reported.add(body["trial"])
         return answer
 
     async def play(self, pod: dict[str, Any]) -> None:
@@ -381,8 +385,9 @@ class Scale:
         detail: dict[str, float] = {}
 
         async def window(bench: PhaseBench) -> None:
-            # Measured from the moment every slot has reported once, for `seconds`.
-            while len(run.report_latency) < figures.parallel:
+            # Measured from the moment each first trial has reported once (with a spread
+            # start, the last of them starts `spread` seconds after the first), for `seconds`.
+            while len(bench.first_reported) < figures.parallel:
                 await asyncio.sleep(0.2)
             run.report_latency.clear()
             bench.written_ahead.clear()
@@ -513,8 +518,10 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--closed-seconds", type=float, default=60.0)
     parser.add_argument(
         "--open-together",
-        action="store_true",
-        help="also an open loop whose trials all start in the same second (printed, not in RESULT)",
+        action=argparse.BooleanOptionalAction,
+        default=True,
+        help="first an open loop whose trials all start in the same second (printed, not in "
+        "RESULT; default: on)",
     )
     parser.add_argument("--timeout", type=float, default=3 * 3600.0, help="phase 1's limit")
     parser.add_argument(
@@ -559,7 +566,7 @@ def main(argv: list[str] | None = None) -> int:
         )
         if args.open_together:
             scale.delete_namespace(scale.open_loop_phase(args.open_seconds, 0.0))
-        spread = MIN_RESOURCE * 1.0  # a first rung's life at one report a second
+        spread = resources[0] * 1.0  # a first rung's life at one report a second
         scale.delete_namespace(scale.open_loop_phase(args.open_seconds, spread))
         scale.delete_namespace(scale.closed_loop_phase(args.closed_seconds))
         scale.note_rss("at the end")

@@ -246,7 +246,8 @@ async def _startup(settings: kopf.OperatorSettings, memo: kopf.Memo, **_: Any) -
     logger.info("report endpoint listening on %s:%s", host, server.port)
     memo["trimmer"] = asyncio.create_task(trim.release_periodically())
     # Started: what exists now lives as long as the process (operator/gcfreeze.py).
-    logger.debug("%d objects left out of the collector's walks", freeze_what_exists())
+    frozen = freeze_what_exists()
+    logger.debug("%d objects left out of the collector's walks", frozen)
 
 
 @kopf.on.login()
