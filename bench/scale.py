@@ -172,19 +172,23 @@ class PhaseBench(Bench):
         self.written_ahead: list[float] = []  # latency of answers not marked durable=false
         self.first_reported: set[str] = set()  # the first trials that have reported
 
+    def first_trial(self, name: str) -> bool:
+        """Whether trial `name` (`<experiment>-<number>`) is one of the first `parallel`."""
+        return 0 <= int(name.rsplit("-", 1)[-1]) < self.run.parallel
+
     async def report(self, url: str, token: str, body: dict[str, Any]) -> dict[str, Any] | None:
         start = time.monotonic()
         answer = await super().report(url, token, body)
         if answer is not None and answer.get("durable", True):
             self.written_ahead.append(time.monotonic() - start)
-        if answer is not None and int(body["trial"].rsplit("-", 1)[-1]) < self.run.parallel:
+        if answer is not None and self.first_trial(body["trial"]):
             self.first_reported.add(body["trial"])
         return answer
 
     async def play(self, pod: dict[str, Any]) -> None:
         labels = pod["metadata"].get("labels") or {}
-        number = int(labels.get(LABEL_TRIAL, "-1").rsplit("-", 1)[-1])
-        if self.spread and labels.get(LABEL_ATTEMPT) == "1" and number < self.run.parallel:
+        first = self.first_trial(labels.get(LABEL_TRIAL, "-1"))
+        if self.spread and labels.get(LABEL_ATTEMPT) == "1" and first:
             await asyncio.sleep(self.starts.uniform(0.0, self.spread))
         await super().play(pod)
 
