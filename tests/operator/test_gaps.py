@@ -267,10 +267,12 @@ def test_only_what_a_write_sent_becomes_durable() -> None:
     engine = SimpleNamespace(
         history=[],
         trials=[
-            SimpleNamespace(number=n, name=f"t{n}", phase=TrialPhase.RUNNING, reason="")
+            SimpleNamespace(
+                number=n, name=f"t{n}", phase=TrialPhase.RUNNING, reason="", attempt=None
+            )
             for n in (0, 1)
         ],
-        scheduler=SimpleNamespace(must_keep=lambda step: False),
+        scheduler=SimpleNamespace(must_keep=lambda step: False, max_resource=None),
     )
     in_flight = asyncio.Event()
 

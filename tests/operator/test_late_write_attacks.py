@@ -76,11 +76,14 @@ def test_zero_report_write_seconds_is_allowed(monkeypatch: pytest.MonkeyPatch) -
 def late_writer(outcomes: list[Exception | None]) -> tuple[StatusWriter, list[int]]:
     """A StatusWriter whose late writes fail or succeed in turn (None: written)."""
     writer = StatusWriter.__new__(StatusWriter)  # only the late-write path is exercised
-    writer.experiment = SimpleNamespace(name="exp", closed=False)  # type: ignore[assignment]
+    writer.experiment = SimpleNamespace(  # type: ignore[assignment]
+        name="exp", closed=False, engine=SimpleNamespace(trials=[])
+    )
     writer.history = SimpleNamespace(note_new_events=lambda: {3})  # type: ignore[assignment]
     writer.late_reports = set()
     writer.late_nodes = set()
     writer.late_due = {}
+    writer.postponed = set()
     writer.report_flush = None
     calls: list[int] = []
 

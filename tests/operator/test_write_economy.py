@@ -59,8 +59,10 @@ def fake_experiment(engine: Any, kube: Any) -> Any:
 def make_writer(api: FakeTrials) -> tuple[StatusWriter, Any]:
     engine = SimpleNamespace(
         history=[],
-        trials=[SimpleNamespace(number=0, name="t0", phase=TrialPhase.RUNNING, reason="")],
-        scheduler=SimpleNamespace(must_keep=lambda step: False),
+        trials=[
+            SimpleNamespace(number=0, name="t0", phase=TrialPhase.RUNNING, reason="", attempt=None)
+        ],
+        scheduler=SimpleNamespace(must_keep=lambda step: False, max_resource=None),
     )
     experiment = fake_experiment(engine, api)
     writer = StatusWriter(experiment, HistoryRecords(experiment))  # type: ignore[arg-type]
@@ -292,11 +294,13 @@ def test_late_writes_leave_most_slots_to_the_writes_a_report_waits_for() -> None
     # report of the last trial is written ahead while the late writer works through the rest.
     api = SlowTrials()
     trials = [
-        SimpleNamespace(number=n, name=f"t{n}", phase=TrialPhase.RUNNING, reason="")
+        SimpleNamespace(number=n, name=f"t{n}", phase=TrialPhase.RUNNING, reason="", attempt=None)
         for n in range(TRIALS)
     ]
     engine = SimpleNamespace(
-        history=[], trials=trials, scheduler=SimpleNamespace(must_keep=lambda step: False)
+        history=[],
+        trials=trials,
+        scheduler=SimpleNamespace(must_keep=lambda step: False, max_resource=None),
     )
     experiment = fake_experiment(engine, api)
     writer = StatusWriter(experiment, HistoryRecords(experiment))  # type: ignore[arg-type]
@@ -335,7 +339,9 @@ def test_late_writes_leave_most_slots_to_the_writes_a_report_waits_for() -> None
 
 def two_trial_writer(api: FakeTrials) -> tuple[StatusWriter, Any]:
     writer, engine = make_writer(api)
-    engine.trials.append(SimpleNamespace(number=1, name="t1", phase=TrialPhase.RUNNING, reason=""))
+    engine.trials.append(
+        SimpleNamespace(number=1, name="t1", phase=TrialPhase.RUNNING, reason="", attempt=None)
+    )
     writer.trial_uids[1] = "u1"
     engine.history.append(TrialLaunched(1, 1, False, 27, 0.0))
     writer.note_new_events()
@@ -479,10 +485,12 @@ def test_at_exit_every_late_write_goes_out_at_once() -> None:
     engine = SimpleNamespace(
         history=[],
         trials=[
-            SimpleNamespace(number=n, name=f"t{n}", phase=TrialPhase.RUNNING, reason="")
+            SimpleNamespace(
+                number=n, name=f"t{n}", phase=TrialPhase.RUNNING, reason="", attempt=None
+            )
             for n in range(TRIALS)
         ],
-        scheduler=SimpleNamespace(must_keep=lambda step: False),
+        scheduler=SimpleNamespace(must_keep=lambda step: False, max_resource=None),
     )
     experiment = fake_experiment(engine, api)
     writer = StatusWriter(experiment, HistoryRecords(experiment))  # type: ignore[arg-type]

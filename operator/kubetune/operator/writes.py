@@ -9,7 +9,9 @@ so they never overlap and a caller's change is durable when its flush returns.
 Reports that no decision reads (`store.decisions_read`: no decision, no rung, not a
 step the scheduler reads, not an attempt's first where it says where the attempt
 started) are answered before they are durable and written with the trial's next write,
-or `REPORT_WRITE_SECONDS` after the oldest of them (`note_late_report`). At a report a
+or `REPORT_WRITE_SECONDS` after the oldest of them (`note_late_report`), or, when the
+trial's attempt is about to reach the step written ahead for certain, with that write
+(up to `REPORT_WRITE_SECONDS` later again: operator/latedue.py). At a report a
 second per trial, an attempt of ten reports between rungs costs three HPOTrial writes:
 its launch, its rung and its end; a new trial's launch goes with its HPOTrial's
 creation instead (its history so far in names.ANNOTATION_FIRST_RECORDS, read by a
@@ -46,6 +48,7 @@ from kubetune.operator.coalesce import CoalescedWriter
 from kubetune.operator.experiment import Experiment
 from kubetune.operator.history import HistoryRecords, Record
 from kubetune.operator.kube import CALLS_PER_EXPERIMENT
+from kubetune.operator.latedue import postponement
 from kubetune.operator.settings import env_seconds
 from kubetune.operator.status import experiment_status, restoring_patch, written_trial_status
 from kubetune.operator.trialcreation import carries_first_records, create_trial, first_records_json
@@ -79,6 +82,7 @@ class StatusWriter:
         self.late_nodes: set[int] = set()  # a trial's node, written with its next write
         # When each trial's oldest late report or node must be written (monotonic).
         self.late_due: dict[int, float] = {}
+        self.postponed: set[int] = set()  # late writes waiting for a write-ahead (latedue)
         self.report_flush: asyncio.Task[None] | None = None
         self.written_phases: dict[int, tuple[str, str]] = {}
         self.writers: dict[int, CoalescedWriter] = {}
@@ -98,7 +102,7 @@ class StatusWriter:
         REPORT_WRITE_SECONDS, with the trial's next write, not before it is answered."""
         numbers = self.history.note_new_events()
         self.late_reports |= numbers
-        self._due(numbers, REPORT_WRITE_SECONDS)
+        self.due_late(numbers, REPORT_WRITE_SECONDS)
 
     def note_node(self, number: int, node: str) -> None:
         """Trial `number` runs on `node`: shown in its status by its next write (its
@@ -106,9 +110,9 @@ class StatusWriter:
         own (one HPOTrial write per attempt fewer)."""
         self.nodes[number] = node
         self.late_nodes.add(number)
-        self._due({number}, REPORT_WRITE_SECONDS)
+        self.due_late({number}, REPORT_WRITE_SECONDS)
 
-    def _due(self, numbers: set[int], delay: float) -> None:
+    def due_late(self, numbers: set[int], delay: float) -> None:
         """Each trial's late write is due `delay` after its oldest unwritten late change,
         not at one experiment-wide tick: a trial whose next write-ahead (a rung, its
         attempt's end) comes within the delay carries its late reports with it, and
@@ -117,7 +121,7 @@ class StatusWriter:
         for number in numbers:
             self.late_due.setdefault(number, due)
         if self.report_flush is None or self.report_flush.done():
-            self.report_flush = asyncio.create_task(self._write_late_reports())
+            self.report_flush = asyncio.create_task(write_late_when_due(self))
 
     def durable(self, number: int) -> bool:
         return number not in self.late_reports and number not in self.dirty_trials
@@ -132,27 +136,6 @@ class StatusWriter:
         chosen = late if numbers is None else late.intersection(numbers)
         limit = None if at_exit else self.late_writing
         await asyncio.gather(*(flush_late(self, n, limit) for n in sorted(chosen)))
-
-    async def _write_late_reports(self) -> None:
-        while self.late_due and not self.experiment.closed:
-            await asyncio.sleep(max(min(self.late_due.values()) - time.monotonic(), 0.0))
-            now = time.monotonic()
-            due = sorted(n for n, at in self.late_due.items() if at <= now)
-            for number in due:
-                del self.late_due[number]  # changes arriving during the write: due anew
-            try:
-                await self.write_late_reports(due)
-            except Exception as error:
-                # Tried again: a trial that sends no further report (it hangs, or its
-                # pod lingers) must not keep an answered report unwritten for ever.
-                log.warning(
-                    "%s: writing reports failed (tried again in %.0f s): %s",
-                    self.experiment.name,
-                    REPORT_RETRY_SECONDS,
-                    error,
-                )
-                late = self.late_reports | self.late_nodes
-                self._due(late.intersection(due), REPORT_RETRY_SECONDS)
 
     async def persist(self) -> None:
         """Write what changed. Trial histories and experiment-level events are written
@@ -229,7 +212,7 @@ class StatusWriter:
             self._written(number)  # nothing new arrived during the write
             if not shown or self.nodes.get(number) != node:  # or a node did: a delay later
                 self.late_nodes.add(number)
-                self._due({number}, REPORT_WRITE_SECONDS)
+                self.due_late({number}, REPORT_WRITE_SECONDS)
 
     async def _patch_status(
         self, trial: TrialRecord, sent: list[Record], phase: tuple[str, str]
@@ -268,6 +251,7 @@ class StatusWriter:
         self.late_reports.discard(number)
         self.late_nodes.discard(number)
         self.late_due.pop(number, None)
+        self.postponed.discard(number)
 
     def flush_soon(self, delay: float = 1.0) -> None:
         """Write the summaries (counts, best, nodes) within `delay`, once for many changes."""
@@ -315,6 +299,48 @@ class StatusWriter:
         self.ours.experiment_versions.append(version)
         self.last_status = status
         self.written_experiment_history = len(records)
+
+
+async def write_late_when_due(writer: StatusWriter) -> None:
+    """Write each trial's late changes when due (`StatusWriter.due_late`), or a while later
+    when its attempt's write-ahead, about to come, will carry them (latedue.py)."""
+    while writer.late_due and not writer.experiment.closed:
+        await asyncio.sleep(max(min(writer.late_due.values()) - time.monotonic(), 0.0))
+        now = time.monotonic()
+        due = [n for n, at in sorted(writer.late_due.items()) if at <= now]
+        due = [n for n in due if not postpone(writer, n, now)]
+        for number in due:
+            del writer.late_due[number]  # changes arriving during the write: due anew
+            writer.postponed.discard(number)
+        try:
+            await writer.write_late_reports(due)
+        except Exception as error:
+            # Tried again: a trial that sends no further report (it hangs, or its
+            # pod lingers) must not keep an answered report unwritten for ever.
+            log.warning(
+                "%s: writing reports failed (tried again in %.0f s): %s",
+                writer.experiment.name,
+                REPORT_RETRY_SECONDS,
+                error,
+            )
+            late = writer.late_reports | writer.late_nodes
+            writer.due_late(late.intersection(due), REPORT_RETRY_SECONDS)
+
+
+def postpone(writer: StatusWriter, number: int, now: float) -> bool:
+    """Whether trial `number`'s late write, due now, waits (once) for the write-ahead
+    its attempt is about to make, which carries it (operator/latedue.py)."""
+    engine = writer.experiment.engine
+    if number in writer.postponed or number >= len(engine.trials):
+        return False
+    more = postponement(
+        engine.trials[number], engine.scheduler.max_resource, time.time(), REPORT_WRITE_SECONDS
+    )
+    if more is None:
+        return False
+    writer.postponed.add(number)
+    writer.late_due[number] = now + more
+    return True
 
 
 async def flush_late(writer: StatusWriter, number: int, limit: asyncio.Semaphore | None) -> None:
