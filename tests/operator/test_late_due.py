@@ -10,6 +10,7 @@ import time
 from types import SimpleNamespace
 
 import pytest
+from kubernetes.client.rest import ApiException
 
 from kubetune.operator import writes
 from kubetune.operator.latedue import postponement, seconds_to_write_ahead
@@ -103,5 +104,41 @@ def test_a_trial_that_stalls_before_its_rung_is_written_once_within_twice_the_de
         await asyncio.sleep(1.0)  # no rung came: written at the postponed time
 
     asyncio.run(scenario())
+    assert [len(patch["history"]) for _, patch in api.patches] == [2]
+    assert writer.durable(0) and not writer.late_due and not writer.postponed
+
+
+def test_a_late_write_the_api_refused_is_tried_again_without_waiting_for_the_rung(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    """From a review: the retry of a failed late write was postponed again, and the
+    report of a trial that stalled a step before its rung waited four times the delay."""
+    monkeypatch.setattr(writes, "REPORT_WRITE_SECONDS", 0.5)
+    monkeypatch.setattr(writes, "REPORT_RETRY_SECONDS", 0.5)
+    api = FakeTrials()
+    writer, engine = near_rung_writer(api)
+    written = FakeTrials.patch_trial_status
+    times: list[float] = []
+
+    async def refused_once(self: FakeTrials, namespace: str, name: str, patch: dict) -> str:
+        times.append(time.monotonic())
+        if len(times) == 2:  # the first late write (the first call is the setup's)
+            raise ApiException(status=500, reason="Internal Server Error")
+        return await written(self, namespace, name, patch)
+
+    monkeypatch.setattr(FakeTrials, "patch_trial_status", refused_once)
+
+    async def scenario() -> float:
+        await writer.flush_trial(0)
+        api.patches.clear()
+        engine.history.append(report(19))
+        start = time.monotonic()
+        writer.note_late_report()
+        await asyncio.sleep(2.5)
+        return start
+
+    start = asyncio.run(scenario())
+    # Due at 0.5 s, waited for the rung until 1.0 s, refused, written at 1.5 s (2.0 before).
+    assert [round(t - start, 1) for t in times[1:]] in ([1.0, 1.5], [1.0, 1.6]), times
     assert [len(patch["history"]) for _, patch in api.patches] == [2]
     assert writer.durable(0) and not writer.late_due and not writer.postponed

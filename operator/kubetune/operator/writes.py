@@ -323,8 +323,9 @@ async def write_late_when_due(writer: StatusWriter) -> None:
                 REPORT_RETRY_SECONDS,
                 error,
             )
-            late = writer.late_reports | writer.late_nodes
-            writer.due_late(late.intersection(due), REPORT_RETRY_SECONDS)
+            late = (writer.late_reports | writer.late_nodes).intersection(due)
+            writer.due_late(late, REPORT_RETRY_SECONDS)
+            writer.postponed |= late  # a retry waits for no rung (twice the delay at most)
 
 
 def postpone(writer: StatusWriter, number: int, now: float) -> bool:
@@ -333,9 +334,14 @@ def postpone(writer: StatusWriter, number: int, now: float) -> bool:
     engine = writer.experiment.engine
     if number in writer.postponed or number >= len(engine.trials):
         return False
-    more = postponement(
-        engine.trials[number], engine.scheduler.max_resource, time.time(), REPORT_WRITE_SECONDS
-    )
+    try:
+        trial, most = engine.trials[number], engine.scheduler.max_resource
+        more = postponement(trial, most, time.time(), REPORT_WRITE_SECONDS)
+    except Exception:  # a forecast must never stop the late writes: written now
+        log.exception(
+            "%s: forecasting trial %d's write-ahead failed", writer.experiment.name, number
+        )
+        return False
     if more is None:
         return False
     writer.postponed.add(number)
