@@ -61,12 +61,14 @@ def near_rung_writer(api: FakeTrials) -> tuple[writes.StatusWriter, SimpleNamesp
     return writer, engine
 
 
-def test_late_reports_due_just_before_a_rung_go_with_the_rungs_write(
-    monkeypatch: pytest.MonkeyPatch,
+@pytest.mark.parametrize("rung_comes", [True, False])
+def test_late_reports_due_just_before_a_rung_wait_for_its_write_or_twice_the_delay(
+    monkeypatch: pytest.MonkeyPatch, rung_comes: bool
 ) -> None:
     """Before, the late write went out at its delay and the rung's write-ahead a moment
-    later: two writes where one carries both."""
-    monkeypatch.setattr(writes, "REPORT_WRITE_SECONDS", 0.3)
+    later: two writes where one carries both. A trial that stalls instead is written
+    once, at the postponed time (1.0 s here)."""
+    monkeypatch.setattr(writes, "REPORT_WRITE_SECONDS", 0.5)
     api = FakeTrials()
     writer, engine = near_rung_writer(api)
 
@@ -75,36 +77,16 @@ def test_late_reports_due_just_before_a_rung_go_with_the_rungs_write(
         api.patches.clear()
         engine.history.append(report(19))
         writer.note_late_report()
-        await asyncio.sleep(0.45)  # its delay has passed
+        await asyncio.sleep(0.7)  # its delay has passed
         assert api.patches == [] and 0 in writer.postponed
-        engine.history.append(report(20))
-        writer.note_new_events()  # the rung: written ahead, carrying step 19
-        await writer.flush_trial(0)
-        await asyncio.sleep(0.5)
+        if rung_comes:
+            engine.history.append(report(20))
+            writer.note_new_events()  # the rung: written ahead, carrying step 19
+            await writer.flush_trial(0)
+        await asyncio.sleep(1.0)
 
     asyncio.run(scenario())
-    assert [len(patch["history"]) for _, patch in api.patches] == [3]
-    assert writer.durable(0) and not writer.late_due and not writer.postponed
-
-
-def test_a_trial_that_stalls_before_its_rung_is_written_once_within_twice_the_delay(
-    monkeypatch: pytest.MonkeyPatch,
-) -> None:
-    monkeypatch.setattr(writes, "REPORT_WRITE_SECONDS", 0.3)
-    api = FakeTrials()
-    writer, engine = near_rung_writer(api)
-
-    async def scenario() -> None:
-        await writer.flush_trial(0)
-        api.patches.clear()
-        engine.history.append(report(19))
-        writer.note_late_report()
-        await asyncio.sleep(0.45)
-        assert api.patches == []  # waiting for the rung
-        await asyncio.sleep(1.0)  # no rung came: written at the postponed time
-
-    asyncio.run(scenario())
-    assert [len(patch["history"]) for _, patch in api.patches] == [2]
+    assert [len(patch["history"]) for _, patch in api.patches] == [3 if rung_comes else 2]
     assert writer.durable(0) and not writer.late_due and not writer.postponed
 
 
@@ -139,6 +121,7 @@ def test_a_late_write_the_api_refused_is_tried_again_without_waiting_for_the_run
 
     start = asyncio.run(scenario())
     # Due at 0.5 s, waited for the rung until 1.0 s, refused, written at 1.5 s (2.0 before).
-    assert [round(t - start, 1) for t in times[1:]] in ([1.0, 1.5], [1.0, 1.6]), times
+    refused, retried = (t - start for t in times[1:])
+    assert refused >= 0.95 and retried - refused < 0.75, (refused, retried)
     assert [len(patch["history"]) for _, patch in api.patches] == [2]
     assert writer.durable(0) and not writer.late_due and not writer.postponed
