@@ -86,6 +86,7 @@ if str(ROOT) not in sys.path:
     sys.path.insert(0, str(ROOT))  # `tests` is a package of the repository, not installed
 
 from kubetune.tokens import TokenAuthority, experiment_scope  # noqa: E402
+from kubetune_trial.client import RetryPolicy  # noqa: E402
 from tests.cluster.controlplane import ControlPlane  # noqa: E402
 from tests.cluster.kwok import Kwok  # noqa: E402
 from tests.cluster.process_node import Taint  # noqa: E402
@@ -98,11 +99,14 @@ LABEL_TRIAL = "kubetune.dev/trial"
 LABEL_ATTEMPT = "kubetune.dev/attempt"
 GPUS_PER_NODE = 8
 MAX_RESOURCE = 9
-# The SDK's defaults (trial_image/kubetune_trial/client.py).
-TRY_TIMEOUT = 10.0
-TOTAL_TIMEOUT = 60.0
-INITIAL_BACKOFF = 0.5
-MAX_BACKOFF = 10.0
+# The SDK's defaults (trial_image/kubetune_trial/client.py), read from it: the total was
+# hand-copied as 60 s against the SDK's 300, and in a 10,000-trial run whose restarted
+# operator took about a minute to rebuild, 33 players gave up during it and left their
+# pods running, so the experiment could never end (the SDK would have waited).
+TRY_TIMEOUT = RetryPolicy.max_try_timeout
+TOTAL_TIMEOUT = RetryPolicy.total_timeout
+INITIAL_BACKOFF = RetryPolicy.initial_backoff
+MAX_BACKOFF = RetryPolicy.max_backoff
 
 
 # ----- small helpers -------------------------------------------------------------------
