@@ -15,8 +15,8 @@ from kubetune.operator import gaps, store
 from kubetune.operator.gaps import Holes, Watermark
 from kubetune.operator.history import HistoryRecords
 from kubetune.operator.writes import StatusWriter
-from kubetune.trials import Decision, TrialPhase, Verdict
-from tests.operator.test_write_economy import fake_experiment
+from kubetune.trials import Decision, Verdict
+from tests.operator.test_write_economy import fake_engine, fake_experiment
 
 Owner = int | None
 
@@ -264,16 +264,7 @@ def test_only_what_a_write_sent_becomes_durable() -> None:
     version marked the live list written, raising the watermark over an unwritten
     report): StatusWriter._write_trial and HistoryRecords, against a fake API."""
     stored: dict[str, list[dict[str, Any]]] = {}
-    engine = SimpleNamespace(
-        history=[],
-        trials=[
-            SimpleNamespace(
-                number=n, name=f"t{n}", phase=TrialPhase.RUNNING, reason="", attempt=None
-            )
-            for n in (0, 1)
-        ],
-        scheduler=SimpleNamespace(must_keep=lambda step: False, max_resource=None),
-    )
+    engine = fake_engine(2)
     in_flight = asyncio.Event()
 
     async def patch_trial_status(namespace: str, name: str, patch: dict[str, Any]) -> str:

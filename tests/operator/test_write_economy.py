@@ -56,14 +56,24 @@ def fake_experiment(engine: Any, kube: Any) -> Any:
     )
 
 
-def make_writer(api: FakeTrials) -> tuple[StatusWriter, Any]:
-    engine = SimpleNamespace(
+def fake_trial(number: int) -> Any:
+    """A running trial as StatusWriter reads it (no attempt: nothing to forecast)."""
+    return SimpleNamespace(
+        number=number, name=f"t{number}", phase=TrialPhase.RUNNING, reason="", attempt=None
+    )
+
+
+def fake_engine(trials: int) -> Any:
+    """What StatusWriter reads of an engine: `trials` running trials, t0 on."""
+    return SimpleNamespace(
         history=[],
-        trials=[
-            SimpleNamespace(number=0, name="t0", phase=TrialPhase.RUNNING, reason="", attempt=None)
-        ],
+        trials=[fake_trial(n) for n in range(trials)],
         scheduler=SimpleNamespace(must_keep=lambda step: False, max_resource=None),
     )
+
+
+def make_writer(api: FakeTrials) -> tuple[StatusWriter, Any]:
+    engine = fake_engine(1)
     experiment = fake_experiment(engine, api)
     writer = StatusWriter(experiment, HistoryRecords(experiment))  # type: ignore[arg-type]
     writer.trial_uids = {0: "u0"}
@@ -293,15 +303,7 @@ def test_late_writes_leave_most_slots_to_the_writes_a_report_waits_for() -> None
     # 200 running trials, each with an answered report not yet durable; then a rung's
     # report of the last trial is written ahead while the late writer works through the rest.
     api = SlowTrials()
-    trials = [
-        SimpleNamespace(number=n, name=f"t{n}", phase=TrialPhase.RUNNING, reason="", attempt=None)
-        for n in range(TRIALS)
-    ]
-    engine = SimpleNamespace(
-        history=[],
-        trials=trials,
-        scheduler=SimpleNamespace(must_keep=lambda step: False, max_resource=None),
-    )
+    engine = fake_engine(TRIALS)
     experiment = fake_experiment(engine, api)
     writer = StatusWriter(experiment, HistoryRecords(experiment))  # type: ignore[arg-type]
     writer.trial_uids = {n: f"u{n}" for n in range(TRIALS)}
@@ -339,9 +341,7 @@ def test_late_writes_leave_most_slots_to_the_writes_a_report_waits_for() -> None
 
 def two_trial_writer(api: FakeTrials) -> tuple[StatusWriter, Any]:
     writer, engine = make_writer(api)
-    engine.trials.append(
-        SimpleNamespace(number=1, name="t1", phase=TrialPhase.RUNNING, reason="", attempt=None)
-    )
+    engine.trials.append(fake_trial(1))
     writer.trial_uids[1] = "u1"
     engine.history.append(TrialLaunched(1, 1, False, 27, 0.0))
     writer.note_new_events()
@@ -482,16 +482,7 @@ def test_at_exit_every_late_write_goes_out_at_once() -> None:
     """A SIGTERMed operator has 10 s for its late writes (handlers._cleanup), and no
     write-ahead is left to keep slots for: 200 late trials are not written 4 at a time."""
     api = SlowTrials()
-    engine = SimpleNamespace(
-        history=[],
-        trials=[
-            SimpleNamespace(
-                number=n, name=f"t{n}", phase=TrialPhase.RUNNING, reason="", attempt=None
-            )
-            for n in range(TRIALS)
-        ],
-        scheduler=SimpleNamespace(must_keep=lambda step: False, max_resource=None),
-    )
+    engine = fake_engine(TRIALS)
     experiment = fake_experiment(engine, api)
     writer = StatusWriter(experiment, HistoryRecords(experiment))  # type: ignore[arg-type]
     writer.trial_uids = {n: f"u{n}" for n in range(TRIALS)}
