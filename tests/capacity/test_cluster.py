@@ -15,6 +15,7 @@ from typing import Any
 import pytest
 import yaml
 
+from kubetune.timestamps import parse_rfc3339
 from tests.capacity.cloud import CloudNodes
 from tests.capacity.conftest import INSTANCE_TYPE, REGION, AsgWorld, make_asg
 from tests.capacity.faults import Fault, FaultProxy
@@ -149,8 +150,18 @@ def assert_cost_by_hand(control_plane: Any, namespace: str, name: str, pool: Poo
     lives = list(pool.cloud.lives.values())
     assert lives and all(life.deleted for life in lives)
     by_hand = sum((life.deleted - life.created) * PRICE / 3600 for life in lives)  # type: ignore[operator]
-    time.sleep(2 * TICK)
-    cost = status(control_plane, namespace, name)["costUSD"]
+    last_end = max(life.deleted for life in lives)  # type: ignore[type-var]
+
+    # Waits for the tick that saw the last Node gone, not a fixed time: a loaded machine's
+    # tick can come seconds late, and a cost read before it is short by the nodes' last
+    # second (CI read it 1.2 s short after a fixed two-tick sleep).
+    def accounted_past_the_end() -> dict[str, Any] | None:
+        found = status(control_plane, namespace, name)
+        return found if (parse_rfc3339(found.get("costAccountedAt")) or 0.0) > last_end else None
+
+    cost = wait_for("the cost accounted past the last node's deletion", accounted_past_the_end, 60)[
+        "costUSD"
+    ]
     assert by_hand - 0.01 <= cost <= by_hand + len(lives) * 4 * TICK * PRICE / 3600, (
         cost,
         by_hand,

@@ -2,10 +2,12 @@
 
 from __future__ import annotations
 
+import asyncio
 from typing import Any
 
 import pytest
 
+from kubetune.capacity.accounting import CostBook
 from kubetune.capacity.cost import (
     INSTANCE_TYPE_LABEL,
     ZONE_LABEL,
@@ -126,6 +128,26 @@ def test_ledger_starts_from_the_stored_cost() -> None:
     ledger.seed(A, 9.9)  # seeded once: later seeds do not reset the running total
     ledger.advance(0, 10, [NodeSpan("n", "gpu", 0, None, 36.0)], [], {"gpu": {A: 1}})
     assert ledger.experiments[A] == pytest.approx(2.6)
+
+
+def test_a_node_first_seen_after_a_tick_it_predates_is_counted_from_its_creation() -> None:
+    """A Node created at 100.0 (its stamp) is not in the list of the tick at 100.6 (created
+    after the list) and first seen at 101.7: its 0.6 s before that window was in no window
+    (CI's cost test read 1.2 s short for two such nodes). A node already there at this
+    operator's first tick is not counted back: `_unseen_cost` prices that time."""
+    gpu = pool(instanceTypes=["g5.xlarge"], onDemandPriceUSDPerHour={"g5.xlarge": 36.0})
+    book = CostBook(None)
+
+    def node(name: str, stamp: str) -> dict[str, Any]:
+        labels = {"pool": "gpu"}
+        return {"metadata": {"name": name, "creationTimestamp": stamp, "labels": labels}}
+
+    old, fresh = node("old", "2026-12-06T00:00:00Z"), node("fresh", "2026-12-06T00:01:40Z")
+    base = 1796515200.0  # 2026-12-06T00:00:00Z
+    for now, nodes in [(100.6, [old]), (101.7, [old, fresh]), (102.7, [old, fresh])]:
+        asyncio.run(book.account({"gpu": gpu}, base + now, nodes, []))
+    # old: 100.6..102.7 (before that: the first sight's); fresh: 100.0..102.7.
+    assert book.ledger.pools["gpu"] == pytest.approx((2.1 + 2.7) / 100, abs=1e-6)
 
 
 def test_trial_price_is_its_gpu_share_of_a_node() -> None:

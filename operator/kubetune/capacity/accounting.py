@@ -69,6 +69,7 @@ class CostBook:
                     logger.warning("node pool %s: spot prices: %s", pool.name, error)
             prices[pool.name] = self.spot.for_region(pool.region) if self.spot else {}
         seen: set[str] = set()
+        new: set[str] = set()  # not seen at the last tick (this operator's first: none)
         spans: list[costs.NodeSpan] = []
         pool_of_node: dict[str, str] = {}
         for node in nodes:
@@ -81,10 +82,12 @@ class CostBook:
             pool_of_node[name] = home.name
             price = costs.node_price(home, labels, prices[home.name]) or 0.0
             start = parse_rfc3339(node["metadata"].get("creationTimestamp")) or now
+            if name not in self.nodes and self.last_tick is not None:
+                new.add(name)
             self.nodes[name] = (home.name, start, price)
         for name, (pool_name, start, price) in list(self.nodes.items()):
             end = None if name in seen else now
-            spans.append(costs.NodeSpan(name, pool_name, start, end, price))
+            spans.append(costs.NodeSpan(name, pool_name, start, end, price, name in new))
             if end is not None:
                 del self.nodes[name]  # accounted up to now, this once more
                 if name in self.terminated:

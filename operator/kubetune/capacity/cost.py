@@ -5,7 +5,10 @@
 a spot node, the configured `onDemandPriceUSDPerHour` of its instance type otherwise.
 
 **Run time.** A node costs from its creation until it is gone (Node objects'
-`creationTimestamp`, and the moment the shell stops seeing them).
+`creationTimestamp`, and the moment the shell stops seeing them). A node first seen at a
+window's end may have been created before the window began (the stamp has whole seconds,
+and a tick lists Nodes before its end): that earlier part was in no window, so the
+window that first sees the node counts it from its creation.
 
 **Attribution.** Time is cut into windows (the shell's ticks). In each window a pool's
 cost — the sum over its nodes of price times the part of the window they ran — is split
@@ -99,6 +102,7 @@ class NodeSpan:
     start: float
     end: float | None  # None: still running
     usd_per_hour: float
+    new: bool = False  # first seen at this window's end: counted from `start`, not the window's
 
 
 @dataclass(frozen=True)
@@ -141,7 +145,7 @@ def attribute_window(
     pool_usd: dict[str, float] = {}
     alive: dict[str, int] = {}
     for node in nodes:
-        seconds = overlap(node.start, node.end, t0, t1)
+        seconds = overlap(node.start, node.end, min(t0, node.start) if node.new else t0, t1)
         pool_usd[node.pool] = pool_usd.get(node.pool, 0.0) + seconds * node.usd_per_hour / 3600
         alive[node.pool] = alive.get(node.pool, 0) + (seconds > 0)
     used: dict[str, dict[ExperimentKey, float]] = {}
