@@ -106,6 +106,7 @@ def test_a_flush_with_nothing_new_sends_nothing() -> None:
     asyncio.run(scenario())
     assert [len(patch["history"]) for _, patch in api.patches] == [1, 2]
     assert writer.durable(0)
+    assert writer.writers == {}  # an idle trial's writer is let go, not kept for its life
 
 
 def test_a_status_someone_else_wrote_is_written_again_even_if_ours_did_not_change() -> None:

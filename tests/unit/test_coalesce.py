@@ -2,7 +2,9 @@ from __future__ import annotations
 
 import asyncio
 
-from kubetune.operator.coalesce import CoalescedWriter
+import pytest
+
+from kubetune.operator.coalesce import CoalescedWriter, each_at_most
 
 
 async def test_each_flush_waits_for_a_write_that_saw_its_change() -> None:
@@ -102,3 +104,51 @@ async def test_a_finished_write_keeps_nothing_of_its_callers_context_alive() -> 
     gc.collect()
     assert gone() is None
     await writer.flush()  # and it still writes
+
+
+async def test_each_at_most_starts_only_that_many_calls_and_makes_every_one_once() -> None:
+    """10,000 trials written at an experiment's end: a pending call (task, context,
+    coroutine chain) for each at once was a memory peak that grew with the trials; only
+    `at_once` calls may exist at a time, and each item is called exactly once."""
+    started: list[int] = []
+    live = 0
+    peak = 0
+
+    async def call(item: int) -> None:
+        nonlocal live, peak
+        started.append(item)
+        live += 1
+        peak = max(peak, live)
+        await asyncio.sleep(0.001 * (item % 3))
+        live -= 1
+
+    await each_at_most(4, range(50), call)
+    assert peak == 4
+    assert sorted(started) == list(range(50))
+    await each_at_most(4, [], call)  # nothing to do: returns
+    assert len(started) == 50
+
+
+async def test_a_writer_is_idle_only_with_no_write_running_or_owed() -> None:
+    """StatusWriter lets a trial's writer go once idle (one kept per trial ever written
+    was about half a KB a trial): never while a write runs, nor after a failed one."""
+    gate = asyncio.Event()
+    fail = True
+
+    async def write() -> None:
+        await gate.wait()
+        if fail:
+            raise RuntimeError("refused")
+
+    writer = CoalescedWriter(write)
+    assert writer.idle
+    flushing = asyncio.create_task(writer.flush())
+    await asyncio.sleep(0)
+    assert not writer.idle
+    gate.set()
+    with pytest.raises(RuntimeError):
+        await flushing
+    assert not writer.idle  # the change is still owed
+    fail = False
+    await writer.flush()
+    assert writer.idle

@@ -12,7 +12,10 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
-from collections.abc import Awaitable, Callable
+from collections.abc import Awaitable, Callable, Iterable
+from typing import TypeVar
+
+T = TypeVar("T")
 
 
 class CoalescedWriter:
@@ -24,6 +27,12 @@ class CoalescedWriter:
         self._requested = 0
         self._completed = 0
         self._running: asyncio.Task[None] | None = None
+
+    @property
+    def idle(self) -> bool:
+        """No write running or asked for: the writer may be let go (a new one for the
+        same object can start no write that overlaps one of this one's)."""
+        return self._running is None and self._completed >= self._requested
 
     async def flush(self) -> None:
         self._requested += 1
@@ -43,3 +52,20 @@ class CoalescedWriter:
             # caller's kopf cause (the pod's body, its patch, a logger): about 30 KB
             # per trial for the experiment's life if it stayed referenced here.
             self._running = None
+
+
+async def each_at_most(
+    at_once: int, items: Iterable[T], call: Callable[[T], Awaitable[None]]
+) -> None:
+    """`await call(item)` for every item, `at_once` at a time. An experiment's end writes
+    every trial; a task for each, all waiting for the writers' slots, held a task, its
+    context and a coroutine chain per trial (about 13 MB at 2,000 trials in
+    bench/scale.py, a peak that grows with the trials); here `at_once` of them at most."""
+    pending = list(items)
+    queue = iter(pending)
+
+    async def worker() -> None:
+        for item in queue:  # one iterator shared: each item is taken once
+            await call(item)
+
+    await asyncio.gather(*(worker() for _ in range(min(at_once, len(pending)))))

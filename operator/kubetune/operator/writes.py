@@ -44,7 +44,7 @@ from kubernetes.client.rest import ApiException
 
 from kubetune.operator import store
 from kubetune.operator.authorship import Authorship
-from kubetune.operator.coalesce import CoalescedWriter
+from kubetune.operator.coalesce import CoalescedWriter, each_at_most
 from kubetune.operator.experiment import Experiment
 from kubetune.operator.history import HistoryRecords, Record
 from kubetune.operator.kube import CALLS_PER_EXPERIMENT
@@ -155,7 +155,7 @@ class StatusWriter:
                 self.dirty_trials.discard(number)  # search exhausted before it was sampled
             elif exp.engine.trials[number].phase is not TrialPhase.SAMPLING:
                 ready.append(number)  # a sampling trial is written with its parameters
-        await asyncio.gather(*(self.flush_trial(n) for n in ready))
+        await each_at_most(CALLS_PER_EXPERIMENT, ready, self.flush_trial)
         events = exp.observer.trial_events(exp.namespace, exp.name, exp.engine)
         exp.engine.history.release(self.history.filed)  # read by all (eventlog.py)
         for event in events:
@@ -177,7 +177,11 @@ class StatusWriter:
         if writer is None:
             writer = CoalescedWriter(lambda: self._write_trial(number), self.writing)
             self.writers[number] = writer
-        await writer.flush()
+        try:
+            await writer.flush()
+        finally:
+            if writer.idle and self.writers.get(number) is writer:
+                del self.writers[number]  # not kept for every trial the experiment ever had
 
     async def _write_trial(self, number: int) -> None:
         """Write one trial's status as it is now (only ever through its CoalescedWriter)."""
@@ -261,7 +265,7 @@ class StatusWriter:
         async def flush() -> None:
             await asyncio.sleep(delay)
             async with self.experiment.lock:
-                await asyncio.gather(*(self.flush_trial(n) for n in sorted(self.lazy_trials)))
+                await each_at_most(CALLS_PER_EXPERIMENT, sorted(self.lazy_trials), self.flush_trial)
                 await self.write_experiment_status()
 
         self.flush = asyncio.create_task(flush())
