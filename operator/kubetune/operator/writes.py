@@ -77,7 +77,6 @@ class StatusWriter:
         self.nodes: dict[int, str] = {}
         self.sdk_attempts: dict[int, int] = {}  # status.sdkAttempt (PodWatch.sdk_reported)
         self.dirty_trials: set[int] = set()  # to be written before any decision acts
-        self.lazy_trials: set[int] = set()  # to be written at the next flush
         self.late_reports: set[int] = set()  # answered reports not yet durable
         self.late_nodes: set[int] = set()  # a trial's node, written with its next write
         # When each trial's oldest late report or node must be written (monotonic).
@@ -251,21 +250,20 @@ class StatusWriter:
     def _written(self, number: int) -> None:
         self.history.settle(number)
         self.dirty_trials.discard(number)
-        self.lazy_trials.discard(number)
         self.late_reports.discard(number)
         self.late_nodes.discard(number)
         self.late_due.pop(number, None)
         self.postponed.discard(number)
 
     def flush_soon(self, delay: float = 1.0) -> None:
-        """Write the summaries (counts, best, nodes) within `delay`, once for many changes."""
+        """Write the experiment's summaries (counts, best) within `delay`, once for many
+        changes."""
         if self.flush is not None and not self.flush.done():
             return
 
         async def flush() -> None:
             await asyncio.sleep(delay)
             async with self.experiment.lock:
-                await each_at_most(CALLS_PER_EXPERIMENT, sorted(self.lazy_trials), self.flush_trial)
                 await self.write_experiment_status()
 
         self.flush = asyncio.create_task(flush())
