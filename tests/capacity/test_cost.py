@@ -131,9 +131,10 @@ def test_ledger_starts_from_the_stored_cost() -> None:
 
 
 def test_a_node_first_seen_after_a_tick_it_predates_is_counted_from_its_creation() -> None:
-    """A Node created at 100.0 (its stamp) is not in the list of the tick at 100.6 (created
+    """A Node stamped 100.0 (whole seconds) is not in the list of the tick at 100.6 (made
     after the list) and first seen at 101.7: its 0.6 s before that window was in no window
-    (CI's cost test read 1.2 s short for two such nodes). A node already there at this
+    (CI's cost test read 1.2 s short for two such nodes). Counted back at most a second:
+    a node there long before was not the pool's then. A node already there at this
     operator's first tick is not counted back: `_unseen_cost` prices that time."""
     gpu = pool(instanceTypes=["g5.xlarge"], onDemandPriceUSDPerHour={"g5.xlarge": 36.0})
     book = CostBook(None)
@@ -143,11 +144,15 @@ def test_a_node_first_seen_after_a_tick_it_predates_is_counted_from_its_creation
         return {"metadata": {"name": name, "creationTimestamp": stamp, "labels": labels}}
 
     old, fresh = node("old", "2026-12-06T00:00:00Z"), node("fresh", "2026-12-06T00:01:40Z")
+    # A node created an hour ago and labelled into the pool now: its hour was not the pool's.
+    joined = node("joined", "2026-12-05T23:00:00Z")
     base = 1796515200.0  # 2026-12-06T00:00:00Z
-    for now, nodes in [(100.6, [old]), (101.7, [old, fresh]), (102.7, [old, fresh])]:
+    ticks = [(100.6, [old]), (101.7, [old, fresh]), (102.7, [old, fresh, joined])]
+    for now, nodes in ticks:
         asyncio.run(book.account({"gpu": gpu}, base + now, nodes, []))
-    # old: 100.6..102.7 (before that: the first sight's); fresh: 100.0..102.7.
-    assert book.ledger.pools["gpu"] == pytest.approx((2.1 + 2.7) / 100, abs=1e-6)
+    # old: 100.6..102.7 (before that: the first sight's); fresh: 100.0..102.7; joined:
+    # one second before the window that first saw it, 100.7..102.7.
+    assert book.ledger.pools["gpu"] == pytest.approx((2.1 + 2.7 + 2.0) / 100, abs=1e-6)
 
 
 def test_trial_price_is_its_gpu_share_of_a_node() -> None:

@@ -6,9 +6,12 @@ a spot node, the configured `onDemandPriceUSDPerHour` of its instance type other
 
 **Run time.** A node costs from its creation until it is gone (Node objects'
 `creationTimestamp`, and the moment the shell stops seeing them). A node first seen at a
-window's end may have been created before the window began (the stamp has whole seconds,
-and a tick lists Nodes before its end): that earlier part was in no window, so the
-window that first sees the node counts it from its creation.
+window's end may be stamped before the window began: the stamp has whole seconds, so a
+node created just after the last tick's list can carry an earlier second. That part was
+in no window, so the window that first sees a node counts it from its stamp, at most
+`STAMP_RESOLUTION_SECONDS` before the window: a node older than that was there before
+the last tick and not seen as the pool's (labelled into it since, or missed by a list),
+and its time before it joined is not the pool's.
 
 **Attribution.** Time is cut into windows (the shell's ticks). In each window a pool's
 cost — the sum over its nodes of price times the part of the window they ran — is split
@@ -32,6 +35,8 @@ from dataclasses import dataclass, field
 from kubetune.capacity.pools import CapacityType, NodePool
 
 ExperimentKey = tuple[str, str]  # (namespace, name)
+
+STAMP_RESOLUTION_SECONDS = 1.0  # Kubernetes' timestamps have whole seconds
 
 SPOT_LABELS = {
     "karpenter.sh/capacity-type": {"spot": True, "on-demand": False},
@@ -102,7 +107,7 @@ class NodeSpan:
     start: float
     end: float | None  # None: still running
     usd_per_hour: float
-    new: bool = False  # first seen at this window's end: counted from `start`, not the window's
+    new: bool = False  # first seen at this window's end: counted from up to a second before
 
 
 @dataclass(frozen=True)
@@ -145,7 +150,8 @@ def attribute_window(
     pool_usd: dict[str, float] = {}
     alive: dict[str, int] = {}
     for node in nodes:
-        seconds = overlap(node.start, node.end, min(t0, node.start) if node.new else t0, t1)
+        since = t0 - STAMP_RESOLUTION_SECONDS if node.new else t0
+        seconds = overlap(node.start, node.end, since, t1)
         pool_usd[node.pool] = pool_usd.get(node.pool, 0.0) + seconds * node.usd_per_hour / 3600
         alive[node.pool] = alive.get(node.pool, 0) + (seconds > 0)
     used: dict[str, dict[ExperimentKey, float]] = {}
