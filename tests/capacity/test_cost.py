@@ -130,7 +130,7 @@ def test_ledger_starts_from_the_stored_cost() -> None:
     assert ledger.experiments[A] == pytest.approx(2.6)
 
 
-def test_a_node_first_seen_after_a_tick_it_predates_is_counted_from_its_creation() -> None:
+def test_a_newly_seen_node_is_counted_from_its_stamp_a_second_back_at_most() -> None:
     """A Node stamped 100.0 (whole seconds) is not in the list of the tick at 100.6 (made
     after the list) and first seen at 101.7: its 0.6 s before that window was in no window
     (CI's cost test read 1.2 s short for two such nodes). Counted back at most a second:
@@ -148,11 +148,14 @@ def test_a_node_first_seen_after_a_tick_it_predates_is_counted_from_its_creation
     joined = node("joined", "2026-12-05T23:00:00Z")
     base = 1796515200.0  # 2026-12-06T00:00:00Z
     ticks = [(100.6, [old]), (101.7, [old, fresh]), (102.7, [old, fresh, joined])]
+    # Then `old` leaves the pool for one tick and comes back: accounted up to the tick
+    # that missed it, and not counted back into that time when it returns.
+    ticks += [(103.7, [fresh, joined]), (104.7, [old, fresh, joined])]
     for now, nodes in ticks:
         asyncio.run(book.account({"gpu": gpu}, base + now, nodes, []))
-    # old: 100.6..102.7 (before that: the first sight's); fresh: 100.0..102.7; joined:
-    # one second before the window that first saw it, 100.7..102.7.
-    assert book.ledger.pools["gpu"] == pytest.approx((2.1 + 2.7 + 2.0) / 100, abs=1e-6)
+    # old: 100.6..103.7 and 103.7..104.7 (before 100.6: the first sight's); fresh:
+    # 100.0..104.7; joined: one second before the window that first saw it, 100.7..104.7.
+    assert book.ledger.pools["gpu"] == pytest.approx((4.1 + 4.7 + 4.0) / 100, abs=1e-6)
 
 
 def test_trial_price_is_its_gpu_share_of_a_node() -> None:

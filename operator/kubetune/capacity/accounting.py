@@ -47,6 +47,9 @@ class CostBook:
         self.last_tick: float | None = None
         self.bases: dict[costs.ExperimentKey, tuple[str | None, float]] = {}
         self.terminated: set[str] = set()  # nodes whose instance the operator terminated
+        # Nodes the last tick no longer saw, accounted up to it: one seen again now (its
+        # pool label put back, say) is not counted back into that time (cost.NodeSpan.new).
+        self.dropped: set[str] = set()
         self.prices: dict[str, dict[tuple[str, str], float]] = {}
         self.first_sight: (
             tuple[float, list[costs.NodeSpan], list[costs.UsageSpan], dict[str, int]] | None
@@ -82,14 +85,16 @@ class CostBook:
             pool_of_node[name] = home.name
             price = costs.node_price(home, labels, prices[home.name]) or 0.0
             start = parse_rfc3339(node["metadata"].get("creationTimestamp")) or now
-            if name not in self.nodes and self.last_tick is not None:
+            if name not in self.nodes and name not in self.dropped and self.last_tick is not None:
                 new.add(name)
             self.nodes[name] = (home.name, start, price)
+        self.dropped = set()
         for name, (pool_name, start, price) in list(self.nodes.items()):
             end = None if name in seen else now
             spans.append(costs.NodeSpan(name, pool_name, start, end, price, name in new))
             if end is not None:
                 del self.nodes[name]  # accounted up to now, this once more
+                self.dropped.add(name)
                 if name in self.terminated:
                     self.terminated.discard(name)
                 elif pool_name in pools and pools[pool_name].capacityType is (CapacityType.SPOT):
