@@ -216,9 +216,9 @@ def configure(settings: kopf.OperatorSettings) -> None:
     # the restarted operator's peak memory. A page at a time, as the rebuild reads them.
     settings.watching.chunk_size = TRIALS_PER_PAGE
     # The handlers' `labels=` filters are kopf's, client side: without a server-side
-    # selector every pod of the cluster reaches the operator, is parsed and is remembered
-    # by kopf until deleted (about 1 KB each), so its memory and CPU would grow with other
-    # tenants' pods, not with its own work.
+    # selector every pod of the cluster reaches the operator and is parsed (and, before
+    # operator/kopfmemories.py, was remembered by kopf until deleted), so its CPU would
+    # grow with other tenants' pods, not with its own work.
     for resource in WATCHED_BY_LABEL:
         settings.watching.label_selectors[resource] = LABEL_EXPERIMENT
     # kopf keeps a worker per object for this long after its last event, holding that

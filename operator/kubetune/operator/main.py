@@ -16,7 +16,7 @@ from kubetune import observability
 from kubetune.capacity import operator as capacity  # registers the capacity loop's startup
 from kubetune.operator import handlers
 from kubetune.operator.controller import OperatorConfig
-from kubetune.operator.kopfmemories import EventOnlyMemories
+from kubetune.operator.kopfmemories import event_only_memories
 from kubetune.operator.kube import Kube, load_client_config
 
 logger = logging.getLogger(__name__)
@@ -113,6 +113,6 @@ def run(args: argparse.Namespace) -> int:
         clusterwide=bool(args.namespace_all or not args.namespace),
         namespaces=args.namespace or (),
         liveness_endpoint=args.liveness,
-        memories=EventOnlyMemories(),  # nothing kept per object (operator/kopfmemories.py)
+        memories=event_only_memories(),  # nothing kept per object (operator/kopfmemories.py)
     )
     return 0
