@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import asyncio
 import gc
+import logging
 import socket
 import weakref
 from pathlib import Path
@@ -59,6 +60,11 @@ def test_the_operator_runs_kopf_with_them(tmp_path: Path, monkeypatch: pytest.Mo
     key.write_text("k" * 32)
     seen: dict[str, Any] = {}
     monkeypatch.setattr(operator_main.kopf, "run", lambda **kwargs: seen.update(kwargs))
+    # run() sets the process's logging up (the root logger's handlers replaced): not in
+    # the test process, whose other tests' log capture it would take over.
+    monkeypatch.setattr(operator_main.observability, "configure_logging", lambda *_: None)
+    for noisy in ("kopf.objects", "aiohttp.access"):
+        monkeypatch.setattr(logging.getLogger(noisy), "level", logging.getLogger(noisy).level)
     argv = [
         "operator",
         f"--kubeconfig={kubeconfig}",
