@@ -29,7 +29,7 @@ def kopf_registrations(source: str) -> tuple[list[str], list[str]]:
             name = ast.unparse(node)
             if name.startswith("kopf.on.") and name.count(".") == 2:
                 kinds.append(name.removeprefix("kopf.on."))
-            elif name.removeprefix("kopf.") in STATEFUL and name.startswith("kopf."):
+            elif name in {f"kopf.{kind}" for kind in STATEFUL}:
                 kinds.append(name.removeprefix("kopf."))
         elif isinstance(node, ast.ImportFrom) and (node.module or "").startswith("kopf"):
             names = {alias.name for alias in node.names}

@@ -63,7 +63,7 @@ def test_the_operator_runs_kopf_with_them(tmp_path: Path, monkeypatch: pytest.Mo
     # run() sets the process's logging up (the root logger's handlers replaced): not in
     # the test process, whose other tests' log capture it would take over.
     monkeypatch.setattr(operator_main.observability, "configure_logging", lambda *_: None)
-    for noisy in ("kopf.objects", "aiohttp.access"):
+    for noisy in ("kopf.objects", "aiohttp.access"):  # run() raises them: put back after
         monkeypatch.setattr(logging.getLogger(noisy), "level", logging.getLogger(noisy).level)
     argv = [
         "operator",
