@@ -60,8 +60,9 @@ def answers(pod: dict[str, Any]) -> tuple[Any, ...]:
     return (
         attempt_key(pod),
         experiment_of(pod),
-        pod["metadata"]["namespace"],
-        (pod["metadata"].get("labels") or {}).get(LABEL_POOL),
+        # manager.tick's owners of the pool's pods (demand.pool_ceilings)
+        (pod["metadata"].get("labels") or {}).get(LABEL_POOL, ""),
+        pod["metadata"].get("namespace", ""),
         usage_times(pod, 1.0e9),
         pod_gpus(pod),
         terminal(pod),
@@ -118,8 +119,9 @@ def ended_pods() -> list[dict[str, Any]]:
     or requests, one not a number), a DaemonSet's pod, a pod with no pool label."""
     base = trial_pods(2)[1]
     assert terminal(base)
-    variants = [copy.deepcopy(base) for _ in range(6)]
-    never_ran, waiting_first, two_containers, of_a_daemon, no_pool, running_state = variants
+    variants = [copy.deepcopy(base) for _ in range(9)]
+    never_ran, waiting_first, two_containers, of_a_daemon, no_pool, running_state = variants[:6]
+    both_ran, never_bound, no_namespace = variants[6:]
     never_ran["status"] = {"phase": "Failed", "reason": "Evicted"}
     waiting_first["status"]["containerStatuses"] = [
         {"name": "init-like", "state": {"waiting": {"reason": "PodInitializing"}}},
@@ -135,6 +137,13 @@ def ended_pods() -> list[dict[str, Any]]:
     running_state["status"]["containerStatuses"][0]["state"] = {
         "running": {"startedAt": "2026-12-03T12:00:00Z"}
     }
+    both_ran["status"]["containerStatuses"] = [
+        {"name": "trial", "state": {"terminated": {"startedAt": "2026-12-03T10:01:00Z"}}},
+        {"name": "sidecar", "state": {"terminated": {"startedAt": "2026-12-03T10:00:00Z"}}},
+    ]
+    never_bound["spec"].pop("nodeName", None)
+    never_bound["metadata"]["deletionTimestamp"] = "2026-12-03T10:06:00Z"
+    del no_namespace["metadata"]["namespace"]
     return variants
 
 
@@ -147,10 +156,23 @@ def test_an_ended_pod_keeps_every_answer_the_loop_reads_and_nothing_else() -> No
         if daemon(original):
             assert skeleton is pod  # pods_on reads it: kept whole
         else:
-            assert set(skeleton["metadata"]) == {"name", "namespace", "uid", "labels"}
+            assert set(skeleton["metadata"]) <= {"name", "namespace", "uid", "labels"}
             assert set(skeleton["metadata"]["labels"]) <= set(original["metadata"]["labels"])
     running = trial_pods(1)[0]
     assert not terminal(running) and ended_pod(running) is running
+
+
+def test_an_ended_pod_the_cut_cannot_read_is_listed_as_before() -> None:
+    """A malformed object (the API server's schema makes one unlikely) fails neither the
+    listing nor every tick: it is kept whole (`lean`) and read as it was before."""
+    pods = trial_pods(4)
+    broken = pods[1]
+    broken["metadata"]["ownerReferences"] = [None]
+    broken["status"]["containerStatuses"] = [None]
+    scaler = PoolScaler.__new__(PoolScaler)
+    listed = asyncio.run(scaler.list_objects(PagedList(copy.deepcopy(pods))))
+    assert listed[1] == lean(copy.deepcopy(broken))
+    assert set(listed[3]["metadata"]) == {"name", "namespace", "uid", "labels"}  # cut
 
 
 def test_ended_pods_share_the_strings_many_of_them_carry() -> None:

@@ -10,7 +10,7 @@ from collections.abc import Callable, Mapping
 from typing import Any, ParamSpec, Protocol
 
 from kubetune.capacity import cost as costs
-from kubetune.capacity.pools import GPU_RESOURCE, LABEL_POOL, pod_gpus
+from kubetune.capacity.pools import GPU_RESOURCE, LABEL_POOL, container_gpus
 from kubetune.names import LABEL_ATTEMPT, LABEL_EXPERIMENT, LABEL_TRIAL
 from kubetune.timestamps import parse_rfc3339
 
@@ -145,7 +145,8 @@ def ended_pod(pod: dict[str, Any]) -> dict[str, Any]:
     """A listed trial pod that has ended (Succeeded or Failed), cut to what the capacity
     loop reads of an ended pod: its name, namespace, uid and kubetune labels, its node,
     its GPUs, its phase and its container's run (`usage_times`). Any other pod is
-    returned as it is.
+    returned as it is; so is one the cut cannot read (a malformed object: the caller
+    keeps it whole, as before).
 
     A tick lists every trial pod, ended ones too (their exact run times price the last
     window, and a restarted operator prices the time no operator watched from them):
@@ -156,24 +157,22 @@ def ended_pod(pod: dict[str, Any]) -> dict[str, Any]:
         return pod
     metadata = pod.get("metadata") or {}
     labels = metadata.get("labels") or {}
-    kept_labels = {}
-    for key in _READ_LABELS:
-        if isinstance(value := labels.get(key), str):
-            kept_labels[key] = value if key == LABEL_TRIAL else sys.intern(value)
+    kept_metadata = {key: metadata[key] for key in ("name", "uid") if key in metadata}
+    if "namespace" in metadata:
+        kept_metadata["namespace"] = _interned(metadata["namespace"])
+    kept_metadata["labels"] = {
+        key: labels[key] if key == LABEL_TRIAL else _interned(labels[key])
+        for key in _READ_LABELS
+        if key in labels
+    }
     spec = pod.get("spec") or {}
-    node = spec.get("nodeName")
+    containers = [c for c in spec.get("containers") or [] if isinstance(c, dict)]
     status = pod.get("status") or {}
-    gpus = pod_gpus(pod)
     skeleton: dict[str, Any] = {
-        "metadata": {
-            "name": metadata.get("name"),
-            "namespace": _interned(metadata.get("namespace")),
-            "uid": metadata.get("uid"),
-            "labels": kept_labels,
-        },
+        "metadata": kept_metadata,
         "spec": {
-            "nodeName": _interned(node),
-            "containers": _gpu_containers(gpus),
+            "nodeName": _interned(spec.get("nodeName")),
+            "containers": _gpu_containers(container_gpus(containers)),
         },
         "status": {"phase": _interned(status.get("phase"))},
     }
@@ -181,17 +180,20 @@ def ended_pod(pod: dict[str, Any]) -> dict[str, Any]:
         state = container.get("state") or {}
         for how in ("running", "terminated"):
             if how in state:
-                times = {k: v for k, v in (state[how] or {}).items() if k.endswith("edAt")}
+                times = {k: v for k, v in state[how].items() if k in _RUN_TIMES}
                 skeleton["status"]["containerStatuses"] = [{"state": {how: times}}]
                 return skeleton
     return skeleton
+
+
+_RUN_TIMES = ("startedAt", "finishedAt")
 
 
 def _interned(value: Any) -> Any:
     return sys.intern(value) if isinstance(value, str) else value
 
 
-@functools.cache
+@functools.lru_cache(maxsize=64)
 def _gpu_containers(gpus: int) -> list[dict[str, Any]]:
     """One container asking `gpus` GPUs (none: no container), the same list for every
     ended pod asking as many: nothing writes to it."""

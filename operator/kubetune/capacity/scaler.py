@@ -98,7 +98,10 @@ class PoolScaler:
             )
             page = json.loads(found.data)
             for item in page.get("items") or []:
-                kept = ended_pod(item)
+                try:
+                    kept = ended_pod(item)
+                except Exception:  # malformed: kept whole, read (or refused) as before
+                    kept = item
                 items.append(lean(item) if kept is item else kept)
             token = (page.get("metadata") or {}).get("continue") or ""
             if not token:
