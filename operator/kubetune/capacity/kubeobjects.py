@@ -139,6 +139,8 @@ def usage_times(pod: Mapping[str, Any], now: float) -> tuple[float | None, float
 # The labels the capacity loop reads of a trial pod (gangs.attempt_key, experiment_of,
 # the pool's pods); an ended pod keeps these and no other.
 _READ_LABELS = (LABEL_EXPERIMENT, LABEL_POOL, LABEL_TRIAL, LABEL_ATTEMPT)
+# What `usage_times` reads of a container's state.
+_RUN_TIMES = ("startedAt", "finishedAt")
 
 
 def ended_pod(pod: dict[str, Any]) -> dict[str, Any]:
@@ -184,9 +186,6 @@ def ended_pod(pod: dict[str, Any]) -> dict[str, Any]:
                 skeleton["status"]["containerStatuses"] = [{"state": {how: times}}]
                 return skeleton
     return skeleton
-
-
-_RUN_TIMES = ("startedAt", "finishedAt")
 
 
 def _interned(value: Any) -> Any:
