@@ -24,7 +24,8 @@ default (`GP_PRELIMINARY_SAMPLES`), and with trials in parallel lets TPE make on
 in four (`TPE_SHARE_IN_PARALLEL`): with both it is ahead of Optuna's GPSampler at p=4.
 At p > 1 its random start-up also ends after `STARTUP_TRIALS - p` finished trials instead
 of 10 (kubetune.startup: the GP's climb moves a step a round, and at p=4 it was short of
-rounds): Hartmann-6, p=4, mean regret over seeds 0-19 0.072 -> 0.027, over 0-79 0.115 -> 0.070.
+rounds): Hartmann-6, p=4, mean regret over seeds 0-19 0.072 -> 0.027, over 0-79 0.115 -> 0.070,
+but neutral on the held-out seeds 80-319 (see kubetune.startup).
 
 Trials that are still running are added as RUNNING, so parallel workers do not all get
 the same suggestion: TPE's constant liar and the GP sampler's handling of running
@@ -122,7 +123,10 @@ model believes in, and on Hartmann-6 a run settles in a local basin on a third o
 seeds; TPE draws from the density of the good trials, which spans several basins, and once
 one of its points lands in a better basin the GP takes it up. Mean regret, Hartmann-6, 60
 trials, p=4 sync: seeds 0-9 0.051 against 0.091 with the GP alone, seeds 10-19 0.092
-against 0.159; Optuna's GPSampler 0.085 and 0.343 (bench/search_quality.py --ablation)."""
+against 0.159; Optuna's GPSampler 0.085 and 0.343 (bench/search_quality.py --ablation).
+Held out (stop 41), seeds 80-319, which no choice of `bayesian`'s was measured on: 0.131 ±
+0.019 against 0.230 ± 0.029 with the GP alone (paired -0.098 ± 0.022, better on 78 seeds,
+worse on 45); Optuna's GPSampler 0.197 ± 0.025."""
 
 
 def make_sampler(

@@ -21,6 +21,11 @@ finished trials (10 random trials at any p) did less: seeds 0-39 0.110 -> 0.100.
 it sooner, after 4 finished (7 random trials at p = 4), did worse: seeds 0-79 0.122 ± 0.032,
 28 runs in a local basin.
 
+Held out (stop 41): on seeds 80-319, which this choice was not made on, the gain does not
+hold: 0.131 ± 0.019 against 0.123 ± 0.017 with Optuna's 10 (paired difference +0.009 ±
+0.020, better on 64 seeds, worse on 58): neutral there, not the gain 0-79 showed. Kept,
+as no worse over seeds 0-319 (0.116 against 0.121).
+
 Which points: see `startup_point`.
 """
 

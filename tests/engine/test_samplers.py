@@ -505,7 +505,8 @@ def test_bayesian_in_parallel_starts_its_gp_sooner() -> None:
     60 trials were random and the GP, whose climb moves a step a round, ran out of rounds:
     Hartmann-6, 60 trials, p=4, mean regret over seeds 0-19 0.072 (a local basin on 9 seeds);
     with the start-up ended after 10 - p finished trials, 0.027 (3 seeds; seeds 0-79: 0.115
-    -> 0.070). Trials 0-8 are the experiment's random stream, trial 9 the GP's, at p=4 and 2."""
+    -> 0.070; neutral on the held-out seeds 80-319, kubetune.startup). Trials 0-8 are the
+    experiment's random stream, trial 9 the GP's, at p=4 and 2."""
     for parallel in (2, 4):
         spec = make_spec(
             parameters=HARTMANN_SPACE,
