@@ -24,7 +24,8 @@ it sooner, after 4 finished (7 random trials at p = 4), did worse: seeds 0-79 0.
 Held out (stop 41): on seeds 80-319, which this choice was not made on, the gain does not
 hold: 0.131 ± 0.019 against 0.123 ± 0.017 with Optuna's 10 (paired difference +0.009 ±
 0.020, better on 64 seeds, worse on 58): neutral there, not the gain 0-79 showed. Kept,
-as no worse over seeds 0-319 (0.116 against 0.121).
+as no worse over seeds 0-319 (0.116 against about 0.121, counting the 0.115 measured on
+0-79 when the choice was made).
 
 Which points: see `startup_point`.
 """
