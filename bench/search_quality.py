@@ -49,6 +49,12 @@ regret / Optuna GPSampler's (Hartmann-6, p=4, sync), b = kubetune's mean regret 
 c = the same ratio for TPE, d and e = kubetune ASHA's mean resource to the primary target
 over Optuna SHA p=4's and over restart Hyperband's. Lower is better for all.
 
+References (`--references N`, on the first N of the RESULT line's seeds): how low the RESULT
+line's regret can go on its protocol. Optuna's GPSampler one trial at a time (every ask sees
+every trial before it: the most information a GP can have), and BoTorch's batch BO as Ax
+runs a continuous space by default (Sobol start-up, SingleTaskGP, qLogNoisyExpectedImprovement,
+4 points a round); BoTorch comes with the `bench` extra (and `dev`, for the smoke test).
+
     nice -n 10 .venv/bin/python bench/search_quality.py           # 10 seeds a row, ~1 h
     nice -n 10 .venv/bin/python bench/search_quality.py --jobs 2  # same results, 2 processes
     .venv/bin/python bench/search_quality.py --quick              # smoke test, < 1 minute
@@ -316,6 +322,77 @@ def optuna_run(
     return regret(problem, done)
 
 
+AX_INITIAL_TRIALS = 5
+AX_RESTARTS, AX_RAW_SAMPLES = 20, 1024
+"""Ax's defaults (its Client API, ax.api.utils.generation_strategy_dispatch and
+ax.generators.torch.botorch_modular's optimizer defaults): an initialization budget of 5
+trials, the first at the centre of the search space and the rest from a scrambled Sobol
+sequence; then the acquisition function optimised from 1024 raw samples with 20 restarts,
+a batch's points picked one after another (`sequential=True`), each seeing the ones before
+it as pending."""
+
+
+def botorch_run(problem: Problem, seed: int, trials: int, parallel: int) -> float:
+    """BoTorch's batch BO as Ax runs a continuous space by default: the centre and Sobol
+    points (`AX_INITIAL_TRIALS`), then a SingleTaskGP (BoTorch's default priors, outcomes
+    standardised) and qLogNoisyExpectedImprovement. Rounds of `parallel` trials that end
+    together (the sync clock at p = `parallel`): a round's first points are what is left of
+    the initial design, the rest BO's, which sees those as pending. A reference beside the
+    RESULT line (`--references`), not a peer kubetune wraps; unit-cube spaces only."""
+    from botorch.acquisition.logei import qLogNoisyExpectedImprovement
+    from botorch.fit import fit_gpytorch_mll
+    from botorch.models import SingleTaskGP
+    from botorch.optim import optimize_acqf
+    from gpytorch.mlls import ExactMarginalLogLikelihood
+
+    names = [str(p["name"]) for p in problem.space]
+    if any((p["type"], p["min"], p["max"]) != ("float", 0.0, 1.0) for p in problem.space):
+        raise ValueError(f"botorch_run: {problem.name} is not a unit cube")
+    observe = observe_fn(problem, seed)
+    torch.manual_seed(seed)
+    dim = len(names)
+    sobol = torch.quasirandom.SobolEngine(dim, scramble=True, seed=seed)
+    initial = torch.cat([torch.full((1, dim), 0.5), sobol.draw(AX_INITIAL_TRIALS - 1)]).to(
+        torch.float64
+    )[:trials]
+    bounds = torch.stack([torch.zeros(dim), torch.ones(dim)]).to(torch.float64)
+    xs = torch.empty((0, dim), dtype=torch.float64)
+    ys = torch.empty((0, 1), dtype=torch.float64)
+    while len(xs) < trials:
+        size = min(parallel, trials - len(xs))
+        batch = initial[len(xs) : len(xs) + size]
+        if len(batch) < size:
+            model = SingleTaskGP(xs, ys)
+            fit_gpytorch_mll(ExactMarginalLogLikelihood(model.likelihood, model))
+            acqf = qLogNoisyExpectedImprovement(
+                model, X_baseline=xs, prune_baseline=True, X_pending=batch if len(batch) else None
+            )
+            with warnings.catch_warnings():
+                # A restart that fails is retried from new starting points: BoTorch's normal
+                # work, warned about each time. A second failure still warns.
+                warnings.filterwarnings(
+                    "ignore", message="Optimization failed in `gen_candidates_scipy`"
+                )
+                chosen, _ = optimize_acqf(
+                    acqf,
+                    bounds=bounds,
+                    q=size - len(batch),
+                    num_restarts=AX_RESTARTS,
+                    raw_samples=AX_RAW_SAMPLES,
+                    sequential=True,
+                )
+            batch = torch.cat([batch, chosen])
+        # BoTorch maximises: it sees the negated value.
+        values = [-observe(dict(zip(names, map(float, x), strict=True))) for x in batch]
+        xs = torch.cat([xs, batch])
+        ys = torch.cat([ys, torch.tensor(values, dtype=torch.float64).unsqueeze(-1)])
+    done = [
+        (dict(zip(names, map(float, x), strict=True)), -float(y))
+        for x, y in zip(xs, ys[:, 0], strict=True)
+    ]
+    return regret(problem, done)
+
+
 def without_gp_kernel(spec: Any, trials: Any, attrs: Any, number: int) -> Any:
     """Ablation: kubetune's suggest as if the GP's fitted kernel were not carried."""
     kept = {k: v for k, v in attrs.items() if k != samplers.GP_KERNEL_ATTR}
@@ -471,6 +548,44 @@ def single_fidelity(
                     if algorithm == "bayesian":
                         print(f"{'':<20} per seed: " + " ".join(f"{v:.3f}" for v in values))
     return results
+
+
+# ----- references beside the RESULT line ---------------------------------------------------
+
+REFERENCES = {
+    "optuna GPSampler, p=1 (one at a time)": "gp-p1",
+    "botorch qLogNEI, Ax's defaults, p=4 sync": "botorch-p4",
+}
+"""How low the RESULT line's `bayesian_h6_regret_p4` can go: Optuna's own GP without
+parallelism (each ask sees every trial before it), and BoTorch's batch BO as Ax runs it."""
+
+
+def _run_reference(run: tuple[str, int, int]) -> float:
+    kind, seed, trials = run
+    if kind == "gp-p1":
+        return optuna_run(PROBLEMS["H6"], "bayesian", seed, trials, 1, True)
+    return botorch_run(PROBLEMS["H6"], seed, trials, 4)
+
+
+def references(
+    seeds: Sequence[int], trials: int, mine: Sequence[float], pool: ProcessPoolExecutor | None
+) -> None:
+    """Prints each reference's regret on the RESULT line's problem and `seeds`, and kubetune
+    `bayesian`'s mean at p=4 over the same seeds divided by it."""
+    print(
+        f"\n### References: Hartmann-6 ({trials}), seeds 0..{len(seeds) - 1}; "
+        "ratio = kubetune bayesian p=4 sync / the reference, same seeds"
+    )
+    for label, kind in REFERENCES.items():
+        clock = time.perf_counter()
+        runs = [(kind, seed, trials) for seed in seeds]
+        values = list(pool.map(_run_reference, runs) if pool else map(_run_reference, runs))
+        print(
+            f"{label:<42} {summary(values)} {ratio(mine[: len(seeds)], values):6.2f} "
+            f"{time.perf_counter() - clock:7.1f}",
+            flush=True,
+        )
+        print(f"{'':<20} per seed: " + " ".join(f"{v:.3f}" for v in values))
 
 
 # ----- multi-fidelity --------------------------------------------------------------------
@@ -762,6 +877,14 @@ def main(argv: Sequence[str] | None = None) -> int:
         help="single-fidelity settings to run, of p1,p4 (sync),p4a (async),p4b (batch)",
     )
     parser.add_argument(
+        "--references",
+        type=int,
+        default=0,
+        metavar="N",
+        help="also run Optuna's GPSampler at p=1 and BoTorch (Ax's defaults; needs botorch) "
+        "at p=4 on the first N of the RESULT line's seeds",
+    )
+    parser.add_argument(
         "--ablation",
         action="store_true",
         help="also run bayesian without its carried GP kernel (H6)",
@@ -797,10 +920,25 @@ def main(argv: Sequence[str] | None = None) -> int:
         for key in args.problems.split(",")
     }
 
+    if args.references < 0:
+        parser.error(f"--references: {args.references} (a number of seeds, at least 0)")
+    if args.references > headline:
+        parser.error(
+            f"--references: {args.references} (more than the RESULT line's seeds, {headline})"
+        )
+    if args.references and "H6" not in plan:
+        parser.error("--references: the references run Hartmann-6; add H6 to --problems")
+    botorch_version = ""
+    if args.references:
+        try:
+            import botorch
+        except ImportError:
+            parser.error("--references needs BoTorch: pip install 'botorch>=0.12'")
+        botorch_version = f", botorch {botorch.__version__}"
     print(
         f"# kubetune search quality: seeds 0..{len(seeds) - 1} "
         f"(the RESULT line's rows 0..{len(headline_seeds) - 1}), "
-        f"optuna {optuna.__version__}"
+        f"optuna {optuna.__version__}{botorch_version}"
     )
     print()
     print(
@@ -809,6 +947,9 @@ def main(argv: Sequence[str] | None = None) -> int:
     )
     with ProcessPoolExecutor(args.jobs) if args.jobs > 1 else contextlib.nullcontext() as pool:
         regrets = single_fidelity(seeds, algorithms, plan, headline_seeds, pool)
+        if args.references:
+            mine = regrets[("bayesian", "kubetune", "H6 p=4 sync")]
+            references(headline_seeds[: args.references], trials, mine, pool)
     if args.ablation:
         print("\n### Ablations: kubetune bayesian, Hartmann-6, one change each (same seeds)")
         h6 = PROBLEMS["H6"]

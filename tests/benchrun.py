@@ -2,12 +2,14 @@
 
 from __future__ import annotations
 
+import importlib.util
 import math
 import re
 import subprocess
 import sys
 from collections.abc import Sequence
 from pathlib import Path
+from types import ModuleType
 
 ROOT = Path(__file__).resolve().parents[1]
 
@@ -35,3 +37,14 @@ def run_quick(
     values = {key: float(text) for key, text in zip(keys, match.groups(), strict=True)}
     assert all(math.isfinite(value) for value in values.values()), lines[-1]
     return lines, values
+
+
+def load_bench(script: str) -> ModuleType:
+    """`bench/SCRIPT` as a module, so that a test calls the very code the bench measures."""
+    path = ROOT / "bench" / script
+    spec = importlib.util.spec_from_file_location(f"kubetune_bench_{path.stem}", path)
+    assert spec is not None and spec.loader is not None
+    module = importlib.util.module_from_spec(spec)
+    sys.modules[spec.name] = module  # its dataclasses look their module up there
+    spec.loader.exec_module(module)
+    return module

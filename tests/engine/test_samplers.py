@@ -28,6 +28,7 @@ from kubetune.samplers import (
 from kubetune.space import distributions_for, suggest_params
 from kubetune.spec import ExperimentSpec
 from kubetune.startup import startup_trials
+from tests.benchrun import load_bench
 
 from .helpers import Driver, make_spec, real_sampler
 
@@ -613,20 +614,6 @@ def test_bayesian_searches_its_acquisition_twice_as_widely_as_optuna(
     assert seen == [(2 * defaults._n_preliminary_samples, 2 * defaults._n_local_search)]
 
 
-def _search_quality_bench():
-    """bench/search_quality.py as a module: its Hartmann-6 and its two drivers (kubetune
-    through the simulator, Optuna driven directly on the same clock) are the ones measured."""
-    import importlib.util
-
-    path = REPO / "bench" / "search_quality.py"
-    spec = importlib.util.spec_from_file_location("kubetune_bench_search_quality", path)
-    assert spec is not None and spec.loader is not None
-    module = importlib.util.module_from_spec(spec)
-    sys.modules[spec.name] = module  # its dataclasses look their module up there
-    spec.loader.exec_module(module)
-    return module
-
-
 @pytest.mark.slow
 def test_bayesian_regret_stays_near_optunas_own_gp_on_the_same_seeds() -> None:
     """The mean regret of small fixed-seed runs, bounded by Optuna's own GPSampler's on the
@@ -639,7 +626,7 @@ def test_bayesian_regret_stays_near_optunas_own_gp_on_the_same_seeds() -> None:
     (torch 2.15: seed 0 went from 0.04 to 0.25, Optuna's own run staying at 0.003). Over
     seeds 0-9 then: 0.134 against Optuna's 0.077. The margin, 0.25, is half the old code's
     gap and about three standard errors above today's. About 100 s."""
-    bench = _search_quality_bench()
+    bench = load_bench("search_quality.py")
     h6 = bench.PROBLEMS["H6"]
     seeds, trials = range(10), 40
     ours = [bench.kubetune_run(h6, "bayesian", s, trials, 1, True) for s in seeds]
