@@ -358,6 +358,7 @@ def botorch_run(problem: Problem, seed: int, trials: int, parallel: int) -> floa
     bounds = torch.stack([torch.zeros(dim), torch.ones(dim)]).to(torch.float64)
     xs = torch.empty((0, dim), dtype=torch.float64)
     ys = torch.empty((0, 1), dtype=torch.float64)
+    done: list[tuple[Params, float]] = []
     while len(xs) < trials:
         size = min(parallel, trials - len(xs))
         batch = initial[len(xs) : len(xs) + size]
@@ -382,14 +383,13 @@ def botorch_run(problem: Problem, seed: int, trials: int, parallel: int) -> floa
                     sequential=True,
                 )
             batch = torch.cat([batch, chosen])
-        # BoTorch maximises: it sees the negated value.
-        values = [-observe(dict(zip(names, map(float, x), strict=True))) for x in batch]
+        for x in batch:
+            params: Params = dict(zip(names, map(float, x), strict=True))
+            done.append((params, observe(params)))
         xs = torch.cat([xs, batch])
+        # BoTorch maximises: it sees the negated values.
+        values = [-value for _, value in done[-len(batch) :]]
         ys = torch.cat([ys, torch.tensor(values, dtype=torch.float64).unsqueeze(-1)])
-    done = [
-        (dict(zip(names, map(float, x), strict=True)), -float(y))
-        for x, y in zip(xs, ys[:, 0], strict=True)
-    ]
     return regret(problem, done)
 
 
