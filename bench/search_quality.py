@@ -890,8 +890,11 @@ def main(argv: Sequence[str] | None = None) -> int:
         help="also run bayesian without its carried GP kernel (H6)",
     )
     args = parser.parse_args(argv)
-    if args.jobs < 1:
-        parser.error(f"--jobs: {args.jobs} (at least 1)")
+    # A count given as 0 used to fall back to its default without a word.
+    for option in ("jobs", "seeds", "headline_seeds", "trials", "budget"):
+        value = getattr(args, option)
+        if value is not None and value < 1:
+            parser.error(f"--{option.replace('_', '-')}: {value} (at least 1)")
     seeds = list(range(args.seeds or (1 if args.quick else 10)))
     headline = args.headline_seeds or (len(seeds) if args.quick else HEADLINE_SEEDS)
     headline_seeds = list(range(headline))
@@ -899,6 +902,9 @@ def main(argv: Sequence[str] | None = None) -> int:
     small = 14 if args.quick else 40  # the noise and mixed rows: GP asks are the cost
     budget = args.budget or (250 if args.quick else 1500)
     algorithms = ["bayesian", "tpe"] if args.quick else args.algorithms.split(",")
+    unknown = [name for name in args.algorithms.split(",") if name not in ALGORITHMS]
+    if unknown:
+        parser.error(f"--algorithms: {','.join(unknown)} (known: {','.join(ALGORITHMS)})")
     for required in ("bayesian", "tpe"):
         if required not in algorithms:
             algorithms.append(required)
@@ -915,10 +921,11 @@ def main(argv: Sequence[str] | None = None) -> int:
     if "p4" not in names or not set(names) <= named.keys():
         parser.error(f"--settings: {args.settings!r} (p4 is needed for the RESULT line)")
     chosen = {named[name] for name in names}
-    plan = {
-        key: (plan[key][0], [s for s in plan[key][1] if s in chosen])
-        for key in args.problems.split(",")
-    }
+    problems = args.problems.split(",")
+    unknown = [key for key in problems if key not in plan]
+    if unknown:
+        parser.error(f"--problems: {','.join(unknown)} (known: {','.join(plan)})")
+    plan = {key: (plan[key][0], [s for s in plan[key][1] if s in chosen]) for key in problems}
 
     if args.references < 0:
         parser.error(f"--references: {args.references} (a number of seeds, at least 0)")

@@ -99,9 +99,13 @@ def test_botorch_reference_is_deterministic_and_improves_on_its_initial_design()
         (["--references", "2"], "--references: 2 (more than the RESULT line's seeds, 1)"),
         (["--references", "-1"], "--references: -1 (a number of seeds, at least 0)"),
         (["--references", "1", "--problems", "mixed"], "add H6 to --problems"),
+        (["--problems", "h6"], "--problems: h6 (known: H6,H6n,mixed)"),
+        (["--algorithms", "bayesian,gp"], "--algorithms: gp (known: bayesian,tpe,"),
+        (["--headline-seeds", "0"], "--headline-seeds: 0 (at least 1)"),
+        (["--trials", "-3"], "--trials: -3 (at least 1)"),
     ],
 )
-def test_references_refuse_what_they_cannot_run(extra: list[str], message: str) -> None:
+def test_bad_arguments_are_refused_with_what_was_wrong(extra: list[str], message: str) -> None:
     completed = subprocess.run(
         [sys.executable, str(ROOT / "bench" / "search_quality.py"), "--quick", *extra],
         cwd=ROOT,
