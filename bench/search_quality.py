@@ -901,10 +901,11 @@ def main(argv: Sequence[str] | None = None) -> int:
     trials = args.trials or (14 if args.quick else 60)
     small = 14 if args.quick else 40  # the noise and mixed rows: GP asks are the cost
     budget = args.budget or (250 if args.quick else 1500)
-    algorithms = ["bayesian", "tpe"] if args.quick else args.algorithms.split(",")
-    unknown = [name for name in args.algorithms.split(",") if name not in ALGORITHMS]
+    asked = args.algorithms.split(",")
+    unknown = [name for name in asked if name not in ALGORITHMS]
     if unknown:
         parser.error(f"--algorithms: {','.join(unknown)} (known: {','.join(ALGORITHMS)})")
+    algorithms = ["bayesian", "tpe"] if args.quick else asked
     for required in ("bayesian", "tpe"):
         if required not in algorithms:
             algorithms.append(required)

@@ -36,7 +36,7 @@ export CGO_ENABLED=0
 export GOFLAGS="${GOFLAGS:-} -trimpath"
 # Go's build cache for these builds is about 4.6 GB and is never read again once the
 # binaries are cached, so it lives in the cache and goes when every build succeeded:
-# on CI's disk it sat beside two torch venvs and a test ran out of space (stop 37).
+# on CI's disk it sat beside two torch venvs and a test ran out of space (c786f92's run).
 export GOCACHE="$CACHE/.go-build"
 # The machine is shared; builds must not starve other people's work.
 NICE=(nice -n 10)
